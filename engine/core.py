@@ -1,0 +1,326 @@
+"""The serving loop without transport: decide, record rewards, learn, checkpoint.
+
+:meth:`Engine.decide` asks the bandit for a pmf per slot, draws from it with a seeded draw, and
+commits the decision to the event log before returning it. :meth:`Engine.record_reward` commits
+a reward; when it makes a slot's reward final the background thread learns it. That thread also
+closes reward windows (default rewards, ``sum`` aggregation) and checkpoints the model, and it
+learns from the log's ``outcomes`` in ``seq`` order — the same code path re-learns after a restart.
+
+Multi-slot: slots are filled by sequential sampling without replacement. Slot ``k`` is one
+``cb_explore_adf`` decision over the candidates not chosen for slots ``0..k-1``; its probability is
+conditional on those earlier choices, and it is learned as that decision when its reward is final.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from engine.errors import EventConflict, InvalidRequest, ModelNotReady, PreconditionFailed
+from engine.eventlog import SQLiteEventLog
+from engine.exploration import draw, uniform_draw
+from engine.features import merge_features, with_time_context
+from engine.records import LoggedDecision, Outcome, Reward, SlotChoice
+from engine.rewards import RewardRules
+from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
+from engine.validation import Limits, check_decision_request, check_id, check_items, check_reward_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    data_dir: Path
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    rewards: RewardRules = field(default_factory=RewardRules)
+    limits: Limits = field(default_factory=Limits)
+    seed: int = 0
+    checkpoint_interval: float = 60.0
+    maintenance_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_version: str
+    examples_learned: int
+    examples_pending: int
+    bandit: BanditConfig
+    vw_arguments: str
+    last_checkpoint_ts: float | None
+    rewards: RewardRules
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        config.bandit.validate()
+        config.rewards.validate()
+        self.config = config
+        self._dir = Path(config.data_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
+        self._catalog: dict[str, Item] = {item.item_id: item for item in self.log.items()}
+        self._learn_lock = threading.Lock()
+        self._load_model()
+        self._wake = threading.Event()
+        self._learned = threading.Condition()
+        self._stopping = threading.Event()
+        self.learn_pending()  # re-learn what the log holds beyond the checkpoint
+        self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
+        self._thread.start()
+
+    def _load_model(self) -> None:
+        checkpoint = read_checkpoint(self._dir)
+        if checkpoint is None:
+            self.bandit = VWBandit(self.config.bandit)
+            self._model_id = "vw-" + uuid.uuid4().hex[:8]
+            self._learned_seq = self._examples_learned = 0
+            self._last_checkpoint: float | None = None
+            return
+        saved = BanditConfig(**{**checkpoint.bandit, "interactions": tuple(checkpoint.bandit["interactions"])})
+        if saved != self.config.bandit:
+            log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
+                        saved, self.config.bandit)
+        self.bandit = VWBandit(saved, model_path=str(self._dir / checkpoint.model_file))
+        self._model_id = checkpoint.model_id
+        self._learned_seq = checkpoint.learned_seq
+        self._examples_learned = checkpoint.examples_learned
+        self._last_checkpoint = checkpoint.ts
+
+    @property
+    def model_version(self) -> str:
+        return f"{self._model_id}@{self._examples_learned}"
+
+    # -- Recommend -------------------------------------------------------------------------------
+
+    def decide(self, request: DecisionRequest) -> LoggedDecision:
+        if self._stopping.is_set():
+            raise ModelNotReady("the engine is stopping")
+        limits = self.config.limits
+        check_decision_request(request, limits)
+        if request.event_id:
+            existing = self.log.get_decision(request.event_id)
+            if existing is not None:
+                return self._same_event(existing, request)
+        candidates = self._candidates(request)
+        num_results = request.num_results or 1
+        if num_results > len(candidates):
+            raise InvalidRequest(
+                "num_results", f"must be at most the {len(candidates)} candidates left, got {num_results}"
+            )
+        ts = time.time()
+        event_id = request.event_id or uuid.uuid4().hex
+        context = with_time_context(request.context, ts)
+        slots = self._fill_slots(event_id, request.user_features, context, candidates, num_results)
+        decision = LoggedDecision(
+            event_id=event_id,
+            ts=ts,
+            user_id=request.user_id,
+            user_features=dict(request.user_features),
+            context=context,
+            candidates=tuple(candidates),
+            slots=slots,
+            model_version=self.model_version,
+            deferred=request.defer_activation,
+            deadline=ts + self.config.rewards.window_seconds,
+        )
+        return self._same_event(self.log.append_decision(decision), request)
+
+    def _fill_slots(self, event_id, user_features, context, candidates, num_results) -> tuple[SlotChoice, ...]:  # type: ignore[no-untyped-def]
+        shared = shared_line(user_features, context)
+        actions = [action_line(c.item_id, c.features) for c in candidates]
+        remaining = list(range(len(candidates)))
+        slots = []
+        for slot in range(num_results):
+            pmf = self.bandit.pmf(shared, [actions[i] for i in remaining])
+            k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))
+            full = [0.0] * len(candidates)
+            for j, i in enumerate(remaining):
+                full[i] = pmf[j]
+            chosen = remaining.pop(k)
+            slots.append(SlotChoice(candidates[chosen].item_id, pmf[k], tuple(full)))
+        return tuple(slots)
+
+    @staticmethod
+    def _same_event(existing: LoggedDecision, request: DecisionRequest) -> LoggedDecision:
+        if existing.user_id != request.user_id:
+            raise EventConflict(existing.event_id, "is already the event of another user_id")
+        return existing
+
+    def _candidates(self, request: DecisionRequest) -> list[Candidate]:
+        excluded = set(request.exclude_item_ids)
+        catalog = self._catalog
+        if request.candidates:
+            candidates = []
+            for c in request.candidates:
+                item = catalog.get(c.item_id)
+                if c.item_id in excluded or (item is not None and not item.active):
+                    continue
+                candidates.append(Candidate(c.item_id, merge_features(item.features if item else None, c.features)))
+        else:
+            candidates = [Candidate(i.item_id, i.features) for i in catalog.values() if i.active]
+            candidates = [c for c in candidates if c.item_id not in excluded]
+            if not candidates:
+                raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
+            if len(candidates) > self.config.limits.max_candidates:
+                raise PreconditionFailed(
+                    "candidates",
+                    f"empty, and the catalog's {len(candidates)} active items exceed max_candidates "
+                    f"{self.config.limits.max_candidates}; send candidates",
+                )
+        if not candidates:
+            raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
+        return candidates
+
+    # -- Feedback and Activate ---------------------------------------------------------------------
+
+    def record_reward(self, report: RewardReport) -> Status:
+        check_reward_report(report, self.config.limits)
+        status = self.log.append_reward(Reward(report.event_id, report.item_id, report.label, report.reward, time.time()))
+        if status is Status.NEW:
+            self._wake.set()
+        return status
+
+    def activate(self, event_id: str) -> Status:
+        check_id("event_id", event_id, self.config.limits)
+        return self.log.activate(event_id, time.time())
+
+    # -- Catalog ---------------------------------------------------------------------------------
+
+    def upsert_items(self, items: list[Item]) -> int:
+        check_items("items", items, self.config.limits)
+        count = self.log.upsert_items(items)
+        self._catalog = {**self._catalog, **{item.item_id: item for item in items}}
+        return count
+
+    def delete_items(self, item_ids: list[str]) -> int:
+        for i, item_id in enumerate(item_ids):
+            check_id(f"item_ids[{i}]", item_id, self.config.limits)
+        deleted = self.log.delete_items(item_ids)
+        catalog = dict(self._catalog)
+        for item_id in deleted:
+            catalog.pop(item_id, None)
+        self._catalog = catalog
+        return len(deleted)
+
+    def list_items(self, page_size: int, page_token: str, active_only: bool) -> tuple[list[Item], str]:
+        if not 0 <= page_size <= 1000:
+            raise InvalidRequest("page_size", f"must be within [0, 1000] (0 means 100), got {page_size}")
+        after = _decode_token(page_token)
+        size = page_size or 100
+        items = self.log.items(after=after, limit=size + 1, active_only=active_only)
+        if len(items) <= size:
+            return items, ""
+        return items[:size], _encode_token(items[size - 1].item_id)
+
+    # -- learning, windows, checkpoints ------------------------------------------------------------
+
+    def learn_pending(self) -> int:
+        """Learn every final outcome in the log beyond what the model has; return how many."""
+        learned = 0
+        with self._learn_lock:
+            while batch := self.log.outcomes_after(self._learned_seq):
+                for outcome, decision in batch:
+                    self._learn(outcome, decision)
+                    self._learned_seq = outcome.seq
+                    self._examples_learned += 1
+                learned += len(batch)
+        if learned:
+            with self._learned:
+                self._learned.notify_all()
+        return learned
+
+    def _learn(self, outcome: Outcome, decision: LoggedDecision) -> None:
+        earlier = set(decision.chosen_item_ids[: outcome.slot])
+        remaining = [c for c in decision.candidates if c.item_id not in earlier]
+        chosen = next(i for i, c in enumerate(remaining) if c.item_id == outcome.item_id)
+        self.bandit.learn(
+            shared_line(decision.user_features, decision.context),
+            [action_line(c.item_id, c.features) for c in remaining],
+            chosen,
+            outcome.reward,
+            decision.slots[outcome.slot].probability,
+        )
+
+    def wait_until_learned(self, timeout: float = 10.0) -> bool:
+        """Block until every outcome committed so far is learned (tests and the demo use this)."""
+        target = self.log.last_outcome_seq()
+        self._wake.set()
+        with self._learned:
+            return self._learned.wait_for(lambda: self._learned_seq >= target, timeout)
+
+    def close_windows(self) -> int:
+        finalised = self.log.close_windows(time.time())
+        if finalised:
+            self._wake.set()
+        return finalised
+
+    def checkpoint(self) -> Checkpoint:
+        with self._learn_lock:
+            checkpoint = Checkpoint(
+                model_file=f"model-{self._learned_seq}.vw",
+                model_id=self._model_id,
+                learned_seq=self._learned_seq,
+                examples_learned=self._examples_learned,
+                ts=time.time(),
+                bandit=asdict(self.bandit.config),
+            )
+            write_checkpoint(self._dir, self.bandit.save, checkpoint)
+            self._last_checkpoint = checkpoint.ts
+        return checkpoint
+
+    def _background(self) -> None:
+        next_checkpoint = time.monotonic() + self.config.checkpoint_interval
+        while not self._stopping.is_set():
+            self._wake.wait(self.config.maintenance_interval)
+            self._wake.clear()
+            try:
+                self.close_windows()
+                self.learn_pending()
+                if time.monotonic() >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + self.config.checkpoint_interval
+            except Exception:  # keep serving; the log still holds everything to learn later
+                log.exception("background learning failed; retrying")
+                time.sleep(1.0)
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            model_version=self.model_version,
+            examples_learned=self._examples_learned,
+            examples_pending=max(0, self.log.last_outcome_seq() - self._learned_seq),
+            bandit=self.bandit.config,
+            vw_arguments=self.bandit.arguments,
+            last_checkpoint_ts=self._last_checkpoint,
+            rewards=self.config.rewards,
+        )
+
+    def close(self) -> None:
+        """Stop deciding, learn what is final, checkpoint, and close the log."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+        self.learn_pending()
+        self.checkpoint()
+        self.log.close()
+
+
+def _encode_token(item_id: str) -> str:
+    return base64.urlsafe_b64encode(item_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("page_token", "is not a next_page_token from ListItems") from None

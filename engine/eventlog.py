@@ -1,0 +1,377 @@
+"""The durable event log on SQLite (WAL): decisions, rewards, final outcomes and the catalog.
+
+Writes go through :class:`~engine.groupcommit.GroupCommitWriter` with ``synchronous=FULL``, so a
+call returns only after its transaction is on disk. Reads use one connection per thread and see
+every committed write.
+
+Tables: ``decisions`` (one row per Recommend), ``rewards`` (one per distinct event, item and
+label), ``outcomes`` (the final reward of each event slot, numbered by ``seq`` in commit order —
+what the bandit learns, in that order, exactly once) and ``items`` (the catalog).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
+from engine.groupcommit import GroupCommitWriter
+from engine.records import (
+    SCHEMA_VERSION,
+    LoggedDecision,
+    Outcome,
+    Reward,
+    decision_from_json,
+    decision_to_json,
+    features_from_json,
+    features_to_json,
+)
+from engine.rewards import Aggregation, RewardRules
+from engine.types import Item, Status
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    event_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    deadline REAL NOT NULL,
+    user_id TEXT NOT NULL,
+    chosen TEXT NOT NULL,
+    deferred INTEGER NOT NULL,
+    activated_ts REAL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    model_version TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_open ON decisions (deadline) WHERE closed = 0;
+CREATE TABLE IF NOT EXISTS rewards (
+    event_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    value REAL NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (event_id, item_id, label)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    reward REAL NOT NULL,
+    source TEXT NOT NULL,
+    ts REAL NOT NULL,
+    UNIQUE (event_id, slot)
+);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    features TEXT NOT NULL,
+    active INTEGER NOT NULL
+);
+"""
+_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record"
+
+
+class SQLiteEventLog:
+    def __init__(self, path: str | Path, rules: RewardRules) -> None:
+        self.path = str(path)
+        self.rules = rules
+        writer = self._connect()
+        writer.executescript(_SCHEMA)
+        self._check_schema_version(writer)
+        self._writer = GroupCommitWriter(writer)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = [writer]
+        self._readers_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @staticmethod
+    def _check_schema_version(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        (found,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if int(found) != SCHEMA_VERSION:
+            raise RuntimeError(f"event log schema version {found}; this recbandit reads {SCHEMA_VERSION}")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def append_decision(self, decision: LoggedDecision) -> LoggedDecision:
+        """Commit ``decision``; if its event id is already logged, return the logged one instead."""
+        row = (
+            decision.event_id,
+            decision.ts,
+            decision.deadline,
+            decision.user_id,
+            json.dumps(decision.chosen_item_ids),
+            int(decision.deferred),
+            decision.model_version,
+            decision_to_json(decision),
+        )
+
+        def insert(conn: sqlite3.Connection) -> LoggedDecision | None:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO decisions (event_id, ts, deadline, user_id, chosen, deferred,"
+                " model_version, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            if cursor.rowcount:
+                return None
+            return self._select_decision(conn, decision.event_id)
+
+        existing = self._writer.submit(insert)
+        return existing if existing is not None else decision
+
+    def get_decision(self, event_id: str) -> LoggedDecision | None:
+        return self._select_decision(self._reader(), event_id)
+
+    @staticmethod
+    def _select_decision(conn: sqlite3.Connection, event_id: str) -> LoggedDecision | None:
+        row = conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
+        return _decision(row) if row else None
+
+    # -- rewards and activation -----------------------------------------------------------------
+
+    def append_reward(self, reward: Reward) -> Status:
+        """Commit ``reward`` (``item_id`` empty means slot 0); finalise its slot under ``earliest``."""
+
+        def insert(conn: sqlite3.Connection) -> Status:
+            chosen, deferred, activated_ts, closed, deadline = self._event_state(conn, reward.event_id)
+            item_id = reward.item_id or chosen[0]
+            if item_id not in chosen:
+                raise InvalidRequest("item_id", f"{item_id!r} was not recommended in event {reward.event_id!r}")
+            if closed or reward.ts > deadline:
+                raise PreconditionFailed("event_id", "the reward window of this event has closed")
+            if deferred and activated_ts is None:
+                raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?, ?)",
+                (reward.event_id, item_id, reward.label, reward.value, reward.ts),
+            )
+            if not cursor.rowcount:
+                return Status.DUPLICATE
+            if self.rules.aggregation is Aggregation.EARLIEST:
+                slot = chosen.index(item_id)
+                _insert_outcome(conn, reward.event_id, slot, item_id, reward.value, "reward", reward.ts)
+            return Status.NEW
+
+        return self._writer.submit(insert)
+
+    def activate(self, event_id: str, ts: float) -> Status:
+        def update(conn: sqlite3.Connection) -> Status:
+            _, deferred, activated_ts, closed, deadline = self._event_state(conn, event_id)
+            if not deferred or activated_ts is not None:
+                return Status.DUPLICATE
+            if closed or ts > deadline:
+                raise PreconditionFailed("event_id", "the reward window of this event closed before activation")
+            conn.execute("UPDATE decisions SET activated_ts = ? WHERE event_id = ?", (ts, event_id))
+            return Status.NEW
+
+        return self._writer.submit(update)
+
+    @staticmethod
+    def _event_state(conn: sqlite3.Connection, event_id: str) -> tuple[list[str], bool, float | None, bool, float]:
+        row = conn.execute(
+            "SELECT chosen, deferred, activated_ts, closed, deadline FROM decisions WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
+        if row is None:
+            raise UnknownEvent(event_id)
+        return json.loads(row[0]), bool(row[1]), row[2], bool(row[3]), row[4]
+
+    def close_windows(self, now: float, *, limit: int = 2000) -> int:
+        """Finalise every slot of events whose window closed by ``now``; return how many slots."""
+
+        def close(conn: sqlite3.Connection) -> int:
+            due = conn.execute(
+                "SELECT event_id, chosen, deferred, activated_ts FROM decisions"
+                " WHERE closed = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            finalised = 0
+            for event_id, chosen, deferred, activated_ts in due:
+                conn.execute("UPDATE decisions SET closed = 1 WHERE event_id = ?", (event_id,))
+                if deferred and activated_ts is None:
+                    continue  # never shown: never learned
+                sums = dict(
+                    conn.execute(
+                        "SELECT item_id, SUM(value) FROM rewards WHERE event_id = ? GROUP BY item_id", (event_id,)
+                    ).fetchall()
+                )
+                for slot, item_id in enumerate(json.loads(chosen)):
+                    if self.rules.aggregation is Aggregation.SUM and item_id in sums:
+                        value, source = sums[item_id], "sum"
+                    else:
+                        value, source = self.rules.default_reward, "default"
+                    finalised += _insert_outcome(conn, event_id, slot, item_id, value, source, now)
+            return finalised
+
+        return self._writer.submit(close)
+
+    # -- outcomes: what the learner reads ---------------------------------------------------------
+
+    def outcomes_after(self, seq: int, limit: int = 1000) -> list[tuple[Outcome, LoggedDecision]]:
+        """Final outcomes with ``seq`` above the given one, in order, each with its decision."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT o.seq, o.event_id, o.slot, o.item_id, o.reward, o.source, o.ts,"
+                f" {', '.join('d.' + c.strip() for c in _DECISION_COLUMNS.split(','))}"
+                " FROM outcomes o JOIN decisions d ON d.event_id = o.event_id"
+                " WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+                (seq, limit),
+            )
+            .fetchall()
+        )
+        return [(Outcome(*row[:7]), _decision(row[7:])) for row in rows]
+
+    def last_outcome_seq(self) -> int:
+        (seq,) = self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()
+        return int(seq)
+
+    def counts(self) -> dict[str, int]:
+        conn = self._reader()
+        return {
+            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("decisions", "rewards", "outcomes", "items")
+        }
+
+    # -- catalog ---------------------------------------------------------------------------------
+
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        rows = [(i.item_id, features_to_json(i.features), int(i.active)) for i in items]
+
+        def upsert(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", rows)
+            return len(rows)
+
+        return self._writer.submit(upsert)
+
+    def delete_items(self, item_ids: Iterable[str]) -> list[str]:
+        """Delete the given items; return the ids that existed."""
+        ids = list(item_ids)
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
+            return deleted
+
+        return self._writer.submit(delete)
+
+    def items(self, *, after: str = "", limit: int | None = None, active_only: bool = False) -> list[Item]:
+        query = "SELECT item_id, features, active FROM items WHERE item_id > ?"
+        if active_only:
+            query += " AND active = 1"
+        query += " ORDER BY item_id" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return [Item(i, features_from_json(f), bool(a)) for i, f, a in self._reader().execute(query, (after,))]
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def joined(self, batch: int = 500) -> Iterator[dict[str, object]]:
+        """Every decision in time order, with its slots' final outcomes and all its rewards."""
+        conn = self._reader()
+        last_rowid = 0
+        while True:
+            rows = conn.execute(
+                f"SELECT rowid, activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE rowid > ?"
+                " ORDER BY rowid LIMIT ?",
+                (last_rowid, batch),
+            ).fetchall()
+            if not rows:
+                return
+            last_rowid = rows[-1][0]
+            ids = [row[2] for row in rows]
+            marks = ",".join("?" * len(ids))
+            outcomes: dict[tuple[str, int], tuple[float, str, float]] = {
+                (e, s): (r, src, ts)
+                for e, s, r, src, ts in conn.execute(
+                    f"SELECT event_id, slot, reward, source, ts FROM outcomes WHERE event_id IN ({marks})", ids
+                )
+            }
+            rewards: dict[str, list[dict[str, object]]] = {}
+            for e, item, label, value, ts in conn.execute(
+                f"SELECT event_id, item_id, label, value, ts FROM rewards WHERE event_id IN ({marks}) ORDER BY ts",
+                ids,
+            ):
+                rewards.setdefault(e, []).append({"item_id": item, "label": label, "value": value, "ts": ts})
+            for row in rows:
+                yield _joined_record(_decision(row[2:]), row[1], outcomes, rewards.get(row[2], []))
+
+
+def _decision(row: tuple) -> LoggedDecision:  # type: ignore[type-arg]
+    event_id, ts, user_id, model_version, deferred, deadline, record = row
+    return decision_from_json(
+        record,
+        event_id=event_id,
+        ts=ts,
+        user_id=user_id,
+        model_version=model_version,
+        deferred=bool(deferred),
+        deadline=deadline,
+    )
+
+
+def _insert_outcome(
+    conn: sqlite3.Connection, event_id: str, slot: int, item_id: str, reward: float, source: str, ts: float
+) -> int:
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        (event_id, slot, item_id, reward, source, ts),
+    )
+    return cursor.rowcount
+
+
+def _joined_record(
+    decision: LoggedDecision,
+    activated_ts: float | None,
+    outcomes: dict[tuple[str, int], tuple[float, str, float]],
+    rewards: list[dict[str, object]],
+) -> dict[str, object]:
+    slots = []
+    for i, slot in enumerate(decision.slots):
+        final = outcomes.get((decision.event_id, i))
+        slots.append(
+            {
+                "slot": i,
+                "item_id": slot.item_id,
+                "probability": slot.probability,
+                "pmf": list(slot.pmf),
+                "reward": final[0] if final else None,
+                "reward_source": final[1] if final else None,
+                "reward_final_ts": final[2] if final else None,
+            }
+        )
+    return {
+        "event_id": decision.event_id,
+        "ts": decision.ts,
+        "user_id": decision.user_id,
+        "user_features": dict(decision.user_features),
+        "context": dict(decision.context),
+        "candidates": [{"item_id": c.item_id, "features": dict(c.features)} for c in decision.candidates],
+        "slots": slots,
+        "rewards": rewards,
+        "model_version": decision.model_version,
+        "deferred": decision.deferred,
+        "activated_ts": activated_ts,
+        "deadline": decision.deadline,
+        "schema_version": decision.schema_version,
+    }

@@ -1,0 +1,135 @@
+"""What the event log holds: typed, versioned records and the one place that serialises them.
+
+A :class:`LoggedDecision` is written before Recommend returns and carries everything needed to
+replay or evaluate it later: the features the bandit saw, every candidate, and for each slot the
+chosen item, its probability and the whole distribution it was drawn from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from engine.types import Candidate, Features, FeatureValue
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SlotChoice:
+    """One filled slot: the item drawn, its probability, and the pmf over all candidates.
+
+    ``pmf[i]`` is the probability that candidate ``i`` was drawn for this slot given the items of
+    the earlier slots (theirs is 0), so ``pmf[chosen] == probability``.
+    """
+
+    item_id: str
+    probability: float
+    pmf: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    event_id: str
+    ts: float
+    user_id: str
+    user_features: Features
+    context: Features
+    candidates: tuple[Candidate, ...]
+    slots: tuple[SlotChoice, ...]
+    model_version: str
+    deferred: bool
+    deadline: float
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def chosen_item_ids(self) -> tuple[str, ...]:
+        return tuple(slot.item_id for slot in self.slots)
+
+    def slot_of(self, item_id: str) -> int | None:
+        for i, slot in enumerate(self.slots):
+            if slot.item_id == item_id:
+                return i
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    event_id: str
+    item_id: str
+    label: str
+    value: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final reward of one slot of one event: what the bandit learns, exactly once.
+
+    ``source`` is ``reward`` (the first reward, aggregation "earliest"), ``sum`` (rewards added up
+    over the window) or ``default`` (the window closed without a reward).
+    """
+
+    seq: int
+    event_id: str
+    slot: int
+    item_id: str
+    reward: float
+    source: str
+    ts: float
+
+
+def decision_to_json(decision: LoggedDecision) -> str:
+    return json.dumps(
+        {
+            "schema_version": decision.schema_version,
+            "user_features": _features_out(decision.user_features),
+            "context": _features_out(decision.context),
+            "candidates": [[c.item_id, _features_out(c.features)] for c in decision.candidates],
+            "slots": [[s.item_id, s.probability, list(s.pmf)] for s in decision.slots],
+        },
+        separators=(",", ":"),
+    )
+
+
+def decision_from_json(
+    record: str,
+    *,
+    event_id: str,
+    ts: float,
+    user_id: str,
+    model_version: str,
+    deferred: bool,
+    deadline: float,
+) -> LoggedDecision:
+    data = json.loads(record)
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"event {event_id!r}: unsupported schema_version {data['schema_version']}")
+    return LoggedDecision(
+        event_id=event_id,
+        ts=ts,
+        user_id=user_id,
+        user_features=_features_in(data["user_features"]),
+        context=_features_in(data["context"]),
+        candidates=tuple(Candidate(item_id, _features_in(f)) for item_id, f in data["candidates"]),
+        slots=tuple(SlotChoice(item_id, p, tuple(pmf)) for item_id, p, pmf in data["slots"]),
+        model_version=model_version,
+        deferred=deferred,
+        deadline=deadline,
+    )
+
+
+def features_to_json(features: Features) -> str:
+    return json.dumps(_features_out(features), separators=(",", ":"))
+
+
+def features_from_json(text: str) -> dict[str, FeatureValue]:
+    return _features_in(json.loads(text))
+
+
+def _features_out(features: Features) -> dict[str, object]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in features.items()}
+
+
+def _features_in(data: dict[str, object]) -> dict[str, FeatureValue]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # type: ignore[misc]

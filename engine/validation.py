@@ -1,0 +1,120 @@
+"""The documented limits on requests, and the checks that enforce them.
+
+Every check raises :class:`~engine.errors.InvalidRequest` naming the field and the rule, e.g.
+``candidates[3].features["price"]: must be finite, got nan``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from engine.errors import InvalidRequest
+from engine.types import Candidate, DecisionRequest, Features, Item, RewardReport
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Upper bounds on what one request may carry; the README lists them for API users."""
+
+    max_id_length: int = 256
+    max_features: int = 256
+    max_feature_name_length: int = 128
+    max_string_length: int = 1024
+    max_list_length: int = 64
+    max_candidates: int = 500
+    max_num_results: int = 50
+    max_excluded_items: int = 1000
+    max_label_length: int = 64
+    max_items_per_call: int = 1000
+    min_reward: float = -1e6
+    max_reward: float = 1e6
+
+
+def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -> None:
+    if required and not value:
+        raise InvalidRequest(field, "must not be empty")
+    if len(value) > limits.max_id_length:
+        raise InvalidRequest(field, f"must be at most {limits.max_id_length} characters, got {len(value)}")
+
+
+def check_features(field: str, features: Features, limits: Limits) -> None:
+    if len(features) > limits.max_features:
+        raise InvalidRequest(field, f"must have at most {limits.max_features} entries, got {len(features)}")
+    for name, value in features.items():
+        if not name:
+            raise InvalidRequest(field, "feature names must not be empty")
+        if len(name) > limits.max_feature_name_length:
+            raise InvalidRequest(
+                field, f"feature names must be at most {limits.max_feature_name_length} characters"
+            )
+        _check_value(f"{field}[{name!r}]", value, limits)
+
+
+def _check_value(field: str, value: object, limits: Limits) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequest(field, f"must be finite, got {value}")
+    elif isinstance(value, str):
+        if len(value) > limits.max_string_length:
+            raise InvalidRequest(field, f"must be at most {limits.max_string_length} characters")
+    elif isinstance(value, tuple):
+        if len(value) > limits.max_list_length:
+            raise InvalidRequest(field, f"must have at most {limits.max_list_length} values, got {len(value)}")
+        for i, element in enumerate(value):
+            _check_value(f"{field}[{i}]", element, limits)
+    else:
+        raise InvalidRequest(field, "must be a string, number, bool or list of strings")
+
+
+def check_candidates(field: str, candidates: Iterable[Candidate | Item], limits: Limits) -> None:
+    seen: set[str] = set()
+    for i, candidate in enumerate(candidates):
+        check_id(f"{field}[{i}].item_id", candidate.item_id, limits)
+        if candidate.item_id in seen:
+            raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {candidate.item_id!r}")
+        seen.add(candidate.item_id)
+        check_features(f"{field}[{i}].features", candidate.features, limits)
+
+
+def check_decision_request(request: DecisionRequest, limits: Limits) -> None:
+    """Check everything about a Recommend request that does not need the catalog."""
+    check_id("user_id", request.user_id, limits)
+    check_id("event_id", request.event_id, limits, required=False)
+    check_features("user_features", request.user_features, limits)
+    check_features("context", request.context, limits)
+    if request.num_results < 0:
+        raise InvalidRequest("num_results", f"must be >= 0 (0 means 1), got {request.num_results}")
+    if request.num_results > limits.max_num_results:
+        raise InvalidRequest("num_results", f"must be at most {limits.max_num_results}, got {request.num_results}")
+    if len(request.candidates) > limits.max_candidates:
+        raise InvalidRequest(
+            "candidates", f"must have at most {limits.max_candidates} entries, got {len(request.candidates)}"
+        )
+    check_candidates("candidates", request.candidates, limits)
+    if len(request.exclude_item_ids) > limits.max_excluded_items:
+        raise InvalidRequest("exclude_item_ids", f"must have at most {limits.max_excluded_items} entries")
+    for i, item_id in enumerate(request.exclude_item_ids):
+        check_id(f"exclude_item_ids[{i}]", item_id, limits)
+
+
+def check_reward_report(report: RewardReport, limits: Limits) -> None:
+    check_id("event_id", report.event_id, limits)
+    check_id("item_id", report.item_id, limits, required=False)
+    if len(report.label) > limits.max_label_length:
+        raise InvalidRequest("label", f"must be at most {limits.max_label_length} characters")
+    if not math.isfinite(report.reward):
+        raise InvalidRequest("reward", f"must be finite, got {report.reward}")
+    if not limits.min_reward <= report.reward <= limits.max_reward:
+        raise InvalidRequest(
+            "reward", f"must be within [{limits.min_reward:g}, {limits.max_reward:g}], got {report.reward:g}"
+        )
+
+
+def check_items(field: str, items: list[Item], limits: Limits) -> None:
+    if len(items) > limits.max_items_per_call:
+        raise InvalidRequest(field, f"must have at most {limits.max_items_per_call} entries, got {len(items)}")
+    check_candidates(field, items, limits)

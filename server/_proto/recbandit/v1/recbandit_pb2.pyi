@@ -1,0 +1,249 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeatureValue(_message.Message):
+    __slots__ = ("string_value", "number_value", "bool_value", "list_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    number_value: float
+    bool_value: bool
+    list_value: StringList
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., list_value: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("item_id", "features")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValue, _Mapping]] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    features: _containers.MessageMap[str, FeatureValue]
+    def __init__(self, item_id: _Optional[str] = ..., features: _Optional[_Mapping[str, FeatureValue]] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "user_features", "context", "candidates", "num_results", "exclude_item_ids", "defer_activation", "event_id")
+    class UserFeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValue, _Mapping]] = ...) -> None: ...
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValue, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    NUM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEFER_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    user_features: _containers.MessageMap[str, FeatureValue]
+    context: _containers.MessageMap[str, FeatureValue]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    num_results: int
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    defer_activation: bool
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., user_features: _Optional[_Mapping[str, FeatureValue]] = ..., context: _Optional[_Mapping[str, FeatureValue]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., num_results: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., defer_activation: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class RankedItem(_message.Message):
+    __slots__ = ("item_id", "probability", "slot")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    probability: float
+    slot: int
+    def __init__(self, item_id: _Optional[str] = ..., probability: _Optional[float] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("event_id", "items", "model_version")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    items: _containers.RepeatedCompositeFieldContainer[RankedItem]
+    model_version: str
+    def __init__(self, event_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("event_id", "item_id", "reward", "label")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    item_id: str
+    reward: float
+    label: str
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., reward: _Optional[float] = ..., label: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("status",)
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[FeedbackResponse.Status]
+        NEW: _ClassVar[FeedbackResponse.Status]
+        DUPLICATE: _ClassVar[FeedbackResponse.Status]
+    STATUS_UNSPECIFIED: FeedbackResponse.Status
+    NEW: FeedbackResponse.Status
+    DUPLICATE: FeedbackResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: FeedbackResponse.Status
+    def __init__(self, status: _Optional[_Union[FeedbackResponse.Status, str]] = ...) -> None: ...
+
+class ActivateRequest(_message.Message):
+    __slots__ = ("event_id",)
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    def __init__(self, event_id: _Optional[str] = ...) -> None: ...
+
+class ActivateResponse(_message.Message):
+    __slots__ = ("status",)
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[ActivateResponse.Status]
+        NEW: _ClassVar[ActivateResponse.Status]
+        DUPLICATE: _ClassVar[ActivateResponse.Status]
+    STATUS_UNSPECIFIED: ActivateResponse.Status
+    NEW: ActivateResponse.Status
+    DUPLICATE: ActivateResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ActivateResponse.Status
+    def __init__(self, status: _Optional[_Union[ActivateResponse.Status, str]] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "features", "active")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureValue, _Mapping]] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    features: _containers.MessageMap[str, FeatureValue]
+    active: bool
+    def __init__(self, item_id: _Optional[str] = ..., features: _Optional[_Mapping[str, FeatureValue]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "active_only")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    active_only: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., active_only: _Optional[bool] = ...) -> None: ...
+
+class ListItemsResponse(_message.Message):
+    __slots__ = ("items", "next_page_token")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Exploration(_message.Message):
+    __slots__ = ("algorithm", "parameter")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    parameter: float
+    def __init__(self, algorithm: _Optional[str] = ..., parameter: _Optional[float] = ...) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model_version", "examples_learned", "examples_pending", "exploration", "vw_arguments", "last_checkpoint_time", "reward_window_seconds", "default_reward", "reward_aggregation")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_LEARNED_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PENDING_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    VW_ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_TIME_FIELD_NUMBER: _ClassVar[int]
+    REWARD_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REWARD_FIELD_NUMBER: _ClassVar[int]
+    REWARD_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    examples_learned: int
+    examples_pending: int
+    exploration: Exploration
+    vw_arguments: str
+    last_checkpoint_time: _timestamp_pb2.Timestamp
+    reward_window_seconds: float
+    default_reward: float
+    reward_aggregation: str
+    def __init__(self, model_version: _Optional[str] = ..., examples_learned: _Optional[int] = ..., examples_pending: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., vw_arguments: _Optional[str] = ..., last_checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_window_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ..., reward_aggregation: _Optional[str] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint_time", "examples_learned")
+    CHECKPOINT_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_LEARNED_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_time: _timestamp_pb2.Timestamp
+    examples_learned: int
+    def __init__(self, checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., examples_learned: _Optional[int] = ...) -> None: ...
