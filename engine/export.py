@@ -1,0 +1,44 @@
+"""Write the joined event log (decisions with their rewards) as JSON Lines or Parquet.
+
+JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
+candidates as JSON text, which is the shape off-policy evaluation and notebooks want.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.eventlog import SQLiteEventLog
+
+
+def export_jsonl(log: SQLiteEventLog, path: Path) -> int:
+    count = 0
+    with open(path, "w") as out:
+        for record in log.joined():
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            count += 1
+    return count
+
+
+def export_parquet(log: SQLiteEventLog, path: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for record in log.joined():
+        shared = {
+            "event_id": record["event_id"],
+            "ts": record["ts"],
+            "user_id": record["user_id"],
+            "model_version": record["model_version"],
+            "user_features": json.dumps(record["user_features"]),
+            "context": json.dumps(record["context"]),
+            "candidates": json.dumps(record["candidates"]),
+            "num_candidates": len(record["candidates"]),  # type: ignore[arg-type]
+            "deferred": record["deferred"],
+        }
+        for slot in record["slots"]:  # type: ignore[attr-defined]
+            rows.append({**shared, **slot})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return len(rows)

@@ -1,0 +1,1 @@
+"""recbandit's gRPC transport: settings, converters, servicers, error map and life cycle."""

@@ -1,0 +1,77 @@
+"""The ``recbandit`` command: serve, export-log, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from server.settings import Settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=f"default {f.default!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recbandit", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve Recommend/Feedback over gRPC")
+    _add_settings_flags(serve)
+
+    export = commands.add_parser("export-log", help="write the joined event log as JSON Lines or Parquet")
+    export.add_argument("--data-dir", default=Settings.data_dir)
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: by --out suffix")
+
+    demo = commands.add_parser("demo", help="run a simulated storefront against a fresh server")
+    demo.add_argument("--events", type=int, default=6000)
+    demo.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary folder")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--concurrency", type=int, default=4)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        from server.app import serve
+
+        overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
+        serve(Settings.from_env(**overrides))
+    elif args.command == "export-log":
+        from engine.eventlog import SQLiteEventLog
+        from engine.export import export_jsonl, export_parquet
+        from engine.rewards import RewardRules
+
+        database = Path(args.data_dir) / "events.db"
+        if not database.exists():
+            print(f"no event log at {database}", file=sys.stderr)
+            return 2
+        fmt = args.format or ("parquet" if args.out.suffix == ".parquet" else "jsonl")
+        log = SQLiteEventLog(database, RewardRules())
+        try:
+            count = (export_parquet if fmt == "parquet" else export_jsonl)(log, args.out)
+        finally:
+            log.close()
+        print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {args.out}")
+    elif args.command == "demo":
+        from training.demo import run_demo
+
+        run_demo(events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Pure conversions between protobuf messages and engine values, in to_domain / to_proto pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from engine.core import ModelInfo
+from engine.errors import InvalidRequest
+from engine.records import LoggedDecision
+from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+
+
+def features_to_domain(field: str, features: Mapping[str, pb.FeatureValue]) -> dict[str, FeatureValue]:
+    out: dict[str, FeatureValue] = {}
+    for name, value in features.items():
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[name] = value.string_value
+        elif kind == "number_value":
+            out[name] = value.number_value
+        elif kind == "bool_value":
+            out[name] = value.bool_value
+        elif kind == "list_value":
+            out[name] = tuple(value.list_value.values)
+        else:
+            raise InvalidRequest(
+                f"{field}[{name!r}]", "must set one of string_value, number_value, bool_value, list_value"
+            )
+    return out
+
+
+def features_to_proto(features: Features, target: MutableMapping[str, pb.FeatureValue]) -> None:
+    for name, value in features.items():
+        if isinstance(value, bool):
+            target[name].bool_value = value
+        elif isinstance(value, float | int):
+            target[name].number_value = value
+        elif isinstance(value, str):
+            target[name].string_value = value
+        else:
+            target[name].list_value.values.extend(value)
+
+
+def recommend_request_to_domain(request: pb.RecommendRequest) -> DecisionRequest:
+    return DecisionRequest(
+        user_id=request.user_id,
+        user_features=features_to_domain("user_features", request.user_features),
+        context=features_to_domain("context", request.context),
+        candidates=tuple(
+            Candidate(c.item_id, features_to_domain(f"candidates[{i}].features", c.features))
+            for i, c in enumerate(request.candidates)
+        ),
+        num_results=request.num_results,
+        exclude_item_ids=tuple(request.exclude_item_ids),
+        defer_activation=request.defer_activation,
+        event_id=request.event_id,
+    )
+
+
+def decision_to_proto(decision: LoggedDecision) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        event_id=decision.event_id,
+        items=[
+            pb.RankedItem(item_id=s.item_id, probability=s.probability, slot=i) for i, s in enumerate(decision.slots)
+        ],
+        model_version=decision.model_version,
+    )
+
+
+def feedback_request_to_domain(request: pb.FeedbackRequest) -> RewardReport:
+    return RewardReport(event_id=request.event_id, reward=request.reward, item_id=request.item_id, label=request.label)
+
+
+def feedback_status_to_proto(status: Status) -> pb.FeedbackResponse:
+    return pb.FeedbackResponse(status=pb.FeedbackResponse.Status.Value(status.name))
+
+
+def activate_status_to_proto(status: Status) -> pb.ActivateResponse:
+    return pb.ActivateResponse(status=pb.ActivateResponse.Status.Value(status.name))
+
+
+def item_to_domain(field: str, item: pb.Item) -> Item:
+    return Item(item.item_id, features_to_domain(f"{field}.features", item.features), item.active)
+
+
+def item_to_proto(item: Item) -> pb.Item:
+    message = pb.Item(item_id=item.item_id, active=item.active)
+    features_to_proto(item.features, message.features)
+    return message
+
+
+def timestamp(ts: float | None) -> Timestamp | None:
+    if ts is None:
+        return None
+    message = Timestamp()
+    message.FromNanoseconds(int(ts * 1e9))
+    return message
+
+
+def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
+    return pb.GetModelInfoResponse(
+        model_version=info.model_version,
+        examples_learned=info.examples_learned,
+        examples_pending=info.examples_pending,
+        exploration=pb.Exploration(algorithm=info.bandit.exploration, parameter=info.bandit.parameter),
+        vw_arguments=info.vw_arguments,
+        last_checkpoint_time=timestamp(info.last_checkpoint_ts),
+        reward_window_seconds=info.rewards.window_seconds,
+        default_reward=info.rewards.default_reward,
+        reward_aggregation=info.rewards.aggregation.value,
+    )
