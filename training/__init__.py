@@ -1,0 +1,1 @@
+"""Offline side of recbandit: the storefront simulator and the demo."""
