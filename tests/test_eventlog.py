@@ -1,0 +1,127 @@
+"""The event log's reward joining: each event slot becomes final exactly once, by the rules."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
+from engine.eventlog import SQLiteEventLog
+from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.rewards import Aggregation, RewardRules, parse_duration
+from engine.types import Candidate, Status
+
+
+def decision(event_id: str, ts: float, *, deferred: bool = False, window: float = 60.0) -> LoggedDecision:
+    return LoggedDecision(
+        event_id=event_id,
+        ts=ts,
+        user_id="u1",
+        user_features={"segment": "sporty", "tags": ("a", "b")},
+        context={"channel": "app", "hour": "9"},
+        candidates=(Candidate("a", {"price": 9.5}), Candidate("b", {"new": True}), Candidate("c")),
+        slots=(SlotChoice("b", 0.5, (0.25, 0.5, 0.25)), SlotChoice("a", 0.75, (0.75, 0.0, 0.25))),
+        model_version="vw-test@0",
+        deferred=deferred,
+        deadline=ts + window,
+    )
+
+
+def open_log(tmp_path: Path, **rules: object) -> SQLiteEventLog:
+    return SQLiteEventLog(tmp_path / "events.db", RewardRules(**rules))  # type: ignore[arg-type]
+
+
+def finals(log: SQLiteEventLog) -> list[tuple[str, int, str, float, str]]:
+    return [(o.event_id, o.slot, o.item_id, o.reward, o.source) for o, _ in log.outcomes_after(0)]
+
+
+def test_decisions_round_trip_with_every_feature_type(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    original = decision("e1", 1000.0)
+    assert log.append_decision(original) is original
+    assert log.get_decision("e1") == original
+    log.close()
+
+
+def test_earliest_learns_the_first_reward_and_defaults_the_rest(tmp_path: Path) -> None:
+    log = open_log(tmp_path, default_reward=-0.5)
+    now = time.time()
+    log.append_decision(decision("e1", now))
+    assert log.append_reward(Reward("e1", "", "click", 1.0, now)) is Status.NEW  # "" means slot 0: b
+    assert log.append_reward(Reward("e1", "b", "click", 1.0, now)) is Status.DUPLICATE
+    assert log.append_reward(Reward("e1", "b", "purchase", 30.0, now)) is Status.NEW
+    assert finals(log) == [("e1", 0, "b", 1.0, "reward")]
+    assert log.close_windows(now + 61) == 1
+    assert finals(log) == [("e1", 0, "b", 1.0, "reward"), ("e1", 1, "a", -0.5, "default")]
+    assert log.close_windows(now + 120) == 0
+    log.close()
+
+
+def test_sum_waits_for_the_window_and_adds_up(tmp_path: Path) -> None:
+    log = open_log(tmp_path, aggregation=Aggregation.SUM)
+    now = time.time()
+    log.append_decision(decision("e1", now))
+    log.append_reward(Reward("e1", "a", "click", 1.0, now))
+    log.append_reward(Reward("e1", "a", "purchase", 30.0, now))
+    assert finals(log) == []
+    log.close_windows(now + 61)
+    assert finals(log) == [("e1", 0, "b", 0.0, "default"), ("e1", 1, "a", 31.0, "sum")]
+    log.close()
+
+
+def test_deferred_events_need_activation_and_are_never_learned_without_it(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    now = time.time()
+    log.append_decision(decision("shown", now, deferred=True))
+    log.append_decision(decision("never", now, deferred=True))
+    with pytest.raises(PreconditionFailed, match="not activated; call Activate first"):
+        log.append_reward(Reward("shown", "b", "click", 1.0, now))
+    assert log.activate("shown", now) is Status.NEW
+    assert log.activate("shown", now) is Status.DUPLICATE
+    assert log.append_reward(Reward("shown", "b", "click", 1.0, now)) is Status.NEW
+    log.close_windows(now + 61)
+    assert [f[0] for f in finals(log)] == ["shown", "shown"]
+    with pytest.raises(PreconditionFailed, match="closed before activation"):
+        log.activate("never", now + 62)
+    log.close()
+
+
+def test_rewards_are_refused_when_they_cannot_count(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    now = time.time()
+    log.append_decision(decision("e1", now))
+    with pytest.raises(UnknownEvent, match="no decision with event_id 'nope'"):
+        log.append_reward(Reward("nope", "", "", 1.0, now))
+    with pytest.raises(InvalidRequest, match="item_id: 'c' was not recommended in event 'e1'"):
+        log.append_reward(Reward("e1", "c", "", 1.0, now))
+    with pytest.raises(PreconditionFailed, match="reward window of this event has closed"):
+        log.append_reward(Reward("e1", "a", "", 1.0, now + 61))
+    assert log.counts()["rewards"] == 0
+    log.close()
+
+
+def test_a_reopened_log_holds_everything_committed(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    now = time.time()
+    for i in range(50):
+        log.append_decision(decision(f"e{i}", now))
+        log.append_reward(Reward(f"e{i}", "", "click", float(i), now))
+    log.close()
+    reopened = open_log(tmp_path)
+    assert reopened.counts() == {"decisions": 50, "rewards": 50, "outcomes": 50, "items": 0}
+    assert [f[3] for f in finals(reopened)] == [float(i) for i in range(50)]
+    assert len(list(reopened.joined(batch=7))) == 50
+    reopened.close()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("45s", 45), ("10m", 600), ("2h", 7200), ("7d", 604800),
+                                               ("500ms", 0.5)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration_names_the_setting() -> None:
+    with pytest.raises(InvalidRequest, match="reward_window: not a duration"):
+        parse_duration("ten minutes")
