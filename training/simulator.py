@@ -44,6 +44,7 @@ class WorldConfig:
     n_users: int = 400
     bias: float = -2.0
     taste_scale: float = 1.6
+    context_scale: float = 1.0  # 0 makes the best item depend on the user alone
     seed: int = 0
 
 
@@ -71,8 +72,9 @@ class Storefront:
         s = config.taste_scale
         self._taste = rng.normal(0, s, (len(SEGMENTS), len(CATEGORIES)))
         self._price_fit = rng.normal(0, s / 2, (len(SEGMENTS), len(PRICE_BANDS)))
-        self._channel_fit = rng.normal(0, s / 3, (len(CHANNELS), len(PRICE_BANDS)))
-        self._daypart_fit = rng.normal(0, s / 3, (len(DAYPARTS), len(CATEGORIES)))
+        c = s * config.context_scale
+        self._channel_fit = rng.normal(0, c / 3, (len(CHANNELS), len(PRICE_BANDS)))
+        self._daypart_fit = rng.normal(0, c / 3, (len(DAYPARTS), len(CATEGORIES)))
         self._seed = config.seed
 
     def visit(self, index: int) -> Visit:

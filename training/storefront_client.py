@@ -1,8 +1,10 @@
 """Drive a recbandit server through gRPC exactly as a storefront would.
 
 Each round: Recommend for a simulated visit (the catalog's active items are the candidates),
-the simulated user clicks or not, and a click is reported with Feedback. No click is reported as
-nothing at all: the reward window closes and the default reward (0) is learned.
+the simulated user clicks or not, and a click is reported with Feedback. By default a miss is
+reported as nothing at all, as most storefronts do: the reward window closes and the default
+reward (0) is learned. With ``report_misses`` a miss is reported at once as reward 0
+(label ``no_click``), which removes the window's delay from the negatives.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ class Round:
 
 
 class StorefrontClient:
-    def __init__(self, channel: grpc.Channel, world: Storefront) -> None:
+    def __init__(self, channel: grpc.Channel, world: Storefront, *, report_misses: bool = False) -> None:
         self.recommender = pb_grpc.RecommenderStub(channel)
         self.catalog = pb_grpc.CatalogStub(channel)
         self.admin = pb_grpc.AdminStub(channel)
         self.world = world
+        self.report_misses = report_misses
         self._items = {item.item_id: item for item in world.items}
 
     def publish_catalog(self) -> int:
@@ -54,8 +57,12 @@ class StorefrontClient:
         shown = response.items[0]
         item = self._items[shown.item_id]
         clicked = self.world.clicked(visit, item)
-        if clicked:
-            self.recommender.Feedback(pb.FeedbackRequest(event_id=response.event_id, reward=1.0, label="click"))
+        if clicked or self.report_misses:
+            self.recommender.Feedback(
+                pb.FeedbackRequest(
+                    event_id=response.event_id, reward=float(clicked), label="click" if clicked else "no_click"
+                )
+            )
         items = list(self._items.values())
         return Round(
             index=index,

@@ -1,0 +1,448 @@
+"""Serving benchmark: Recommend and Feedback against the gRPC ceiling of the same server, same run.
+
+Run with ``python -m server.bench`` (``make bench``). The parent process starts a real recbandit
+server (:func:`server.app.start`) on 127.0.0.1, port 0, with a fresh data directory; one client
+process, started with ``multiprocessing`` *spawn*, drives it with a ``grpc.aio`` client so that the
+client's CPU is not the server's GIL. Both share the machine's cores, which is why the ceiling is
+measured here and not taken from a table.
+
+Operations, each at every ``--concurrency`` (concurrent in-flight calls on one channel):
+
+``Health/Check`` (the ceiling)
+    The standard ``grpc.health.v1.Health/Check`` the server registers: a trivial unary RPC
+    answered in Python by the same ``grpc.server`` and thread pool as the recbandit services.
+``Recommend``
+    20 candidates (category, brand, price), 10 user features, 5 context features,
+    ``num_results=1``; requests vary over seeded users, contexts and candidate sets.
+``Feedback``
+    reward 1.0, label ``click``, one call per event created by Recommend (every reward is new and
+    committed durably before the reply).
+
+Each measurement is a warm-up followed by a fixed duration; latency is ``time.perf_counter()``
+around each awaited call, throughput is calls over the wall time of the measured window. Before
+each measurement the engine finishes learning what earlier Feedback made final, so the rows do
+not pay for each other's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import multiprocessing
+import os
+import platform
+import random
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
+from server.app import RunningServer, start
+from server.settings import Settings
+
+HOST = "127.0.0.1"
+HEALTH, RECOMMEND, FEEDBACK, CREATE_EVENTS = "Health/Check", "Recommend", "Feedback", "create events"
+
+NUM_ITEMS = 500
+NUM_USERS = 2000
+NUM_CANDIDATES = 20
+REQUEST_POOL = 4096
+CATEGORIES = tuple(f"cat-{i}" for i in range(24))
+BRANDS = tuple(f"brand-{i}" for i in range(60))
+
+TARGET_CONCURRENCY = 16
+RECOMMEND_MIN_RATIO = 0.60
+RECOMMEND_MAX_P99_MS = 5.0
+FEEDBACK_MIN_RATE = 3000.0
+JOB_TIMEOUT_SLACK = 120.0
+LEARN_TIMEOUT = 60.0
+
+FeatureDict = Mapping[str, str | float | bool]
+
+
+# -- what is measured and reported -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One request to the client process: measure ``operation``, or create ``count`` events."""
+
+    operation: str
+    concurrency: int
+    seconds: float = 0.0
+    warmup: float = 0.0
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One measured row: how many calls completed in how long, and their latency percentiles."""
+
+    operation: str
+    concurrency: int
+    calls: int
+    elapsed: float
+    p50_ms: float
+    p99_ms: float
+    ran_out_of_events: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0–100) of already sorted values; NaN when there are none."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarise(job: Job, latencies: list[float], elapsed: float, ran_out: bool) -> Result:
+    """Turn a measured window's per-call latencies (seconds) into a :class:`Result`."""
+    latencies.sort()
+    return Result(
+        operation=job.operation,
+        concurrency=job.concurrency,
+        calls=len(latencies),
+        elapsed=elapsed,
+        p50_ms=percentile(latencies, 50) * 1e3,
+        p99_ms=percentile(latencies, 99) * 1e3,
+        ran_out_of_events=ran_out,
+    )
+
+
+# -- seeded storefront traffic (built in the client process, before any timing) ---------------------
+
+
+def set_features(target: Message, field: str, values: FeatureDict) -> None:
+    """Fill the proto map ``target.<field>`` (or a candidate's ``features``) from plain values."""
+    features = getattr(target, field)
+    for name, value in values.items():
+        if isinstance(value, bool):
+            features[name].bool_value = value
+        elif isinstance(value, float):
+            features[name].number_value = value
+        else:
+            features[name].string_value = value
+
+
+def make_item(rng: random.Random) -> dict[str, str | float]:
+    """Three catalog-like features of one item."""
+    return {
+        "category": rng.choice(CATEGORIES),
+        "brand": rng.choice(BRANDS),
+        "price": round(rng.lognormvariate(3.0, 0.8), 2),
+    }
+
+
+def make_user(rng: random.Random) -> dict[str, str | float | bool]:
+    """Ten features that stay the same for one user across requests."""
+    return {
+        "segment": rng.choice(("new", "casual", "regular", "vip")),
+        "country": rng.choice(("de", "fr", "it", "es", "nl", "pl", "se")),
+        "language": rng.choice(("de", "fr", "it", "es", "en")),
+        "age_band": rng.choice(("18-24", "25-34", "35-44", "45-54", "55+")),
+        "gender": rng.choice(("f", "m", "x", "unknown")),
+        "loyalty_tier": rng.choice(("none", "silver", "gold", "platinum")),
+        "favourite_category": rng.choice(CATEGORIES),
+        "visits_30d": float(rng.randint(0, 40)),
+        "basket_value": round(rng.uniform(0.0, 300.0), 2),
+        "is_member": rng.random() < 0.4,
+    }
+
+
+def make_context(rng: random.Random) -> dict[str, str]:
+    """Five request-context features (``hour`` and ``weekday`` are added by the server)."""
+    return {
+        "channel": rng.choice(("web", "app", "email")),
+        "surface": rng.choice(("home", "pdp", "cart", "search")),
+        "device": rng.choice(("mobile", "desktop", "tablet")),
+        "locale": rng.choice(("de_DE", "fr_FR", "it_IT", "en_GB")),
+        "page_type": rng.choice(("landing", "category", "product", "checkout", "account")),
+    }
+
+
+def make_recommend_requests(seed: int, count: int = REQUEST_POOL) -> list[pb.RecommendRequest]:
+    """``count`` varied Recommend requests from a seeded catalog and user base."""
+    rng = random.Random(seed)
+    items = [(f"sku-{i:05d}", make_item(rng)) for i in range(NUM_ITEMS)]
+    users = [(f"user-{i:05d}", make_user(rng)) for i in range(NUM_USERS)]
+    requests = []
+    for _ in range(count):
+        user_id, user_features = rng.choice(users)
+        request = pb.RecommendRequest(user_id=user_id, num_results=1)
+        set_features(request, "user_features", user_features)
+        set_features(request, "context", make_context(rng))
+        for item_id, features in rng.sample(items, NUM_CANDIDATES):
+            set_features(request.candidates.add(item_id=item_id), "features", features)
+        requests.append(request)
+    return requests
+
+
+# -- the client process ------------------------------------------------------------------------------
+
+
+class BenchClient:
+    """Runs :class:`Job` s over one ``grpc.aio`` channel and keeps the events Recommend created."""
+
+    def __init__(self, channel: grpc.aio.Channel, seed: int) -> None:
+        recommender = pb_grpc.RecommenderStub(channel)
+        self._recommend = recommender.Recommend
+        self._feedback = recommender.Feedback
+        self._check = health_pb2_grpc.HealthStub(channel).Check
+        self._health_request = health_pb2.HealthCheckRequest(service="")
+        self._requests = make_recommend_requests(seed)
+        self._next_request = 0
+        self._events: deque[str] = deque()
+
+    async def call(self, operation: str) -> bool:
+        """Make one call of ``operation``; False when Feedback has no unrewarded event left."""
+        if operation == HEALTH:
+            await self._check(self._health_request)
+        elif operation == FEEDBACK:
+            if not self._events:
+                return False
+            event_id = self._events.popleft()
+            await self._feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0, label="click"))
+        else:
+            request = self._requests[self._next_request % len(self._requests)]
+            self._next_request += 1
+            self._events.append((await self._recommend(request)).event_id)
+        return True
+
+    async def _worker(self, operation: str, deadline: float, latencies: list[float]) -> bool:
+        """Call back to back until ``deadline``; return True if it stopped for lack of events."""
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            if not await self.call(operation):
+                return True
+            latencies.append(time.perf_counter() - began)
+        return False
+
+    async def window(self, operation: str, concurrency: int, seconds: float) -> tuple[list[float], float, bool]:
+        """Run ``concurrency`` workers for ``seconds``: latencies, wall time, whether events ran out."""
+        latencies: list[float] = []
+        began = time.perf_counter()
+        deadline = began + seconds
+        stopped = await asyncio.gather(*(self._worker(operation, deadline, latencies) for _ in range(concurrency)))
+        return latencies, time.perf_counter() - began, any(stopped)
+
+    async def create_events(self, count: int, concurrency: int) -> None:
+        """Call Recommend (untimed) until at least ``count`` unrewarded events are waiting."""
+
+        async def worker() -> None:
+            while len(self._events) < count:
+                await self.call(RECOMMEND)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def run(self, job: Job) -> Result | int:
+        """Warm up and measure ``job``; for ``create events``, return how many events wait."""
+        if job.operation == CREATE_EVENTS:
+            await self.create_events(job.count, job.concurrency)
+            return len(self._events)
+        if job.warmup > 0:
+            await self.window(job.operation, job.concurrency, job.warmup)
+        latencies, elapsed, ran_out = await self.window(job.operation, job.concurrency, job.seconds)
+        return summarise(job, latencies, elapsed, ran_out)
+
+
+async def serve_jobs(conn: Connection, port: int, seed: int) -> None:
+    """Answer each :class:`Job` received on ``conn`` until ``None``; report failures as text."""
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        client = BenchClient(channel, seed)
+        conn.send("ready")
+        while (job := await loop.run_in_executor(None, conn.recv)) is not None:
+            try:
+                conn.send(await client.run(job))
+            except Exception:
+                conn.send(f"{job.operation} at concurrency {job.concurrency} failed:\n{traceback.format_exc()}")
+
+
+def client_main(conn: Connection, port: int, seed: int) -> None:
+    """Entry point of the spawned client process."""
+    try:
+        asyncio.run(serve_jobs(conn, port, seed))
+    finally:
+        conn.close()
+
+
+# -- the parent: server, orchestration, report --------------------------------------------------------
+
+
+class ClientProcess:
+    """The spawned client process and the pipe that carries its jobs and results."""
+
+    def __init__(self, port: int, seed: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(target=client_main, args=(child_conn, port, seed), name="bench-client")
+        self._process.daemon = True
+        self._process.start()
+        child_conn.close()
+        self._receive(timeout=60.0)
+
+    def _receive(self, timeout: float) -> object:
+        if not self._conn.poll(timeout):
+            raise TimeoutError(f"the client process did not answer within {timeout:.0f}s")
+        answer = self._conn.recv()
+        if isinstance(answer, str) and answer != "ready":
+            raise RuntimeError(answer)
+        return answer
+
+    def ask(self, job: Job) -> object:
+        """Send ``job`` and wait (bounded) for its answer."""
+        self._conn.send(job)
+        return self._receive(timeout=job.warmup + job.seconds + JOB_TIMEOUT_SLACK)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5)
+        self._conn.close()
+
+
+def measure(running: RunningServer, client: ClientProcess, job: Job) -> Result:
+    """Let the engine finish learning, then run ``job`` in the client and print a progress line."""
+    running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
+    result = client.ask(job)
+    assert isinstance(result, Result)
+    print(
+        f"  {result.operation:<13} c={result.concurrency:<3} {result.rate:9,.0f} calls/s"
+        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms",
+        flush=True,
+    )
+    return result
+
+
+def run_benchmark(running: RunningServer, args: argparse.Namespace) -> list[Result]:
+    """Ceiling and Recommend at each concurrency, then Feedback over the events Recommend made."""
+    client = ClientProcess(running.port, args.seed)
+    try:
+        results: list[Result] = []
+        for concurrency in args.concurrency:
+            for operation in (HEALTH, RECOMMEND):
+                results.append(measure(running, client, Job(operation, concurrency, args.seconds, args.warmup)))
+        ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
+        for concurrency in args.concurrency:
+            needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
+            client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), count=needed))
+            results.append(measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup)))
+        return results
+    finally:
+        client.close()
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """The Markdown table of every row, with throughput relative to the ceiling's."""
+    ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
+    lines = [
+        "| operation | concurrency | calls | calls/s | p50 ms | p99 ms | throughput / ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {HEALTH: 0, RECOMMEND: 1, FEEDBACK: 2}
+    for r in sorted(results, key=lambda r: (order[r.operation], r.concurrency)):
+        name = f"{r.operation} (ceiling)" if r.operation == HEALTH else r.operation
+        ceiling = ceilings.get(r.concurrency, 0.0)
+        ratio = f"{r.rate / ceiling:.2f}" if ceiling else "n/a"
+        note = " (ran out of events)" if r.ran_out_of_events else ""
+        lines.append(
+            f"| {name}{note} | {r.concurrency} | {r.calls:,} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def target_checks(results: Sequence[Result]) -> list[tuple[str, str, bool | None]]:
+    """Each target at concurrency 16: its wording, the measured value, and whether it is met."""
+    row = {(r.operation, r.concurrency): r for r in results}
+    ceiling = row.get((HEALTH, TARGET_CONCURRENCY))
+    recommend = row.get((RECOMMEND, TARGET_CONCURRENCY))
+    feedback = row.get((FEEDBACK, TARGET_CONCURRENCY))
+    checks: list[tuple[str, str, bool | None]] = []
+    if recommend and ceiling:
+        ratio = recommend.rate / ceiling.rate
+        checks.append((f"Recommend throughput >= {RECOMMEND_MIN_RATIO:.0%} of the ceiling", f"{ratio:.0%}",
+                       ratio >= RECOMMEND_MIN_RATIO))
+        checks.append((f"Recommend p99 <= {RECOMMEND_MAX_P99_MS:g} ms", f"{recommend.p99_ms:.2f} ms",
+                       recommend.p99_ms <= RECOMMEND_MAX_P99_MS))
+    else:
+        checks.append(("Recommend targets", "not measured", None))
+    if feedback:
+        checks.append((f"Feedback >= {FEEDBACK_MIN_RATE:,.0f} calls/s", f"{feedback.rate:,.0f} calls/s",
+                       feedback.rate >= FEEDBACK_MIN_RATE))
+    else:
+        checks.append(("Feedback target", "not measured", None))
+    return checks
+
+
+def format_targets(results: Sequence[Result]) -> str:
+    """The targets (all at concurrency 16) as a Markdown list with MET / MISSED."""
+    lines = [f"Targets at concurrency {TARGET_CONCURRENCY}:"]
+    for wording, measured, met in target_checks(results):
+        verdict = "n/a (run with --concurrency including 16)" if met is None else ("MET" if met else "MISSED")
+        lines.append(f"- {wording}: {measured} — {verdict}")
+    return "\n".join(lines)
+
+
+def parse_concurrency(text: str) -> list[int]:
+    """``"1,16"`` → ``[1, 16]``; every level between 1 and 256."""
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or any(not 1 <= c <= 256 for c in levels):
+        raise argparse.ArgumentTypeError("give comma-separated levels between 1 and 256, e.g. 1,16")
+    return list(dict.fromkeys(levels))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per row (default 4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each row (default 1)")
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 16], help="levels (default 1,16)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated traffic (default 7)")
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--seconds must be within (0, 600] and --warmup within [0, 60]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start a server on a temporary data directory, benchmark it, print the report."""
+    args = parse_args(argv)
+    began = time.perf_counter()
+    print(f"recbandit bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
+          f"{os.cpu_count()} cores; {args.warmup:g} s warm-up + {args.seconds:g} s per row", flush=True)
+    with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as data_dir:
+        settings = Settings(port=0, host=HOST, data_dir=data_dir)
+        running = start(settings)
+        try:
+            results = run_benchmark(running, args)
+        finally:
+            running.stop(grace=1.0)
+    print()
+    print(format_table(results))
+    print()
+    print(format_targets(results))
+    print(f"\nServer: {settings.workers} worker threads, data dir on {tempfile.gettempdir()}; "
+          f"client: grpc.aio in a spawned process. Total {time.perf_counter() - began:.1f} s.")
+
+
+if __name__ == "__main__":
+    main()
