@@ -15,8 +15,10 @@ Operations, each at every ``--concurrency`` (concurrent in-flight calls on one c
     20 candidates (category, brand, price), 10 user features, 5 context features,
     ``num_results=1``; requests vary over seeded users, contexts and candidate sets.
 ``Feedback``
-    reward 1.0, label ``click``, one call per event created by Recommend (every reward is new and
-    committed durably before the reply).
+    reward 1.0, label ``click``, one call per event created by Recommend, so every reward is new
+    and committed durably before the reply. The events of the Recommend rows are used first, then
+    untimed Recommend calls create more (for at most ``max(10 s, 3 × --seconds)``); a row that
+    runs out of events ends early and says so.
 
 Each measurement is a warm-up followed by a fixed duration; latency is ``time.perf_counter()``
 around each awaited call, throughput is calls over the wall time of the measured window. Before
@@ -65,6 +67,7 @@ RECOMMEND_MIN_RATIO = 0.60
 RECOMMEND_MAX_P99_MS = 5.0
 FEEDBACK_MIN_RATE = 3000.0
 JOB_TIMEOUT_SLACK = 120.0
+MIN_EVENT_SECONDS = 10.0
 LEARN_TIMEOUT = 60.0
 
 FeatureDict = Mapping[str, str | float | bool]
@@ -98,6 +101,7 @@ class Result:
 
     @property
     def rate(self) -> float:
+        """Completed calls per second of the measured window."""
         return self.calls / self.elapsed if self.elapsed > 0 else 0.0
 
 
@@ -239,11 +243,12 @@ class BenchClient:
         stopped = await asyncio.gather(*(self._worker(operation, deadline, latencies) for _ in range(concurrency)))
         return latencies, time.perf_counter() - began, any(stopped)
 
-    async def create_events(self, count: int, concurrency: int) -> None:
-        """Call Recommend (untimed) until at least ``count`` unrewarded events are waiting."""
+    async def create_events(self, count: int, concurrency: int, seconds: float) -> None:
+        """Call Recommend (untimed) until ``count`` unrewarded events wait, for at most ``seconds``."""
+        deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
-            while len(self._events) < count:
+            while len(self._events) < count and time.perf_counter() < deadline:
                 await self.call(RECOMMEND)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -251,7 +256,7 @@ class BenchClient:
     async def run(self, job: Job) -> Result | int:
         """Warm up and measure ``job``; for ``create events``, return how many events wait."""
         if job.operation == CREATE_EVENTS:
-            await self.create_events(job.count, job.concurrency)
+            await self.create_events(job.count, job.concurrency, job.seconds)
             return len(self._events)
         if job.warmup > 0:
             await self.window(job.operation, job.concurrency, job.warmup)
@@ -297,6 +302,7 @@ class ClientProcess:
         self._receive(timeout=60.0)
 
     def _receive(self, timeout: float) -> object:
+        """The client's next answer; its error text is raised here as :class:`RuntimeError`."""
         if not self._conn.poll(timeout):
             raise TimeoutError(f"the client process did not answer within {timeout:.0f}s")
         answer = self._conn.recv()
@@ -310,6 +316,7 @@ class ClientProcess:
         return self._receive(timeout=job.warmup + job.seconds + JOB_TIMEOUT_SLACK)
 
     def close(self) -> None:
+        """Tell the client to finish, then wait for it (terminate it only if it hangs)."""
         try:
             self._conn.send(None)
         except OSError:
@@ -345,7 +352,8 @@ def run_benchmark(running: RunningServer, args: argparse.Namespace) -> list[Resu
         ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
         for concurrency in args.concurrency:
             needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
-            client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), count=needed))
+            budget = max(MIN_EVENT_SECONDS, 3 * args.seconds)
+            client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), seconds=budget, count=needed))
             results.append(measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup)))
         return results
     finally:
@@ -365,9 +373,8 @@ def format_table(results: Sequence[Result]) -> str:
         ceiling = ceilings.get(r.concurrency, 0.0)
         ratio = f"{r.rate / ceiling:.2f}" if ceiling else "n/a"
         note = " (ran out of events)" if r.ran_out_of_events else ""
-        lines.append(
-            f"| {name}{note} | {r.concurrency} | {r.calls:,} | {r.rate:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {ratio} |"
-        )
+        cells = (name + note, str(r.concurrency), f"{r.calls:,}", f"{r.rate:,.0f}")
+        lines.append("| " + " | ".join((*cells, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio)) + " |")
     return "\n".join(lines)
 
 
@@ -412,6 +419,7 @@ def parse_concurrency(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command-line flags: ``--seconds``, ``--warmup``, ``--concurrency``, ``--seed``."""
     parser = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per row (default 4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each row (default 1)")
