@@ -277,11 +277,14 @@ class Engine:
 
     def _background(self) -> None:
         next_checkpoint = time.monotonic() + self.config.checkpoint_interval
+        next_close = time.monotonic()
         while not self._stopping.is_set():
             self._wake.wait(self.config.maintenance_interval)
             self._wake.clear()
             try:
-                self.close_windows()
+                if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
+                    self.close_windows()
+                    next_close = time.monotonic() + self.config.maintenance_interval
                 self.learn_pending()
                 if time.monotonic() >= next_checkpoint:
                     self.checkpoint()

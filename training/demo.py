@@ -69,7 +69,7 @@ def format_table(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
-def exploration_rate(data_dir: Path, engine_log) -> float:  # type: ignore[no-untyped-def]
+def exploration_rate(engine_log) -> float:  # type: ignore[no-untyped-def]
     """Mean over logged decisions of 1 − max(pmf): the chance a decision explored."""
     rates = [1.0 - max(record["slots"][0]["pmf"]) for record in engine_log.joined()]
     return sum(rates) / len(rates)
@@ -108,7 +108,7 @@ def run_demo(
             rounds = _play(client, events, concurrency, quiet)
         running.engine.wait_until_learned()
         blocks = summarise(rounds)
-        explored = exploration_rate(data_dir, running.engine.log)
+        explored = exploration_rate(running.engine.log)
         info = running.engine.model_info()
     finally:
         running.stop(grace=2.0)
