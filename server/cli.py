@@ -1,4 +1,4 @@
-"""The ``recbandit`` command: serve, export-log, demo."""
+"""The ``recbandit`` command: serve, export-log, demo, import-obd."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary folder")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--concurrency", type=int, default=4)
+
+    obd = commands.add_parser("import-obd", help="import the Open Bandit Dataset sample into an event log")
+    obd.add_argument("--data-dir", type=Path, default=Path("recbandit-obd"), help="default: recbandit-obd")
+    obd.add_argument("--source", type=Path, default=None, help="the obp sdist or an extracted copy; default: download it")
+    obd.add_argument("--cache-dir", type=Path, default=None, help="where the download is kept; default: DATA_DIR/cache")
+    obd.add_argument("--policies", default="random,bts", help="comma-separated: random, bts")
+    obd.add_argument("--campaigns", default="all,men,women", help="comma-separated: all, men, women")
     return parser
 
 
@@ -70,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         from training.demo import run_demo
 
         run_demo(events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency)
+    elif args.command == "import-obd":
+        from training.obd import run_import
+
+        try:
+            run_import(args.data_dir, source=args.source, cache_dir=args.cache_dir,
+                       policies=args.policies.split(","), campaigns=args.campaigns.split(","))
+        except (ValueError, OSError, RuntimeError) as error:
+            print(f"import-obd: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -47,6 +47,7 @@ from typing import IO
 from engine.eventlog import SQLiteEventLog
 from engine.features import with_time_context
 from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.rewards import RewardRules
 from engine.types import Candidate, FeatureValue
 
 POLICIES = ("random", "bts")
@@ -136,8 +137,9 @@ def open_source(source: Path) -> Iterator[OpenMember]:
 
 
 def _dataset_folder(source: Path) -> Path:
-    for depth in range(len(SDIST_ROOT.split("/")) + 1):
-        candidate = source.joinpath(*SDIST_ROOT.split("/")[depth:]) if depth else source
+    parts = SDIST_ROOT.split("/")
+    for depth in range(len(parts) + 1):
+        candidate = source.joinpath(*parts[depth:])
         if (candidate / "random").is_dir() or (candidate / "bts").is_dir():
             return candidate
     raise FileNotFoundError(f"--source {source}: no Open Bandit Dataset folder (random/, bts/) found")
@@ -361,3 +363,28 @@ def format_summary(summaries: Sequence[CampaignSummary]) -> str:
             f"{s.click_rate:.4f} [{s.ci_low:.4f}, {s.ci_high:.4f}]"
         )
     return "\n".join(lines)
+
+
+def run_import(
+    data_dir: Path,
+    *,
+    source: Path | None = None,
+    cache_dir: Path | None = None,
+    policies: Sequence[str] = POLICIES,
+    campaigns: Sequence[str] = CAMPAIGNS,
+) -> list[CampaignSummary]:
+    """``recbandit import-obd``: obtain the sample unless ``source`` is given, import, print the summary."""
+    data_dir = Path(data_dir)
+    if source is None:
+        source = download_sample(cache_dir or data_dir / "cache")
+    elif not source.exists():
+        raise FileNotFoundError(f"--source {source}: no such file or folder")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = SQLiteEventLog(data_dir / "events.db", RewardRules())
+    try:
+        summaries = import_obd(log, source, policies=policies, campaigns=campaigns)
+    finally:
+        log.close()
+    print(format_summary(summaries))
+    print(f"event log: {data_dir / 'events.db'}")
+    return summaries
