@@ -1,0 +1,447 @@
+"""LightFM embeddings at serving time: representations, top-N retrieval and affinity features.
+
+LightFM represents a user (or an item) as the weighted sum of the embeddings of its features,
+
+    q_u = sum_j w_uj e_j        b_u = sum_j w_uj beta_j
+
+where the features are the identity token ``id=<user_id>`` (only for users seen in training) and
+one token per categorical feature value (``segment=sporty``; a tag list gives one token per tag;
+a bool gives ``name=true``/``name=false``). Numbers are not LightFM features: they stay with the
+bandit. With ``normalize`` (the default, as in ``lightfm.data.Dataset``) the weights of a row are
+``1/len(tokens)``. Tokens the model never saw are ignored, so an unknown user or an item added
+after training is represented by its known features alone, and one with no known feature by
+zeros (its items are then ranked by the item biases, LightFM's popularity term).
+
+The score of item ``i`` for user ``u`` is LightFM's prediction ``b_u + b_i + q_u . p_i``. Item
+representations are precomputed into one ``float32`` matrix, so :meth:`Embeddings.top_n` is one
+matrix-vector product and an ``argpartition``. Only numpy is needed; LightFM is not imported.
+
+Concurrency: any number of threads may call the read methods while one writer (serialised by a
+lock) upserts or deletes items. Writers append rows to buffers with spare capacity and publish a
+new immutable :class:`_View`; a reader uses the view it took at the start of its call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.checkpoint import atomic_write
+from engine.errors import InvalidRequest
+from engine.types import Features, Item
+
+ARTIFACT_VERSION = 1
+MANIFEST = "embeddings.json"
+IDENTITY = "id="
+AFFINITY_FEATURES = ("lightfm_affinity", "lightfm_cosine", "lightfm_item_bias", "lightfm_rank")
+
+
+class Representation(NamedTuple):
+    """A LightFM representation: the bias and the latent vector (``float32``, ``components`` long)."""
+
+    bias: float
+    vector: np.ndarray
+
+
+def feature_tokens(features: Features) -> list[str]:
+    """LightFM feature tokens of a feature map: ``name=value`` per string, tag or bool; numbers skipped."""
+    tokens = []
+    for name, value in features.items():
+        if isinstance(value, bool):
+            tokens.append(f"{name}={'true' if value else 'false'}")
+        elif isinstance(value, str):
+            tokens.append(f"{name}={value}")
+        elif isinstance(value, tuple | list):
+            tokens.extend(f"{name}={v}" for v in value)
+    return tokens
+
+
+def identity_token(entity_id: str) -> str:
+    return IDENTITY + entity_id
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One side (users or items) of a trained model: a token's row in ``embeddings`` and ``biases``."""
+
+    tokens: Sequence[str]
+    embeddings: np.ndarray  # (n_tokens, components) float32
+    biases: np.ndarray  # (n_tokens,) float32
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {t: i for i, t in enumerate(self.tokens)})
+
+    def rows(self, entity_id: str | None, features: Features) -> list[int]:
+        """Rows of the known tokens: the identity (when ``entity_id`` was trained) and the features."""
+        index = self.index
+        tokens = feature_tokens(features)
+        if entity_id is not None:
+            tokens.insert(0, identity_token(entity_id))
+        return [index[t] for t in dict.fromkeys(tokens) if t in index]
+
+    def combine(self, rows_per_entity: Sequence[Sequence[int]], normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Biases (n,) and vectors (n, components) of entities given their token rows, in one pass."""
+        n, k = len(rows_per_entity), self.embeddings.shape[1]
+        counts = np.fromiter((len(r) for r in rows_per_entity), dtype=np.int64, count=n)
+        vectors = np.zeros((n, k), dtype=np.float32)
+        biases = np.zeros(n, dtype=np.float32)
+        has = counts > 0
+        if not has.any():
+            return biases, vectors
+        flat = np.fromiter((j for r in rows_per_entity for j in r), dtype=np.int64, count=int(counts.sum()))
+        weights = np.repeat(1.0 / counts[has] if normalize else np.ones(int(has.sum())), counts[has]).astype(np.float32)
+        starts = np.concatenate(([0], np.cumsum(counts[has])[:-1]))
+        vectors[has] = np.add.reduceat(self.embeddings[flat] * weights[:, None], starts, axis=0)
+        biases[has] = np.add.reduceat(self.biases[flat] * weights, starts)
+        return biases, vectors
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What one reader sees: the first ``size`` rows of the buffers and the live-item statistics."""
+
+    size: int
+    vectors: np.ndarray  # (capacity, k) float32
+    biases: np.ndarray  # (capacity,) float32, the item's LightFM bias
+    rank_biases: np.ndarray  # (capacity,) float32, the bias, or -inf for a deleted item
+    live: int
+    sum1: np.ndarray  # (k+1,) float64: sum over live items of [p_i, b_i]
+    sum2: np.ndarray  # (k+1, k+1) float64: sum over live items of [p_i, b_i][p_i, b_i]^T
+
+
+class Embeddings:
+    """A trained LightFM model ready to serve: representations, retrieval index, affinity features.
+
+    Parameters
+    ----------
+    users, items:
+        The trained feature tables (identity tokens ``id=<id>`` included).
+    item_ids, item_biases, item_vectors:
+        The retrieval index at load time: the catalog's active items and their precomputed
+        representations (as ``lightfm.LightFM.get_item_representations`` would give them).
+    normalize:
+        Whether a representation is the mean (True) or the sum of its feature embeddings.
+    metadata:
+        Training config, metrics and provenance, kept verbatim in the artifact.
+    """
+
+    def __init__(
+        self,
+        users: FeatureTable,
+        items: FeatureTable,
+        item_ids: Sequence[str],
+        item_biases: np.ndarray,
+        item_vectors: np.ndarray,
+        *,
+        normalize: bool = True,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        k = items.embeddings.shape[1]
+        if users.embeddings.shape[1] != k:
+            raise InvalidRequest("users", f"components {users.embeddings.shape[1]} differ from the items' {k}")
+        if item_vectors.shape != (len(item_ids), k) or item_biases.shape != (len(item_ids),):
+            raise InvalidRequest("item_vectors", f"shapes {item_vectors.shape}, {item_biases.shape} for {len(item_ids)} items")
+        self.users, self.items = users, items
+        self.normalize = normalize
+        self.metadata = dict(metadata or {})
+        self.components = k
+        self._lock = threading.Lock()
+        self._row: dict[str, int] = {}
+        self._row_ids: list[str] = []
+        empty = np.zeros((0, k), dtype=np.float32)
+        self._view = _View(0, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), 0,
+                           np.zeros(k + 1), np.zeros((k + 1, k + 1)))
+        self._set_rows(list(item_ids), np.asarray(item_biases, np.float32), np.asarray(item_vectors, np.float32))
+
+    # -- representations ---------------------------------------------------------------------------
+
+    def user_representation(self, user_id: str, user_features: Features) -> Representation:
+        """The user's representation: identity (when trained) plus the known user features."""
+        _check_features("user_features", user_features)
+        rows = self.users.rows(user_id, user_features)
+        biases, vectors = self.users.combine([rows], self.normalize)
+        return Representation(float(biases[0]), vectors[0])
+
+    def item_representation(self, item_id: str, item_features: Features) -> Representation:
+        """The item's representation: identity (when trained) plus the known catalog features."""
+        _check_features("item_features", item_features)
+        biases, vectors = self.items.combine([self.items.rows(item_id, item_features)], self.normalize)
+        return Representation(float(biases[0]), vectors[0])
+
+    def is_known_user(self, user_id: str) -> bool:
+        return identity_token(user_id) in self.users.index
+
+    # -- the retrieval index -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """The number of live (retrievable) items."""
+        return self._view.live
+
+    def __contains__(self, item_id: object) -> bool:
+        view, row = self._view, self._row.get(item_id)  # type: ignore[arg-type]
+        return row is not None and row < view.size and np.isfinite(view.rank_biases[row])
+
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        """Add or refresh catalog items from their features; inactive items leave the index."""
+        items = list(items)
+        for i, item in enumerate(items):
+            if not isinstance(item, Item):
+                raise InvalidRequest(f"items[{i}]", f"must be an Item, got {type(item).__name__}")
+            _check_features(f"items[{i}].features", item.features)
+        rows = [self.items.rows(item.item_id, item.features) for item in items]
+        biases, vectors = self.items.combine(rows, self.normalize)
+        with self._lock:
+            self._set_rows([i.item_id for i in items], biases, vectors)
+            self._delete([i.item_id for i in items if not i.active])
+        return len(items)
+
+    def delete_items(self, item_ids: Iterable[str]) -> list[str]:
+        """Take items out of retrieval (their representation is kept); return those that were live."""
+        if isinstance(item_ids, str):
+            raise InvalidRequest("item_ids", "must be a collection of item ids, not one string")
+        ids = list(item_ids)
+        with self._lock:
+            return self._delete(ids)
+
+    def sync_catalog(self, items: Iterable[Item]) -> None:
+        """Make the index exactly the catalog's active items (after loading a new artifact)."""
+        items = list(items)
+        wanted = {i.item_id for i in items if i.active}
+        self.upsert_items(items)
+        self.delete_items([i for i in self._row_ids if i not in wanted])
+
+    def _set_rows(self, ids: list[str], biases: np.ndarray, vectors: np.ndarray) -> None:
+        view = self._view
+        size, vec, bias, rank = view.size, view.vectors, view.biases, view.rank_biases
+        sum1, sum2, live = view.sum1.copy(), view.sum2.copy(), view.live
+        new = [i for i in dict.fromkeys(ids) if i not in self._row]
+        if size + len(new) > len(bias):
+            capacity = max(size + len(new), int(len(bias) * 1.5), 1024)
+            vec, bias, rank = _grow(vec, size, capacity), _grow(bias, size, capacity), _grow(rank, size, capacity)
+        for item_id in new:
+            self._row[item_id] = len(self._row_ids)
+            self._row_ids.append(item_id)
+        rows = np.fromiter((self._row[i] for i in ids), dtype=np.int64, count=len(ids))
+        old = rows[rows < size]
+        was_live = np.unique(old[np.isfinite(rank[old])])
+        sum1, sum2 = _stats_update(sum1, sum2, vec[was_live], bias[was_live], -1.0)
+        vec[rows], bias[rows], rank[rows] = vectors, biases, biases
+        kept = np.unique(rows)
+        sum1, sum2 = _stats_update(sum1, sum2, vec[kept], bias[kept], +1.0)
+        live += len(kept) - len(was_live)
+        self._view = _View(size + len(new), vec, bias, rank, live, sum1, sum2)
+
+    def _delete(self, ids: list[str]) -> list[str]:
+        view = self._view
+        rows = [(i, self._row[i]) for i in dict.fromkeys(ids) if i in self._row]
+        gone = [(i, r) for i, r in rows if np.isfinite(view.rank_biases[r])]
+        if not gone:
+            return []
+        r = np.array([r for _, r in gone], dtype=np.int64)
+        sum1, sum2 = _stats_update(view.sum1.copy(), view.sum2.copy(), view.vectors[r], view.biases[r], -1.0)
+        view.rank_biases[r] = -np.inf
+        self._view = _View(view.size, view.vectors, view.biases, view.rank_biases, view.live - len(gone), sum1, sum2)
+        return [i for i, _ in gone]
+
+    # -- scoring -----------------------------------------------------------------------------------
+
+    def top_n(self, user_repr: Representation, n: int, exclude: Iterable[str] = frozenset()) -> list[tuple[str, float]]:
+        """The ``n`` live items with the highest LightFM score for ``user_repr``, best first.
+
+        One ``(size, k) @ (k,)`` product plus the item biases, exclusions set to ``-inf``, then
+        ``argpartition`` for the top ``n`` and a sort of those ``n``. Fewer than ``n`` come back
+        when fewer items are live and not excluded.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidRequest("n", f"must be a whole number >= 1, got {n!r}")
+        vector = self._check_repr(user_repr)
+        if isinstance(exclude, str):
+            raise InvalidRequest("exclude", "must be a collection of item ids, not one string")
+        view = self._view
+        scores = view.vectors[: view.size] @ vector
+        scores += view.rank_biases[: view.size]
+        excluded = [r for r in (self._row.get(i) for i in exclude) if r is not None and r < view.size]
+        scores[excluded] = -np.inf
+        n = min(n, view.size)
+        if n == 0:
+            return []
+        top = np.argpartition(scores, -n)[-n:] if n < view.size else np.arange(view.size)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[np.isfinite(scores[top])]
+        ids, user_bias = self._row_ids, float(user_repr.bias)
+        return [(ids[r], float(scores[r]) + user_bias) for r in top]
+
+    def scores(self, user_repr: Representation, item_ids: Sequence[str]) -> np.ndarray:
+        """LightFM scores of the given items (NaN for items without a representation)."""
+        vector = self._check_repr(user_repr)
+        view = self._view
+        rows = np.array([self._row.get(i, -1) for i in item_ids], dtype=np.int64)
+        ok = (rows >= 0) & (rows < view.size)
+        out = np.full(len(rows), np.nan)
+        out[ok] = view.vectors[rows[ok]] @ vector + view.biases[rows[ok]] + user_repr.bias
+        return out
+
+    def affinity_features(
+        self,
+        user_repr: Representation,
+        item_ids: Sequence[str],
+        item_features: Mapping[str, Features] | None = None,
+    ) -> list[dict[str, float]]:
+        """Per item, numeric features for the bandit's item namespace (``{}`` for an unknown item).
+
+        - ``lightfm_affinity``: the item's score as a z-score over the live catalog for this user,
+          ``(s_i - mean) / std``, clipped to [-6, 6]. Mean and variance over the catalog are exact,
+          from running sums: with ``x = [q_u, 1]`` and ``y_i = [p_i, b_i]``, ``mean = x.S1/N`` and
+          ``var = x^T (S2/N) x - mean^2``.
+        - ``lightfm_cosine``: cosine of the user and item vectors (0 when either is zero).
+        - ``lightfm_item_bias``: the item's bias (LightFM's popularity term).
+        - ``lightfm_rank``: ``1 / (1 + rank)`` of the item's score among ``item_ids`` (best = 1).
+        """
+        vector = self._check_repr(user_repr)
+        view = self._view
+        item_features = item_features or {}
+        biases, vectors = np.zeros(len(item_ids), np.float32), np.zeros((len(item_ids), self.components), np.float32)
+        known = np.zeros(len(item_ids), dtype=bool)
+        for j, item_id in enumerate(item_ids):
+            row = self._row.get(item_id)
+            if row is not None and row < view.size:
+                biases[j], vectors[j], known[j] = view.biases[row], view.vectors[row], True
+            elif item_id in item_features:
+                biases[j], vectors[j] = self.item_representation(item_id, item_features[item_id])
+                known[j] = True
+        raw = vectors.astype(np.float64) @ vector + biases
+        mean, std = self._catalog_moments(view, vector)
+        z = np.clip((raw - mean) / std, -6.0, 6.0) if std > 0 else np.zeros_like(raw)
+        norms = np.linalg.norm(vectors, axis=1) * float(np.linalg.norm(vector))
+        cosine = np.divide(vectors @ vector, norms, out=np.zeros(len(raw), np.float32), where=norms > 0)
+        order = np.argsort(-np.where(known, raw, -np.inf), kind="stable")
+        rank = np.empty(len(raw), dtype=np.int64)
+        rank[order] = np.arange(len(raw))
+        return [
+            {
+                "lightfm_affinity": round(float(z[j]), 4),
+                "lightfm_cosine": round(float(cosine[j]), 4),
+                "lightfm_item_bias": round(float(biases[j]), 4),
+                "lightfm_rank": round(1.0 / (1.0 + float(rank[j])), 4),
+            }
+            if known[j]
+            else {}
+            for j in range(len(item_ids))
+        ]
+
+    @staticmethod
+    def _catalog_moments(view: _View, vector: np.ndarray) -> tuple[float, float]:
+        if view.live == 0:
+            return 0.0, 0.0
+        x = np.append(vector.astype(np.float64), 1.0)
+        mean = float(x @ view.sum1) / view.live
+        var = float(x @ view.sum2 @ x) / view.live - mean * mean
+        return mean, math.sqrt(max(var, 0.0))
+
+    def _check_repr(self, user_repr: object) -> np.ndarray:
+        if not isinstance(user_repr, tuple) or len(user_repr) != 2:
+            raise InvalidRequest("user_repr", "must be a Representation (bias, vector)")
+        vector = np.asarray(user_repr[1], dtype=np.float32)
+        if vector.shape != (self.components,):
+            raise InvalidRequest("user_repr", f"vector must have shape ({self.components},), got {vector.shape}")
+        if not (np.isfinite(vector).all() and math.isfinite(user_repr[0])):
+            raise InvalidRequest("user_repr", "must be finite")
+        return vector
+
+    # -- the artifact --------------------------------------------------------------------------------
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything the artifact holds, as named arrays (strings as unicode arrays, no pickles)."""
+        view = self._view
+        live = np.flatnonzero(np.isfinite(view.rank_biases[: view.size]))
+        meta = {"artifact_version": ARTIFACT_VERSION, "normalize": self.normalize, **self.metadata}
+        return {
+            "user_tokens": np.array(list(self.users.tokens), dtype=str),
+            "user_embeddings": self.users.embeddings,
+            "user_biases": self.users.biases,
+            "item_tokens": np.array(list(self.items.tokens), dtype=str),
+            "item_embeddings": self.items.embeddings,
+            "item_biases": self.items.biases,
+            "index_item_ids": np.array([self._row_ids[r] for r in live], dtype=str),
+            "index_biases": view.biases[live],
+            "index_vectors": view.vectors[live],
+            "metadata": np.array(json.dumps(meta, sort_keys=True)),
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> Embeddings:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["metadata"]))
+            if meta.get("artifact_version") != ARTIFACT_VERSION:
+                raise ValueError(f"{path}: artifact_version {meta.get('artifact_version')}, expected {ARTIFACT_VERSION}")
+            users = FeatureTable(data["user_tokens"].tolist(), data["user_embeddings"], data["user_biases"])
+            items = FeatureTable(data["item_tokens"].tolist(), data["item_embeddings"], data["item_biases"])
+            normalize = bool(meta.pop("normalize"))
+            meta.pop("artifact_version")
+            return cls(users, items, data["index_item_ids"].tolist(), data["index_biases"], data["index_vectors"],
+                       normalize=normalize, metadata=meta)
+
+
+def write_artifact(data_dir: str | Path, embeddings: Embeddings, *, keep: int = 3) -> Path:
+    """Write ``<data_dir>/embeddings/embeddings-<ts>.npz`` atomically, then point the manifest at it.
+
+    The artifact is fsynced and renamed before the manifest, so a reader following the manifest
+    never sees a partial file. The ``keep`` newest artifacts stay; older ones are removed.
+    """
+    directory = Path(data_dir) / "embeddings"
+    directory.mkdir(parents=True, exist_ok=True)
+    ts = time.time()
+    name = f"embeddings-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ts))}-{int(ts * 1e6) % 1_000_000:06d}.npz"
+    arrays = embeddings.arrays()
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+
+    atomic_write(directory / name, write_npz)
+    manifest = {"artifact": name, "created_ts": ts, "metrics": embeddings.metadata.get("metrics", {})}
+    atomic_write(directory / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    for old in sorted(directory.glob("embeddings-*.npz"))[:-keep]:
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return directory / name
+
+
+def current_artifact(data_dir: str | Path) -> Path | None:
+    """The artifact the manifest points at, or None when no embeddings were trained."""
+    manifest = Path(data_dir) / "embeddings" / MANIFEST
+    if not manifest.exists():
+        return None
+    return manifest.parent / json.loads(manifest.read_text())["artifact"]
+
+
+def load_current(data_dir: str | Path) -> Embeddings | None:
+    path = current_artifact(data_dir)
+    return Embeddings.load(path) if path is not None else None
+
+
+def _check_features(field: str, features: object) -> None:
+    if not isinstance(features, Mapping):
+        raise InvalidRequest(field, f"must be a mapping of feature name to value, got {type(features).__name__}")
+
+
+def _grow(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+def _stats_update(sum1: np.ndarray, sum2: np.ndarray, vectors: np.ndarray, biases: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    if len(biases) == 0:
+        return sum1, sum2
+    y = np.hstack([vectors.astype(np.float64), biases.astype(np.float64)[:, None]])
+    return sum1 + sign * y.sum(axis=0), sum2 + sign * (y.T @ y)
