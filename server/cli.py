@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     obd.add_argument("--cache-dir", type=Path, default=None, help="where the download is kept; default: DATA_DIR/cache")
     obd.add_argument("--policies", default="random,bts", help="comma-separated: random, bts")
     obd.add_argument("--campaigns", default="all,men,women", help="comma-separated: all, men, women")
+
+    from training.embeddings import add_arguments as add_embedding_arguments
+
+    embeddings = commands.add_parser("train-embeddings", help="train LightFM embeddings from the event log")
+    add_embedding_arguments(embeddings)
     return parser
 
 
@@ -85,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                        policies=args.policies.split(","), campaigns=args.campaigns.split(","))
         except (ValueError, OSError, RuntimeError) as error:
             print(f"import-obd: {error}", file=sys.stderr)
+            return 2
+    elif args.command == "train-embeddings":
+        from engine.errors import InvalidRequest
+        from training.embeddings import run as train_embeddings
+
+        try:
+            train_embeddings(args)
+        except (InvalidRequest, OSError) as error:
+            print(f"train-embeddings: {error}", file=sys.stderr)
             return 2
     return 0
 
