@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections import OrderedDict
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import BanditConfig, VWBandit, shared_line
 from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady, PreconditionFailed
 from engine.eventlog import SQLiteEventLog
 from engine.exploration import draw, uniform_draw
-from engine.features import merge_features, with_time_context
-from engine.records import LoggedDecision, Outcome, Reward, SlotChoice
+from engine.features import EncodedCandidates, frozen_features, merge_features, with_time_context
+from engine.records import LoggedDecision, Outcome, Reward, SlotChoice, decision_to_json
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
 from engine.validation import Limits, check_decision_request, check_id, check_items, check_reward_report
@@ -65,7 +66,10 @@ class Engine:
         self._dir = Path(config.data_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
-        self._catalog: dict[str, Item] = {item.item_id: item for item in self.log.items()}
+        self._catalog: dict[str, Item] = {item.item_id: _frozen_item(item) for item in self.log.items()}
+        self._encoded = EncodedCandidates()
+        self._recent: OrderedDict[str, _Example] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._learn_lock = threading.Lock()
         self._load_model()
         self._wake = threading.Event()
@@ -83,7 +87,7 @@ class Engine:
             self._learned_seq = self._examples_learned = 0
             self._last_checkpoint: float | None = None
             return
-        saved = BanditConfig(**{**checkpoint.bandit, "interactions": tuple(checkpoint.bandit["interactions"])})
+        saved = BanditConfig.from_dict(checkpoint.bandit)
         if saved != self.config.bandit:
             log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
                         saved, self.config.bandit)
@@ -103,7 +107,7 @@ class Engine:
         if self._stopping.is_set():
             raise ModelNotReady("the engine is stopping")
         limits = self.config.limits
-        check_decision_request(request, limits)
+        check_decision_request(request, limits, self._encoded.known)
         if request.event_id:
             existing = self.log.get_decision(request.event_id)
             if existing is not None:
@@ -117,7 +121,10 @@ class Engine:
         ts = time.time()
         event_id = request.event_id or uuid.uuid4().hex
         context = with_time_context(request.context, ts)
-        slots = self._fill_slots(event_id, request.user_features, context, candidates, num_results)
+        shared = shared_line(request.user_features, context)
+        encoded = [self._encoded.encode(c) for c in candidates]
+        actions = [line for line, _ in encoded]
+        slots = self._fill_slots(event_id, shared, actions, candidates, num_results)
         decision = LoggedDecision(
             event_id=event_id,
             ts=ts,
@@ -130,11 +137,14 @@ class Engine:
             deferred=request.defer_activation,
             deadline=ts + self.config.rewards.window_seconds,
         )
-        return self._same_event(self.log.append_decision(decision), request)
+        logged = self.log.append_decision(decision, decision_to_json(decision, [record for _, record in encoded]))
+        if logged is decision:
+            self._remember(decision, shared, actions)
+        return self._same_event(logged, request)
 
-    def _fill_slots(self, event_id, user_features, context, candidates, num_results) -> tuple[SlotChoice, ...]:  # type: ignore[no-untyped-def]
-        shared = shared_line(user_features, context)
-        actions = [action_line(c.item_id, c.features) for c in candidates]
+    def _fill_slots(  # type: ignore[no-untyped-def]
+        self, event_id, shared, actions, candidates, num_results
+    ) -> tuple[SlotChoice, ...]:
         remaining = list(range(len(candidates)))
         slots = []
         for slot in range(num_results):
@@ -196,7 +206,7 @@ class Engine:
     def upsert_items(self, items: list[Item]) -> int:
         check_items("items", items, self.config.limits)
         count = self.log.upsert_items(items)
-        self._catalog = {**self._catalog, **{item.item_id: item for item in items}}
+        self._catalog = {**self._catalog, **{item.item_id: _frozen_item(item) for item in items}}
         return count
 
     def delete_items(self, item_ids: list[str]) -> int:
@@ -225,9 +235,10 @@ class Engine:
         """Learn every final outcome in the log beyond what the model has; return how many."""
         learned = 0
         with self._learn_lock:
-            while batch := self.log.outcomes_after(self._learned_seq):
-                for outcome, decision in batch:
-                    self._learn(outcome, decision)
+            while batch := self.log.final_outcomes_after(self._learned_seq):
+                examples = self._examples([o.event_id for o in batch])
+                for outcome in batch:
+                    self._learn(outcome, examples[outcome.event_id])
                     self._learned_seq = outcome.seq
                     self._examples_learned += 1
                 learned += len(batch)
@@ -236,17 +247,42 @@ class Engine:
                 self._learned.notify_all()
         return learned
 
-    def _learn(self, outcome: Outcome, decision: LoggedDecision) -> None:
-        earlier = set(decision.chosen_item_ids[: outcome.slot])
-        remaining = [c for c in decision.candidates if c.item_id not in earlier]
-        chosen = next(i for i, c in enumerate(remaining) if c.item_id == outcome.item_id)
+    def _remember(self, decision: LoggedDecision, shared: str, actions: list[str]) -> None:
+        """Keep a new decision's VW lines, so that learning its reward needs no log read or encoding."""
+        example = _Example.of(decision, shared, actions)
+        with self._recent_lock:
+            self._recent[decision.event_id] = example
+            if len(self._recent) > RECENT_DECISIONS:
+                self._recent.popitem(last=False)
+
+    def _examples(self, event_ids: list[str]) -> dict[str, _Example]:
+        """The decisions (as VW lines) of ``event_ids``: remembered ones, the rest read from the log."""
+        found: dict[str, _Example] = {}
+        with self._recent_lock:
+            for event_id in event_ids:
+                example = self._recent.get(event_id)
+                if example is not None:
+                    found[event_id] = example
+        missing = [e for e in event_ids if e not in found]
+        for event_id, decision in self.log.decisions(missing).items():
+            shared = shared_line(decision.user_features, decision.context)
+            found[event_id] = _Example.of(decision, shared, [self._encoded.encode(c)[0] for c in decision.candidates])
+        return found
+
+    def _learn(self, outcome: Outcome, example: _Example) -> None:
+        earlier = set(example.chosen[: outcome.slot])
+        remaining = [i for i, item_id in enumerate(example.item_ids) if item_id not in earlier]
+        chosen = next(j for j, i in enumerate(remaining) if example.item_ids[i] == outcome.item_id)
         self.bandit.learn(
-            shared_line(decision.user_features, decision.context),
-            [action_line(c.item_id, c.features) for c in remaining],
+            example.shared,
+            [example.actions[i] for i in remaining],
             chosen,
             outcome.reward,
-            decision.slots[outcome.slot].probability,
+            example.probabilities[outcome.slot],
         )
+        if outcome.slot == len(example.chosen) - 1:
+            with self._recent_lock:
+                self._recent.pop(outcome.event_id, None)
 
     def wait_until_learned(self, timeout: float = 10.0) -> bool:
         """Block until every outcome committed so far is learned (tests and the demo use this)."""
@@ -327,3 +363,32 @@ def _decode_token(token: str) -> str:
         return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("page_token", "is not a next_page_token from ListItems") from None
+
+
+RECENT_DECISIONS = 65_536
+"""How many recent decisions keep their VW lines in memory for learning (older ones are read back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Example:
+    """What learning one decision's slots needs: its VW lines, candidate ids, choices and probabilities."""
+
+    shared: str
+    actions: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    chosen: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    @classmethod
+    def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
+        return cls(
+            shared,
+            tuple(actions),
+            tuple(c.item_id for c in decision.candidates),
+            decision.chosen_item_ids,
+            tuple(s.probability for s in decision.slots),
+        )
+
+
+def _frozen_item(item: Item) -> Item:
+    return Item(item.item_id, frozen_features(item.features), item.active)

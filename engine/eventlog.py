@@ -116,8 +116,11 @@ class SQLiteEventLog:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    def append_decision(self, decision: LoggedDecision) -> LoggedDecision:
-        """Commit ``decision``; if its event id is already logged, return the logged one instead."""
+    def append_decision(self, decision: LoggedDecision, record: str | None = None) -> LoggedDecision:
+        """Commit ``decision``; if its event id is already logged, return the logged one instead.
+
+        ``record`` is ``decision_to_json(decision)`` when the caller has it already.
+        """
         row = (
             decision.event_id,
             decision.ts,
@@ -126,7 +129,7 @@ class SQLiteEventLog:
             json.dumps(decision.chosen_item_ids),
             int(decision.deferred),
             decision.model_version,
-            decision_to_json(decision),
+            decision_to_json(decision) if record is None else record,
         )
 
         def insert(conn: sqlite3.Connection) -> LoggedDecision | None:
@@ -244,6 +247,31 @@ class SQLiteEventLog:
             .fetchall()
         )
         return [(Outcome(*row[:7]), _decision(row[7:])) for row in rows]
+
+    def final_outcomes_after(self, seq: int, limit: int = 1000) -> list[Outcome]:
+        """Like :meth:`outcomes_after` without the decisions (the learner keeps recent ones)."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT seq, event_id, slot, item_id, reward, source, ts FROM outcomes WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            .fetchall()
+        )
+        return [Outcome(*row) for row in rows]
+
+    def decisions(self, event_ids: Iterable[str]) -> dict[str, LoggedDecision]:
+        """The logged decisions of the given events, by event id (unknown ids are left out)."""
+        ids = list(dict.fromkeys(event_ids))
+        found: dict[str, LoggedDecision] = {}
+        conn = self._reader()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
+                found[row[0]] = _decision(row)
+        return found
 
     def last_outcome_seq(self) -> int:
         (seq,) = self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()

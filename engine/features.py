@@ -1,11 +1,14 @@
-"""Feature preparation shared by deciding and learning: time context and catalog merging."""
+"""Feature preparation shared by deciding and learning: time context, catalog merging, encoding."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 
-from engine.types import Features, FeatureValue
+from engine.bandit import action_line
+from engine.records import candidate_to_json
+from engine.types import Candidate, Features, FeatureValue
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -27,3 +30,42 @@ def merge_features(catalog: Mapping[str, FeatureValue] | None, request: Features
     if not request:
         return catalog
     return {**catalog, **request}
+
+
+def frozen_features(features: Mapping[str, FeatureValue]) -> Features:
+    """A read-only view of a new copy of ``features``: the form :class:`EncodedCandidates` remembers."""
+    return MappingProxyType(dict(features))
+
+
+class EncodedCandidates:
+    """The VW line and the log's JSON of recently seen candidates, computed once per candidate.
+
+    Only candidates whose features are a read-only view (:func:`frozen_features`, as the server's
+    converters and the catalog make them) are remembered, keyed by item id and the identity of
+    that view. An entry holds the view itself, so its identity cannot pass to another object
+    while the entry lives, and a view that nobody can change always encodes the same way. Other
+    candidates are encoded on every call. The cache forgets everything when full.
+    """
+
+    def __init__(self, capacity: int = 1 << 15) -> None:
+        self._capacity = capacity
+        self._entries: dict[tuple[str, int], tuple[Features, str, str]] = {}
+
+    def known(self, candidate: Candidate) -> bool:
+        """Whether ``candidate`` was encoded before (so its features passed validation then)."""
+        entry = self._entries.get((candidate.item_id, id(candidate.features)))
+        return entry is not None and entry[0] is candidate.features
+
+    def encode(self, candidate: Candidate) -> tuple[str, str]:
+        """``(action_line, candidate_to_json)`` of ``candidate``."""
+        features = candidate.features
+        key = (candidate.item_id, id(features))
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is features:
+            return entry[1], entry[2]
+        line, record = action_line(candidate.item_id, features), candidate_to_json(candidate)
+        if type(features) is MappingProxyType:
+            if len(self._entries) >= self._capacity:
+                self._entries.clear()
+            self._entries[key] = (features, line, record)
+        return line, record

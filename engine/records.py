@@ -8,6 +8,7 @@ chosen item, its probability and the whole distribution it was drawn from.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.types import Candidate, Features, FeatureValue
@@ -79,17 +80,29 @@ class Outcome:
     ts: float
 
 
-def decision_to_json(decision: LoggedDecision) -> str:
-    return json.dumps(
+def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | None = None) -> str:
+    """The decision's ``record`` column: features, candidates and slots as compact JSON.
+
+    ``candidates_json`` may give each candidate's :func:`candidate_to_json` already encoded (the
+    engine keeps those of recently seen candidates), in the order of ``decision.candidates``.
+    """
+    if candidates_json is None:
+        candidates_json = [candidate_to_json(c) for c in decision.candidates]
+    head = json.dumps(
         {
             "schema_version": decision.schema_version,
             "user_features": _features_out(decision.user_features),
             "context": _features_out(decision.context),
-            "candidates": [[c.item_id, _features_out(c.features)] for c in decision.candidates],
-            "slots": [[s.item_id, s.probability, list(s.pmf)] for s in decision.slots],
         },
         separators=(",", ":"),
     )
+    slots = json.dumps([[s.item_id, s.probability, s.pmf] for s in decision.slots], separators=(",", ":"))
+    return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}}}'
+
+
+def candidate_to_json(candidate: Candidate) -> str:
+    """One entry of the record's ``candidates``: ``[item_id, features]``."""
+    return json.dumps([candidate.item_id, _features_out(candidate.features)], separators=(",", ":"))
 
 
 def decision_from_json(

@@ -7,11 +7,13 @@ Every check raises :class:`~engine.errors.InvalidRequest` naming the field and t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from engine.errors import InvalidRequest
 from engine.types import Candidate, DecisionRequest, Features, Item, RewardReport
+
+Checked = Callable[[Candidate | Item], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +72,25 @@ def _check_value(field: str, value: object, limits: Limits) -> None:
         raise InvalidRequest(field, "must be a string, number, bool or list of strings")
 
 
-def check_candidates(field: str, candidates: Iterable[Candidate | Item], limits: Limits) -> None:
+def check_candidates(
+    field: str, candidates: Iterable[Candidate | Item], limits: Limits, checked: Checked | None = None
+) -> None:
+    """Ids present, short and distinct; features within the limits.
+
+    ``checked(candidate)`` may say that a candidate's features already passed these checks (the
+    engine remembers recently seen read-only candidates), so they are not checked again.
+    """
     seen: set[str] = set()
     for i, candidate in enumerate(candidates):
         check_id(f"{field}[{i}].item_id", candidate.item_id, limits)
         if candidate.item_id in seen:
             raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {candidate.item_id!r}")
         seen.add(candidate.item_id)
-        check_features(f"{field}[{i}].features", candidate.features, limits)
+        if checked is None or not checked(candidate):
+            check_features(f"{field}[{i}].features", candidate.features, limits)
 
 
-def check_decision_request(request: DecisionRequest, limits: Limits) -> None:
+def check_decision_request(request: DecisionRequest, limits: Limits, checked: Checked | None = None) -> None:
     """Check everything about a Recommend request that does not need the catalog."""
     check_id("user_id", request.user_id, limits)
     check_id("event_id", request.event_id, limits, required=False)
@@ -94,7 +104,7 @@ def check_decision_request(request: DecisionRequest, limits: Limits) -> None:
         raise InvalidRequest(
             "candidates", f"must have at most {limits.max_candidates} entries, got {len(request.candidates)}"
         )
-    check_candidates("candidates", request.candidates, limits)
+    check_candidates("candidates", request.candidates, limits, checked)
     if len(request.exclude_item_ids) > limits.max_excluded_items:
         raise InvalidRequest("exclude_item_ids", f"must have at most {limits.max_excluded_items} entries")
     for i, item_id in enumerate(request.exclude_item_ids):

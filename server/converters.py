@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.core import ModelInfo
 from engine.errors import InvalidRequest
+from engine.features import frozen_features
 from engine.records import LoggedDecision
 from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
@@ -44,15 +45,33 @@ def features_to_proto(features: Features, target: MutableMapping[str, pb.Feature
             target[name].list_value.values.extend(value)
 
 
+_CANDIDATE_CACHE_SIZE = 1 << 15
+_candidates: dict[bytes, Candidate] = {}
+
+
+def candidate_to_domain(field: str, candidate: pb.Candidate) -> Candidate:
+    """A request's candidate with read-only features; the same wire bytes give the same object.
+
+    Storefronts send the same items with the same features again and again, so a candidate
+    converted once is found again by its serialised bytes (equal bytes always parse to an equal
+    message). Its features are a read-only view, which lets the engine keep its encoded forms too.
+    """
+    key = candidate.SerializeToString()
+    found = _candidates.get(key)
+    if found is None:
+        found = Candidate(candidate.item_id, frozen_features(features_to_domain(f"{field}.features", candidate.features)))
+        if len(_candidates) >= _CANDIDATE_CACHE_SIZE:
+            _candidates.clear()
+        _candidates[key] = found
+    return found
+
+
 def recommend_request_to_domain(request: pb.RecommendRequest) -> DecisionRequest:
     return DecisionRequest(
         user_id=request.user_id,
         user_features=features_to_domain("user_features", request.user_features),
         context=features_to_domain("context", request.context),
-        candidates=tuple(
-            Candidate(c.item_id, features_to_domain(f"candidates[{i}].features", c.features))
-            for i, c in enumerate(request.candidates)
-        ),
+        candidates=tuple(candidate_to_domain(f"candidates[{i}]", c) for i, c in enumerate(request.candidates)),
         num_results=request.num_results,
         exclude_item_ids=tuple(request.exclude_item_ids),
         defer_activation=request.defer_activation,
