@@ -222,7 +222,7 @@ class Embeddings:
     def _set_rows(self, ids: list[str], biases: np.ndarray, vectors: np.ndarray) -> None:
         view = self._view
         size, vec, bias, rank = view.size, view.vectors, view.biases, view.rank_biases
-        sum1, sum2, live = view.sum1.copy(), view.sum2.copy(), view.live
+        sum1, sum2, live = view.sum1, view.sum2, view.live
         new = [i for i in dict.fromkeys(ids) if i not in self._row]
         if size + len(new) > len(bias):
             capacity = max(size + len(new), int(len(bias) * 1.5), 1024)
@@ -247,7 +247,7 @@ class Embeddings:
         if not gone:
             return []
         r = np.array([r for _, r in gone], dtype=np.int64)
-        sum1, sum2 = _stats_update(view.sum1.copy(), view.sum2.copy(), view.vectors[r], view.biases[r], -1.0)
+        sum1, sum2 = _stats_update(view.sum1, view.sum2, view.vectors[r], view.biases[r], -1.0)
         view.rank_biases[r] = -np.inf
         self._view = _View(view.size, view.vectors, view.biases, view.rank_biases, view.live - len(gone), sum1, sum2)
         return [i for i, _ in gone]
@@ -277,7 +277,7 @@ class Embeddings:
         top = np.argpartition(scores, -n)[-n:] if n < view.size else np.arange(view.size)
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[np.isfinite(scores[top])]
-        ids, user_bias = self._row_ids, float(user_repr.bias)
+        ids, user_bias = self._row_ids, float(user_repr[0])
         return [(ids[r], float(scores[r]) + user_bias) for r in top]
 
     def scores(self, user_repr: Representation, item_ids: Sequence[str]) -> np.ndarray:
@@ -287,7 +287,7 @@ class Embeddings:
         rows = np.array([self._row.get(i, -1) for i in item_ids], dtype=np.int64)
         ok = (rows >= 0) & (rows < view.size)
         out = np.full(len(rows), np.nan)
-        out[ok] = view.vectors[rows[ok]] @ vector + view.biases[rows[ok]] + user_repr.bias
+        out[ok] = view.vectors[rows[ok]] @ vector + view.biases[rows[ok]] + float(user_repr[0])
         return out
 
     def affinity_features(
@@ -441,7 +441,10 @@ def _grow(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
 
 
 def _stats_update(sum1: np.ndarray, sum2: np.ndarray, vectors: np.ndarray, biases: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
-    if len(biases) == 0:
-        return sum1, sum2
-    y = np.hstack([vectors.astype(np.float64), biases.astype(np.float64)[:, None]])
-    return sum1 + sign * y.sum(axis=0), sum2 + sign * (y.T @ y)
+    sum1, sum2 = sum1.copy(), sum2.copy()
+    for start in range(0, len(biases), 65536):
+        y = np.hstack([vectors[start : start + 65536].astype(np.float64),
+                       biases[start : start + 65536].astype(np.float64)[:, None]])
+        sum1 += sign * y.sum(axis=0)
+        sum2 += sign * (y.T @ y)
+    return sum1, sum2

@@ -121,6 +121,14 @@ def test_retrieval_honours_exclusions_and_deleted_items(embeddings: Embeddings, 
     assert ranked[5] not in [i for i, _ in embeddings.top_n(user, 10)]
 
 
+def test_sync_catalog_makes_the_index_the_active_catalog(embeddings: Embeddings, world) -> None:  # type: ignore[no-untyped-def]
+    catalog = [*world.items[:50], Item("item-50", world.items[50].features, active=False), Item("late", {"category": "cat-0"})]
+    embeddings.sync_catalog(catalog)
+    user = (0.0, embeddings.user_representation("user-0", {"segment": "seg-0"}).vector)
+    live = {i for i, _ in embeddings.top_n(user, 1000)}
+    assert live == {f"item-{i}" for i in range(50)} | {"late"} and len(embeddings) == 51
+
+
 def test_an_unknown_user_gets_the_items_of_the_category_their_segment_likes(embeddings, world) -> None:  # type: ignore[no-untyped-def]
     category = _category(world)
     for segment in range(6):
