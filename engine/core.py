@@ -14,6 +14,7 @@ conditional on those earlier choices, and it is learned as that decision when it
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 from collections import OrderedDict
 import threading
@@ -68,6 +69,8 @@ class Engine:
         self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
         self._catalog: dict[str, Item] = {item.item_id: _frozen_item(item) for item in self.log.items()}
         self._encoded = EncodedCandidates()
+        self._event_prefix = uuid.uuid4().hex[:16]
+        self._event_counter = itertools.count(1)
         self._recent: OrderedDict[str, _Example] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._learn_lock = threading.Lock()
@@ -104,6 +107,22 @@ class Engine:
     # -- Recommend -------------------------------------------------------------------------------
 
     def decide(self, request: DecisionRequest) -> LoggedDecision:
+        """Choose items for ``request``, commit the decision to the log, and return it."""
+        prepared = self._prepare_decision(request)
+        if isinstance(prepared, LoggedDecision):
+            return prepared
+        return self._decided(prepared, self.log.append_decision(prepared.decision, prepared.record), request)
+
+    async def decide_async(self, request: DecisionRequest) -> LoggedDecision:
+        """:meth:`decide` for a coroutine: the event loop serves others while the decision commits."""
+        prepared = self._prepare_decision(request)
+        if isinstance(prepared, LoggedDecision):
+            return prepared
+        logged = await self.log.append_decision_async(prepared.decision, prepared.record)
+        return self._decided(prepared, logged, request)
+
+    def _prepare_decision(self, request: DecisionRequest) -> LoggedDecision | _Prepared:
+        """Everything before the commit; an already logged event of ``request.event_id`` is returned as is."""
         if self._stopping.is_set():
             raise ModelNotReady("the engine is stopping")
         limits = self.config.limits
@@ -119,7 +138,7 @@ class Engine:
                 "num_results", f"must be at most the {len(candidates)} candidates left, got {num_results}"
             )
         ts = time.time()
-        event_id = request.event_id or uuid.uuid4().hex
+        event_id = request.event_id or self._new_event_id()
         context = with_time_context(request.context, ts)
         shared = shared_line(request.user_features, context)
         encoded = [self._encoded.encode(c) for c in candidates]
@@ -137,10 +156,20 @@ class Engine:
             deferred=request.defer_activation,
             deadline=ts + self.config.rewards.window_seconds,
         )
-        logged = self.log.append_decision(decision, decision_to_json(decision, [record for _, record in encoded]))
-        if logged is decision:
-            self._remember(decision, shared, actions)
+        record = decision_to_json(decision, [record for _, record in encoded])
+        return _Prepared(decision, record, shared, actions)
+
+    def _decided(self, prepared: _Prepared, logged: LoggedDecision, request: DecisionRequest) -> LoggedDecision:
+        if logged is prepared.decision:
+            self._remember(logged, prepared.shared, prepared.actions)
         return self._same_event(logged, request)
+
+    def _new_event_id(self) -> str:
+        """32 hex digits: a random prefix drawn when the engine starts, then a counter.
+
+        Unique like ``uuid4().hex`` without a system call per decision.
+        """
+        return f"{self._event_prefix}{next(self._event_counter):016x}"
 
     def _fill_slots(  # type: ignore[no-untyped-def]
         self, event_id, shared, actions, candidates, num_results
@@ -194,6 +223,15 @@ class Engine:
         check_reward_report(report, self.config.limits)
         status = self.log.append_reward(Reward(report.event_id, report.item_id, report.label, report.reward, time.time()))
         if status is Status.NEW:
+            self._wake.set()
+        return status
+
+    async def record_reward_async(self, report: RewardReport) -> Status:
+        """:meth:`record_reward` for a coroutine."""
+        check_reward_report(report, self.config.limits)
+        reward = Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
+        status = await self.log.append_reward_async(reward)
+        if status is Status.NEW and not self._wake.is_set():
             self._wake.set()
         return status
 
@@ -367,6 +405,16 @@ def _decode_token(token: str) -> str:
 
 RECENT_DECISIONS = 65_536
 """How many recent decisions keep their VW lines in memory for learning (older ones are read back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A decision ready to commit, with its record and the VW lines it was decided from."""
+
+    decision: LoggedDecision
+    record: str
+    shared: str
+    actions: list[str]
 
 
 @dataclass(frozen=True, slots=True)

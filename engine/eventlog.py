@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
@@ -121,6 +121,17 @@ class SQLiteEventLog:
 
         ``record`` is ``decision_to_json(decision)`` when the caller has it already.
         """
+        existing = self._writer.submit(self._insert_decision(decision, record))
+        return existing if existing is not None else decision
+
+    async def append_decision_async(self, decision: LoggedDecision, record: str | None = None) -> LoggedDecision:
+        """:meth:`append_decision` for a coroutine."""
+        existing = await self._writer.submit_async(self._insert_decision(decision, record))
+        return existing if existing is not None else decision
+
+    def _insert_decision(
+        self, decision: LoggedDecision, record: str | None
+    ) -> Callable[[sqlite3.Connection], LoggedDecision | None]:
         row = (
             decision.event_id,
             decision.ts,
@@ -142,8 +153,7 @@ class SQLiteEventLog:
                 return None
             return self._select_decision(conn, decision.event_id)
 
-        existing = self._writer.submit(insert)
-        return existing if existing is not None else decision
+        return insert
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         return self._select_decision(self._reader(), event_id)
@@ -157,7 +167,13 @@ class SQLiteEventLog:
 
     def append_reward(self, reward: Reward) -> Status:
         """Commit ``reward`` (``item_id`` empty means slot 0); finalise its slot under ``earliest``."""
+        return self._writer.submit(self._insert_reward(reward))
 
+    async def append_reward_async(self, reward: Reward) -> Status:
+        """:meth:`append_reward` for a coroutine."""
+        return await self._writer.submit_async(self._insert_reward(reward))
+
+    def _insert_reward(self, reward: Reward) -> Callable[[sqlite3.Connection], Status]:
         def insert(conn: sqlite3.Connection) -> Status:
             chosen, deferred, activated_ts, closed, deadline = self._event_state(conn, reward.event_id)
             item_id = reward.item_id or chosen[0]
@@ -178,7 +194,7 @@ class SQLiteEventLog:
                 _insert_outcome(conn, reward.event_id, slot, item_id, reward.value, "reward", reward.ts)
             return Status.NEW
 
-        return self._writer.submit(insert)
+        return insert
 
     def activate(self, event_id: str, ts: float) -> Status:
         def update(conn: sqlite3.Connection) -> Status:

@@ -13,6 +13,7 @@ write through the connection, so running one again after a rollback is safe.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections import deque
@@ -24,14 +25,21 @@ Operation = Callable[[sqlite3.Connection], Any]
 
 
 class _Pending:
-    """One submitted operation; ``done`` is held until its transaction has committed or failed."""
+    """One submitted operation and how its caller learns the outcome.
 
-    __slots__ = ("operation", "done", "result", "error")
+    A blocking caller waits on ``done``, a lock held until the transaction has committed or
+    failed; an asyncio caller awaits ``future``, resolved on its event loop.
+    """
 
-    def __init__(self, operation: Operation) -> None:
+    __slots__ = ("operation", "done", "future", "result", "error")
+
+    def __init__(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
         self.operation = operation
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.future = future
+        self.done: threading.Lock | None = None
+        if future is None:
+            self.done = threading.Lock()
+            self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -49,16 +57,26 @@ class GroupCommitWriter:
     def submit(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``operation`` in the next transaction; return its result once committed."""
         pending = _Pending(operation)
+        self._enqueue(pending)
+        assert pending.done is not None
+        pending.done.acquire()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[no-any-return]
+
+    async def submit_async(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """:meth:`submit` for a coroutine: the event loop runs on while the transaction commits."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Pending(operation, future))
+        return await future
+
+    def _enqueue(self, pending: _Pending) -> None:
         with self._ready:
             if self._closed:
                 raise RuntimeError("event log is closed")
             self._queue.append(pending)
             if len(self._queue) == 1:
                 self._ready.notify()
-        pending.done.acquire()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result  # type: ignore[no-any-return]
 
     def close(self) -> None:
         with self._ready:
@@ -90,8 +108,18 @@ class GroupCommitWriter:
                 conn.execute("ROLLBACK")
             for pending in batch:
                 pending.result, pending.error = None, error
+        waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for pending in batch:
-            pending.done.release()
+            if pending.done is not None:
+                pending.done.release()
+            else:
+                assert pending.future is not None
+                waiting.setdefault(pending.future.get_loop(), []).append(pending)
+        for loop, resolved in waiting.items():  # one wake-up per event loop and batch
+            try:
+                loop.call_soon_threadsafe(_resolve, resolved)
+            except RuntimeError:  # the loop has closed: nobody awaits these any more
+                pass
 
     @staticmethod
     def _run_plain(conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
@@ -116,3 +144,14 @@ class GroupCommitWriter:
                 conn.execute("ROLLBACK TO op")
                 pending.result, pending.error = None, error
             conn.execute("RELEASE op")
+
+
+def _resolve(batch: list[_Pending]) -> None:
+    for pending in batch:
+        future = pending.future
+        if future is None or future.done():  # a cancelled caller
+            continue
+        if pending.error is not None:
+            future.set_exception(pending.error)
+        else:
+            future.set_result(pending.result)

@@ -33,16 +33,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rpc(method: F) -> F:
-    """Run a servicer method; turn domain errors into their status, anything else into INTERNAL."""
+    """Run a servicer coroutine; turn domain errors into their status, anything else into INTERNAL."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except RecbanditError as error:
-            context.abort(STATUS_CODES.get(type(error), grpc.StatusCode.INVALID_ARGUMENT), str(error))
+            await context.abort(STATUS_CODES.get(type(error), grpc.StatusCode.INVALID_ARGUMENT), str(error))
         except Exception:
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     return wrapper  # type: ignore[return-value]

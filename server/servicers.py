@@ -1,6 +1,13 @@
-"""Thin servicers: convert the request, call the engine, convert the answer."""
+"""Thin servicers: convert the request, call the engine, convert the answer.
+
+They are coroutines on the server's event loop. Recommend and Feedback await the engine's
+``*_async`` calls, so the loop serves other calls while a decision or reward commits; the rarer
+calls that block (catalog writes, Activate, checkpoints) run in a worker thread.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 
@@ -10,24 +17,27 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.errors import rpc
 
+Context = grpc.aio.ServicerContext
+
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     @rpc
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
-        decision = self._engine.decide(converters.recommend_request_to_domain(request))
+    async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
+        decision = await self._engine.decide_async(converters.recommend_request_to_domain(request))
         return converters.decision_to_proto(decision)
 
     @rpc
-    def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext) -> pb.FeedbackResponse:
-        status = self._engine.record_reward(converters.feedback_request_to_domain(request))
+    async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
+        status = await self._engine.record_reward_async(converters.feedback_request_to_domain(request))
         return converters.feedback_status_to_proto(status)
 
     @rpc
-    def Activate(self, request: pb.ActivateRequest, context: grpc.ServicerContext) -> pb.ActivateResponse:
-        return converters.activate_status_to_proto(self._engine.activate(request.event_id))
+    async def Activate(self, request: pb.ActivateRequest, context: Context) -> pb.ActivateResponse:
+        status = await asyncio.to_thread(self._engine.activate, request.event_id)
+        return converters.activate_status_to_proto(status)
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
@@ -35,16 +45,17 @@ class CatalogServicer(pb_grpc.CatalogServicer):
         self._engine = engine
 
     @rpc
-    def UpsertItems(self, request: pb.UpsertItemsRequest, context: grpc.ServicerContext) -> pb.UpsertItemsResponse:
+    async def UpsertItems(self, request: pb.UpsertItemsRequest, context: Context) -> pb.UpsertItemsResponse:
         items = [converters.item_to_domain(f"items[{i}]", item) for i, item in enumerate(request.items)]
-        return pb.UpsertItemsResponse(upserted=self._engine.upsert_items(items))
+        return pb.UpsertItemsResponse(upserted=await asyncio.to_thread(self._engine.upsert_items, items))
 
     @rpc
-    def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.ServicerContext) -> pb.DeleteItemsResponse:
-        return pb.DeleteItemsResponse(deleted=self._engine.delete_items(list(request.item_ids)))
+    async def DeleteItems(self, request: pb.DeleteItemsRequest, context: Context) -> pb.DeleteItemsResponse:
+        deleted = await asyncio.to_thread(self._engine.delete_items, list(request.item_ids))
+        return pb.DeleteItemsResponse(deleted=deleted)
 
     @rpc
-    def ListItems(self, request: pb.ListItemsRequest, context: grpc.ServicerContext) -> pb.ListItemsResponse:
+    async def ListItems(self, request: pb.ListItemsRequest, context: Context) -> pb.ListItemsResponse:
         items, token = self._engine.list_items(request.page_size, request.page_token, request.active_only)
         return pb.ListItemsResponse(items=[converters.item_to_proto(i) for i in items], next_page_token=token)
 
@@ -54,12 +65,12 @@ class AdminServicer(pb_grpc.AdminServicer):
         self._engine = engine
 
     @rpc
-    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
         return converters.model_info_to_proto(self._engine.model_info())
 
     @rpc
-    def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> pb.CheckpointResponse:
-        checkpoint = self._engine.checkpoint()
+    async def Checkpoint(self, request: pb.CheckpointRequest, context: Context) -> pb.CheckpointResponse:
+        checkpoint = await asyncio.to_thread(self._engine.checkpoint)
         return pb.CheckpointResponse(
             checkpoint_time=converters.timestamp(checkpoint.ts), examples_learned=checkpoint.examples_learned
         )

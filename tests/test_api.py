@@ -243,6 +243,7 @@ def test_unexpected_failures_are_internal_without_details(server, monkeypatch) -
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret path /var/lib/x")
 
-    monkeypatch.setattr(running.engine, "decide", broken)
+    for name in ("decide", "decide_async"):  # the server awaits decide_async; both fail alike
+        monkeypatch.setattr(running.engine, name, broken)
     code, details = status_of(client.recommender.Recommend, recommend_request())
     assert code == grpc.StatusCode.INTERNAL and "secret" not in details and "RuntimeError" not in details
