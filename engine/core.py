@@ -195,6 +195,8 @@ class Engine:
     def _candidates(self, request: DecisionRequest) -> list[Candidate]:
         excluded = set(request.exclude_item_ids)
         catalog = self._catalog
+        if request.candidates and not catalog and not excluded:
+            return list(request.candidates)  # nothing to merge or leave out
         if request.candidates:
             candidates = []
             for c in request.candidates:
@@ -353,7 +355,8 @@ class Engine:
         next_checkpoint = time.monotonic() + self.config.checkpoint_interval
         next_close = time.monotonic()
         while not self._stopping.is_set():
-            self._wake.wait(self.config.maintenance_interval)
+            if self._wake.wait(self.config.maintenance_interval) and not self._stopping.is_set():
+                time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
             self._wake.clear()
             try:
                 if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
@@ -402,6 +405,9 @@ def _decode_token(token: str) -> str:
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("page_token", "is not a next_page_token from ListItems") from None
 
+
+LEARN_BATCH_DELAY = 0.005
+"""Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
 
 RECENT_DECISIONS = 65_536
 """How many recent decisions keep their VW lines in memory for learning (older ones are read back)."""

@@ -55,6 +55,10 @@ def check_features(field: str, features: Features, limits: Limits) -> None:
 
 
 def _check_value(field: str, value: object, limits: Limits) -> None:
+    if value.__class__ is str:  # the common case first
+        if len(value) > limits.max_string_length:  # type: ignore[arg-type]
+            raise InvalidRequest(field, f"must be at most {limits.max_string_length} characters")
+        return
     if isinstance(value, bool):
         return
     if isinstance(value, float):
@@ -82,12 +86,14 @@ def check_candidates(
     """
     seen: set[str] = set()
     for i, candidate in enumerate(candidates):
-        check_id(f"{field}[{i}].item_id", candidate.item_id, limits)
-        if candidate.item_id in seen:
-            raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {candidate.item_id!r}")
-        seen.add(candidate.item_id)
-        if checked is None or not checked(candidate):
-            check_features(f"{field}[{i}].features", candidate.features, limits)
+        item_id = candidate.item_id
+        if item_id in seen:
+            raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {item_id!r}")
+        seen.add(item_id)
+        if checked is not None and checked(candidate):
+            continue  # its id and features passed these checks before
+        check_id(f"{field}[{i}].item_id", item_id, limits)
+        check_features(f"{field}[{i}].features", candidate.features, limits)
 
 
 def check_decision_request(request: DecisionRequest, limits: Limits, checked: Checked | None = None) -> None:
