@@ -129,9 +129,7 @@ class SQLiteEventLog:
         existing = await self._writer.submit_async(self._insert_decision(decision, record))
         return existing if existing is not None else decision
 
-    def _insert_decision(
-        self, decision: LoggedDecision, record: str | None
-    ) -> Callable[[sqlite3.Connection], LoggedDecision | None]:
+    def _insert_decision(self, decision: LoggedDecision, record: str | None) -> _InsertDecision:
         row = (
             decision.event_id,
             decision.ts,
@@ -142,18 +140,7 @@ class SQLiteEventLog:
             decision.model_version,
             decision_to_json(decision) if record is None else record,
         )
-
-        def insert(conn: sqlite3.Connection) -> LoggedDecision | None:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO decisions (event_id, ts, deadline, user_id, chosen, deferred,"
-                " model_version, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            if cursor.rowcount:
-                return None
-            return self._select_decision(conn, decision.event_id)
-
-        return insert
+        return _InsertDecision(row)
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         return self._select_decision(self._reader(), event_id)
@@ -359,6 +346,43 @@ class SQLiteEventLog:
                 rewards.setdefault(e, []).append({"item_id": item, "label": label, "value": value, "ts": ts})
             for row in rows:
                 yield _joined_record(_decision(row[2:]), row[1], outcomes, rewards.get(row[2], []))
+
+
+class _InsertDecision:
+    """The group-commit operation of one decision: None when inserted, else the logged decision."""
+
+    __slots__ = ("row",)
+    _SQL = "INSERT OR IGNORE INTO decisions (event_id, ts, deadline, user_id, chosen, deferred, model_version, record)"
+    _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?)"
+    _ROWS_PER_STATEMENT = 100  # 800 parameters: within every SQLite build's limit
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        self.row = row
+
+    def __call__(self, conn: sqlite3.Connection) -> LoggedDecision | None:
+        if conn.execute(f"{self._SQL} VALUES {self._VALUES}", self.row).rowcount:
+            return None
+        return SQLiteEventLog._select_decision(conn, str(self.row[0]))
+
+    @staticmethod
+    def run_together(conn: sqlite3.Connection, inserts: list[_InsertDecision]) -> list[None]:
+        """Insert every decision with one statement per hundred.
+
+        If any event id was taken (a retried Recommend) the count falls short: raise, so the
+        writer rolls back and runs the inserts one by one, which tells each caller what it got.
+        """
+        step = _InsertDecision._ROWS_PER_STATEMENT
+        for start in range(0, len(inserts), step):
+            chunk = inserts[start : start + step]
+            values = ", ".join([_InsertDecision._VALUES] * len(chunk))
+            cursor = conn.execute(f"{_InsertDecision._SQL} VALUES {values}", [v for i in chunk for v in i.row])
+            if cursor.rowcount != len(chunk):
+                raise _EventIdTaken()
+        return [None] * len(inserts)
+
+
+class _EventIdTaken(Exception):
+    """A decision's event id is in the log already (handled by running the batch's writes one by one)."""
 
 
 def _decision(row: tuple) -> LoggedDecision:  # type: ignore[type-arg]

@@ -4,6 +4,10 @@ A durable commit costs a disk flush (hundreds of microseconds). Callers hand an 
 single writer thread and block until the transaction holding it has committed, so every
 acknowledged write is on disk, while concurrent callers share the flush.
 
+Each SQLite call lets other threads take the interpreter lock, and getting it back can wait for
+the busy event loop, so the writer makes few calls: consecutive operations of one kind that offer
+``run_together(connection, operations) -> results`` (a decision's insert) run as one statement.
+
 One operation that raises must not fail the others. The writer first runs the whole batch in one
 transaction with no savepoints (one statement per write, the cheap path). If any operation raises,
 that transaction is rolled back and the batch runs again with each operation in its own savepoint:
@@ -126,8 +130,20 @@ class GroupCommitWriter:
         """Run every operation in one transaction; False (and rolled back) if any raised."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for pending in batch:
-                pending.result = pending.operation(conn)
+            i = 0
+            while i < len(batch):
+                together = getattr(batch[i].operation, "run_together", None)
+                if together is None:
+                    batch[i].result = batch[i].operation(conn)
+                    i += 1
+                    continue
+                j = i + 1
+                while j < len(batch) and getattr(batch[j].operation, "run_together", None) is together:
+                    j += 1
+                results = together(conn, [pending.operation for pending in batch[i:j]])
+                for pending, result in zip(batch[i:j], results, strict=True):
+                    pending.result = result
+                i = j
         except Exception:
             conn.execute("ROLLBACK")
             return False
