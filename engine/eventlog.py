@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
-from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
-from engine.groupcommit import GroupCommitWriter
+from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, UnknownEvent
+from engine.groupcommit import GroupCommitWriter, Rejected
 from engine.records import (
     SCHEMA_VERSION,
     LoggedDecision,
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS items (
     active INTEGER NOT NULL
 );
 """
+T = TypeVar("T")
 _DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record"
 
 
@@ -160,28 +162,8 @@ class SQLiteEventLog:
         """:meth:`append_reward` for a coroutine."""
         return await self._writer.submit_async(self._insert_reward(reward))
 
-    def _insert_reward(self, reward: Reward) -> Callable[[sqlite3.Connection], Status]:
-        def insert(conn: sqlite3.Connection) -> Status:
-            chosen, deferred, activated_ts, closed, deadline = self._event_state(conn, reward.event_id)
-            item_id = reward.item_id or chosen[0]
-            if item_id not in chosen:
-                raise InvalidRequest("item_id", f"{item_id!r} was not recommended in event {reward.event_id!r}")
-            if closed or reward.ts > deadline:
-                raise PreconditionFailed("event_id", "the reward window of this event has closed")
-            if deferred and activated_ts is None:
-                raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?, ?)",
-                (reward.event_id, item_id, reward.label, reward.value, reward.ts),
-            )
-            if not cursor.rowcount:
-                return Status.DUPLICATE
-            if self.rules.aggregation is Aggregation.EARLIEST:
-                slot = chosen.index(item_id)
-                _insert_outcome(conn, reward.event_id, slot, item_id, reward.value, "reward", reward.ts)
-            return Status.NEW
-
-        return insert
+    def _insert_reward(self, reward: Reward) -> _InsertReward:
+        return _InsertReward(reward, self.rules.aggregation is Aggregation.EARLIEST)
 
     def activate(self, event_id: str, ts: float) -> Status:
         def update(conn: sqlite3.Connection) -> Status:
@@ -379,6 +361,106 @@ class _InsertDecision:
             if cursor.rowcount != len(chunk):
                 raise _EventIdTaken()
         return [None] * len(inserts)
+
+
+class _InsertReward:
+    """The group-commit operation of one reward: NEW or DUPLICATE, or the reason it is refused."""
+
+    __slots__ = ("reward", "earliest")
+
+    def __init__(self, reward: Reward, earliest: bool) -> None:
+        self.reward = reward
+        self.earliest = earliest  # the first reward of a slot makes it final
+
+    def __call__(self, conn: sqlite3.Connection) -> Status:
+        reward = self.reward
+        item_id, slot = _reward_target(reward, SQLiteEventLog._event_state(conn, reward.event_id))
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?, ?)",
+            (reward.event_id, item_id, reward.label, reward.value, reward.ts),
+        )
+        if not cursor.rowcount:
+            return Status.DUPLICATE
+        if self.earliest:
+            _insert_outcome(conn, reward.event_id, slot, item_id, reward.value, "reward", reward.ts)
+        return Status.NEW
+
+    @staticmethod
+    def run_together(conn: sqlite3.Connection, inserts: list[_InsertReward]) -> list[Status | Rejected]:
+        """Commit many rewards with four statements: read their events and the rewards they already
+        have, insert the new rewards, and (``earliest``) the outcomes they make final.
+
+        Each reward gets what it would get alone, in order: refusals, DUPLICATE for one already
+        logged or earlier in the batch, NEW otherwise; of several NEW rewards for one slot the
+        first makes it final (``INSERT OR IGNORE`` in batch order).
+        """
+        event_ids = list(dict.fromkeys(i.reward.event_id for i in inserts))
+        states: dict[str, tuple[list[str], bool, float | None, bool, float]] = {}
+        existing: set[tuple[str, str, str]] = set()
+        for chunk in _chunks(event_ids, 400):
+            marks = ",".join("?" * len(chunk))
+            for event_id, chosen, deferred, activated_ts, closed, deadline in conn.execute(
+                "SELECT event_id, chosen, deferred, activated_ts, closed, deadline FROM decisions"
+                f" WHERE event_id IN ({marks})",
+                chunk,
+            ):
+                states[event_id] = (json.loads(chosen), bool(deferred), activated_ts, bool(closed), deadline)
+            existing.update(
+                conn.execute(f"SELECT event_id, item_id, label FROM rewards WHERE event_id IN ({marks})", chunk)
+            )
+        results: list[Status | Rejected] = []
+        rewards: list[tuple[object, ...]] = []
+        outcomes: list[tuple[object, ...]] = []
+        for insert in inserts:
+            reward = insert.reward
+            try:
+                state = states.get(reward.event_id)
+                if state is None:
+                    raise UnknownEvent(reward.event_id)
+                item_id, slot = _reward_target(reward, state)
+            except RecbanditError as error:
+                results.append(Rejected(error))
+                continue
+            key = (reward.event_id, item_id, reward.label)
+            if key in existing:
+                results.append(Status.DUPLICATE)
+                continue
+            existing.add(key)
+            results.append(Status.NEW)
+            rewards.append((*key, reward.value, reward.ts))
+            if insert.earliest:
+                outcomes.append((reward.event_id, slot, item_id, reward.value, "reward", reward.ts))
+        for chunk in _chunks(rewards, 150):
+            conn.execute(f"INSERT INTO rewards VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))}",
+                         [v for row in chunk for v in row])
+        for chunk in _chunks(outcomes, 150):
+            conn.execute(
+                "INSERT OR IGNORE INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                [v for row in chunk for v in row],
+            )
+        return results
+
+
+def _reward_target(
+    reward: Reward, state: tuple[list[str], bool, float | None, bool, float]
+) -> tuple[str, int]:
+    """The item a reward is for (``item_id`` empty means slot 0) and its slot; refuse one that does
+    not fit its event."""
+    chosen, deferred, activated_ts, closed, deadline = state
+    item_id = reward.item_id or chosen[0]
+    if item_id not in chosen:
+        raise InvalidRequest("item_id", f"{item_id!r} was not recommended in event {reward.event_id!r}")
+    if closed or reward.ts > deadline:
+        raise PreconditionFailed("event_id", "the reward window of this event has closed")
+    if deferred and activated_ts is None:
+        raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
+    return item_id, chosen.index(item_id)
+
+
+def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 class _EventIdTaken(Exception):

@@ -6,7 +6,7 @@ acknowledged write is on disk, while concurrent callers share the flush.
 
 Each SQLite call lets other threads take the interpreter lock, and getting it back can wait for
 the busy event loop, so the writer makes few calls: consecutive operations of one kind that offer
-``run_together(connection, operations) -> results`` (a decision's insert) run as one statement.
+``run_together(connection, operations) -> results`` (decisions, rewards) run as a few statements.
 
 One operation that raises must not fail the others. The writer first runs the whole batch in one
 transaction with no savepoints (one statement per write, the cheap path). If any operation raises,
@@ -26,6 +26,16 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
+
+
+class Rejected:
+    """What ``run_together`` returns for one operation it refuses without writing anything: the
+    caller gets ``error`` raised, and the others of the batch still commit."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class _Pending:
@@ -134,7 +144,7 @@ class GroupCommitWriter:
             while i < len(batch):
                 together = getattr(batch[i].operation, "run_together", None)
                 if together is None:
-                    batch[i].result = batch[i].operation(conn)
+                    batch[i].result, batch[i].error = batch[i].operation(conn), None
                     i += 1
                     continue
                 j = i + 1
@@ -142,7 +152,10 @@ class GroupCommitWriter:
                     j += 1
                 results = together(conn, [pending.operation for pending in batch[i:j]])
                 for pending, result in zip(batch[i:j], results, strict=True):
-                    pending.result = result
+                    if isinstance(result, Rejected):
+                        pending.result, pending.error = None, result.error
+                    else:
+                        pending.result, pending.error = result, None
                 i = j
         except Exception:
             conn.execute("ROLLBACK")

@@ -146,3 +146,31 @@ def test_encoded_candidates_are_remembered_only_for_read_only_features() -> None
     assert cache.encode(Candidate("c", frozen_features({"x": 1.0})))[0].endswith("x:1.0")
     for i in range(10):  # over capacity: forgets, still correct
         assert cache.encode(Candidate(f"i{i}", frozen_features({"n": float(i)})))[0] == f"|Item id=i{i} n:{float(i)!r}"
+
+
+def test_a_batch_of_rewards_gets_what_each_would_get_alone(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    for event_id in ("e1", "e2", "e3"):
+        log.append_decision(decision(event_id))
+    log.append_reward(Reward("e3", "", "click", 1.0, 1001.0))
+    results = run_in_one_batch(log, {
+        "e1 click": (log.append_reward, Reward("e1", "", "click", 2.0, 1001.0)),
+        "e1 click again": (log.append_reward, Reward("e1", "b", "click", 9.0, 1001.5)),
+        "e1 purchase": (log.append_reward, Reward("e1", "b", "purchase", 7.0, 1002.0)),
+        "e2 wrong item": (log.append_reward, Reward("e2", "a", "click", 1.0, 1001.0)),
+        "e2 late": (log.append_reward, Reward("e2", "", "click", 1.0, 2e12)),
+        "e3 again": (log.append_reward, Reward("e3", "b", "click", 3.0, 1001.0)),
+        "unknown": (log.append_reward, Reward("nope", "", "click", 1.0, 1001.0)),
+    })
+    assert results["e1 purchase"] is Status.NEW and results["e3 again"] is Status.DUPLICATE
+    assert {results["e1 click"], results["e1 click again"]} == {Status.NEW, Status.DUPLICATE}
+    assert isinstance(results["unknown"], UnknownEvent)
+    assert "'a' was not recommended" in str(results["e2 wrong item"])
+    assert "window" in str(results["e2 late"])
+    assert log.counts()["rewards"] == 3  # e3's first, one e1 click, e1's purchase
+    finals = {(o.event_id, o.slot): o.reward for o in log.final_outcomes_after(0)}
+    assert finals[("e3", 0)] == 1.0 and finals[("e1", 0)] in (2.0, 9.0, 7.0) and len(finals) == 2
+    # whichever e1 reward the batch took first is the one that made the slot final
+    first_e1 = log._reader().execute("SELECT value FROM rewards WHERE event_id = 'e1' ORDER BY rowid").fetchone()[0]
+    assert finals[("e1", 0)] == first_e1
+    log.close()
