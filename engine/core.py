@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.bandit import BanditConfig, VWBandit, shared_line
+from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady, PreconditionFailed
 from engine.eventlog import SQLiteEventLog
@@ -306,7 +306,7 @@ class Engine:
         missing = [e for e in event_ids if e not in found]
         for event_id, decision in self.log.decisions(missing).items():
             shared = shared_line(decision.user_features, decision.context)
-            found[event_id] = _Example.of(decision, shared, [self._encoded.encode(c)[0] for c in decision.candidates])
+            found[event_id] = _Example.of(decision, shared, [action_line(c.item_id, c.features) for c in decision.candidates])
         return found
 
     def _learn(self, outcome: Outcome, example: _Example) -> None:

@@ -10,7 +10,7 @@ Operations, each at every ``--concurrency`` (concurrent in-flight calls on one c
 
 ``Health/Check`` (the ceiling)
     The standard ``grpc.health.v1.Health/Check`` the server registers: a trivial unary RPC
-    answered in Python by the same ``grpc.server`` and thread pool as the recbandit services.
+    answered in Python by the same ``grpc.aio`` server and event loop as the recbandit services.
 ``Recommend``
     20 candidates (category, brand, price), 10 user features, 5 context features,
     ``num_results=1``; requests vary over seeded users, contexts and candidate sets.
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(results))
     print()
     print(format_targets(results))
-    print(f"\nServer: {settings.workers} worker threads, data dir on {tempfile.gettempdir()}; "
+    print(f"\nServer: grpc.aio on one event loop thread, data dir on {tempfile.gettempdir()}; "
           f"client: grpc.aio in a spawned process. Total {time.perf_counter() - began:.1f} s.")
 
 
