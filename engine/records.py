@@ -8,7 +8,7 @@ chosen item, its probability and the whole distribution it was drawn from.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.types import Candidate, Features, FeatureValue
@@ -88,21 +88,20 @@ def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | 
     """
     if candidates_json is None:
         candidates_json = [candidate_to_json(c) for c in decision.candidates]
-    head = json.dumps(
+    head = _compact(
         {
             "schema_version": decision.schema_version,
             "user_features": _features_out(decision.user_features),
             "context": _features_out(decision.context),
-        },
-        separators=(",", ":"),
+        }
     )
-    slots = json.dumps([[s.item_id, s.probability, s.pmf] for s in decision.slots], separators=(",", ":"))
+    slots = _compact([[s.item_id, s.probability, s.pmf] for s in decision.slots])
     return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}}}'
 
 
 def candidate_to_json(candidate: Candidate) -> str:
     """One entry of the record's ``candidates``: ``[item_id, features]``."""
-    return json.dumps([candidate.item_id, _features_out(candidate.features)], separators=(",", ":"))
+    return _compact([candidate.item_id, _features_out(candidate.features)])
 
 
 def decision_from_json(
@@ -133,15 +132,19 @@ def decision_from_json(
 
 
 def features_to_json(features: Features) -> str:
-    return json.dumps(_features_out(features), separators=(",", ":"))
+    return _compact(_features_out(features))
 
 
 def features_from_json(text: str) -> dict[str, FeatureValue]:
     return _features_in(json.loads(text))
 
 
-def _features_out(features: Features) -> dict[str, object]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in features.items()}
+def _features_out(features: Features) -> Mapping[str, object]:
+    """Features as JSON can take them: a dict (tuples are written as JSON lists anyway)."""
+    return features if type(features) is dict else dict(features)
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
 
 def _features_in(data: dict[str, object]) -> dict[str, FeatureValue]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -66,12 +66,21 @@ def candidate_to_domain(field: str, candidate: pb.Candidate) -> Candidate:
     return found
 
 
+def _candidates_to_domain(candidates: Iterable[pb.Candidate]) -> tuple[Candidate, ...]:
+    out = []
+    get = _candidates.get
+    for c in candidates:
+        found = get(c.SerializeToString())
+        out.append(found if found is not None else candidate_to_domain(f"candidates[{len(out)}]", c))
+    return tuple(out)
+
+
 def recommend_request_to_domain(request: pb.RecommendRequest) -> DecisionRequest:
     return DecisionRequest(
         user_id=request.user_id,
         user_features=features_to_domain("user_features", request.user_features),
         context=features_to_domain("context", request.context),
-        candidates=tuple(candidate_to_domain(f"candidates[{i}]", c) for i, c in enumerate(request.candidates)),
+        candidates=_candidates_to_domain(request.candidates),
         num_results=request.num_results,
         exclude_item_ids=tuple(request.exclude_item_ids),
         defer_activation=request.defer_activation,
