@@ -1,0 +1,283 @@
+"""Replay VW policies on the joined event log with progressive validation.
+
+The log is turned into one bandit example per filled slot with a final reward, in decision
+order: the server's own ``shared`` and ``Item`` lines (from :mod:`engine.bandit`) over the
+candidates left for that slot, the logged item, its reward and its probability. A candidate
+policy is replayed by predicting its pmf for each example *before* learning that example's
+logged (action, cost = −reward, probability), so every pmf is out of sample.
+
+Two drivers give the same pmfs: VW's own parser and driver reading a data file written once
+(``Workspace("... -d data.txt -p predictions.txt"); run_parser()``, the fast path), and the
+server's adapter :class:`engine.bandit.VWBandit` called once per example from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+
+CB_TYPES = ("ips", "dr", "mtr")
+REWARD_MODEL_ARGUMENTS = "-q UI -q CI -b 18 --quiet"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotExample:
+    """One filled slot of one logged decision, as the bandit saw it and learned it."""
+
+    event_id: str
+    ts: float
+    slot: int
+    shared: str
+    actions: tuple[str, ...]
+    chosen: int
+    reward: float
+    probability: float
+    logging_pmf: tuple[float, ...]
+
+    def labelled_lines(self) -> list[str]:
+        """The example VW learns: the chosen line carries ``0:cost:probability`` (cost = −reward)."""
+        lines = [self.shared, *self.actions]
+        lines[self.chosen + 1] = f"0:{-self.reward!r}:{self.probability!r} {self.actions[self.chosen]}"
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCandidate:
+    """A policy to replay: the server's :class:`BanditConfig` plus VW's ``--cb_type``."""
+
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    cb_type: str = "mtr"
+
+    @property
+    def name(self) -> str:
+        b = self.bandit
+        return (f"{b.exploration}({b.parameter:g})-{self.cb_type}-q{'.'.join(b.interactions) or 'none'}"
+                f"-lr{b.learning_rate:g}")
+
+    def vw_arguments(self) -> str:
+        if self.cb_type not in CB_TYPES:
+            raise ValueError(f"cb_type: must be one of {', '.join(CB_TYPES)}, got {self.cb_type!r}")
+        if self.bandit.exploration in ("squarecb", "regcbopt") and self.cb_type != "mtr":
+            raise ValueError(f"cb_type: {self.bandit.exploration} needs mtr, got {self.cb_type!r}")
+        return f"{self.bandit.vw_arguments()} --cb_type {self.cb_type}"
+
+    def to_dict(self) -> dict[str, object]:
+        b = self.bandit
+        return {"exploration": b.exploration, "exploration_parameter": b.exploration_parameter,
+                "interactions": list(b.interactions), "learning_rate": b.learning_rate, "bits": b.bits,
+                "cb_type": self.cb_type}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> PolicyCandidate:
+        data = dict(data)
+        cb_type = str(data.pop("cb_type", "mtr"))
+        data["interactions"] = tuple(data.get("interactions", ("UI", "CI")))  # type: ignore[arg-type]
+        return cls(BanditConfig(**data), cb_type)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """A candidate's pmf for every example (before learning it), its replay loss and model.
+
+    ``replay_loss`` is VW's own progressive validation loss: the average estimated cost of the
+    pmfs it predicted before learning each example (lower is better).
+    """
+
+    candidate: PolicyCandidate
+    pmfs: list[np.ndarray]
+    replay_loss: float
+    examples_per_second: float
+    model_path: Path | None
+
+
+# -- reading the log ------------------------------------------------------------------------------
+
+
+def load_joined(source: str | Path) -> list[dict[str, object]]:
+    """Joined events from a data directory or ``events.db``, an exported ``.jsonl`` or ``.parquet``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "events.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no event log at {path}")
+    if path.suffix == ".jsonl":
+        with open(path) as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+    if path.suffix == ".parquet":
+        return _records_from_parquet(path)
+    from engine.eventlog import SQLiteEventLog
+    from engine.rewards import RewardRules
+
+    log = SQLiteEventLog(path, RewardRules())
+    try:
+        return list(log.joined())
+    finally:
+        log.close()
+
+
+def _records_from_parquet(path: Path) -> list[dict[str, object]]:
+    """Regroup the Parquet export's slot rows into joined records (rows keep decision order)."""
+    import pyarrow.parquet as pq
+
+    records: dict[str, dict[str, object]] = {}
+    for row in pq.read_table(path).to_pylist():
+        record = records.get(row["event_id"])
+        if record is None:
+            record = records[row["event_id"]] = {
+                "event_id": row["event_id"], "ts": row["ts"], "user_id": row["user_id"],
+                "user_features": json.loads(row["user_features"]), "context": json.loads(row["context"]),
+                "candidates": json.loads(row["candidates"]), "model_version": row["model_version"], "slots": [],
+            }
+        record["slots"].append({k: row[k] for k in ("slot", "item_id", "probability", "pmf", "reward")})  # type: ignore[attr-defined]
+    return sorted(records.values(), key=lambda r: r["ts"])  # type: ignore[arg-type,return-value]
+
+
+def slot_examples(records: Iterable[dict[str, object]]) -> list[SlotExample]:
+    """One example per slot with a final reward, in decision order, as the engine learns it."""
+    examples = []
+    for record in sorted(records, key=lambda r: r["ts"]):  # type: ignore[arg-type,return-value]
+        candidates = record["candidates"]
+        shared = shared_line(_features(record["user_features"]), _features(record["context"]))
+        lines = [action_line(c["item_id"], _features(c["features"])) for c in candidates]  # type: ignore[attr-defined]
+        ids = [c["item_id"] for c in candidates]  # type: ignore[attr-defined]
+        remaining = list(range(len(ids)))
+        for slot in record["slots"]:  # type: ignore[attr-defined]
+            chosen = remaining.index(ids.index(slot["item_id"]))
+            if slot["reward"] is not None:
+                examples.append(SlotExample(
+                    event_id=str(record["event_id"]), ts=float(record["ts"]), slot=int(slot["slot"]),  # type: ignore[arg-type]
+                    shared=shared, actions=tuple(lines[i] for i in remaining), chosen=chosen,
+                    reward=float(slot["reward"]), probability=float(slot["probability"]),
+                    logging_pmf=tuple(float(slot["pmf"][i]) for i in remaining),
+                ))
+            remaining.pop(chosen)
+    return examples
+
+
+def _features(data: object) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data).items()}  # type: ignore[call-overload]
+
+
+def write_vw_data(examples: Iterable[SlotExample], path: Path) -> int:
+    """Write labelled multi-line examples separated by blank lines, VW's text format for ADF."""
+    count = 0
+    with open(path, "w") as out:
+        for example in examples:
+            out.write("\n".join(example.labelled_lines()))
+            out.write("\n\n")
+            count += 1
+    return count
+
+
+# -- replaying a policy -----------------------------------------------------------------------------
+
+
+def replay_fast(candidate: PolicyCandidate, data_path: Path, n_examples: int, workdir: Path) -> ReplayResult:
+    """Progressive validation by VW's own driver over ``data_path``; pmfs read from ``-p``."""
+    import vowpalwabbit
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    predictions, model = workdir / "predictions.txt", workdir / "model.vw"
+    start = time.perf_counter()
+    vw = vowpalwabbit.Workspace(f"{candidate.vw_arguments()} -d {data_path} -p {predictions} -f {model}")
+    vw.run_parser()
+    loss = vw.get_sum_loss() / max(vw.get_weighted_examples(), 1.0)
+    vw.finish()
+    elapsed = time.perf_counter() - start
+    pmfs = [_normalised(scores) for scores in read_action_scores(predictions)]
+    if len(pmfs) != n_examples:
+        raise RuntimeError(f"VW predicted {len(pmfs)} examples of {n_examples} in {data_path}")
+    return ReplayResult(candidate, pmfs, float(loss), n_examples / elapsed, model)
+
+
+def replay_python(candidate: PolicyCandidate, examples: Sequence[SlotExample], workdir: Path) -> ReplayResult:
+    """The same replay through the server's adapter, one ``pmf`` and one ``learn`` call per example.
+
+    The adapter starts from an untrained model written with the candidate's arguments, so it
+    runs with the candidate's ``--cb_type``. ``replay_loss`` is not measured here (NaN).
+    """
+    import vowpalwabbit
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    untrained = workdir / "untrained.vw"
+    vw = vowpalwabbit.Workspace(candidate.vw_arguments())
+    vw.save(str(untrained))
+    vw.finish()
+    bandit = VWBandit(candidate.bandit, model_path=str(untrained))
+    start = time.perf_counter()
+    pmfs = []
+    for ex in examples:
+        pmfs.append(np.asarray(bandit.pmf(ex.shared, ex.actions)))
+        bandit.learn(ex.shared, ex.actions, ex.chosen, ex.reward, ex.probability)
+    elapsed = time.perf_counter() - start
+    bandit.close()
+    return ReplayResult(candidate, pmfs, float("nan"), len(examples) / elapsed, None)
+
+
+def read_action_scores(path: Path) -> Iterator[dict[int, float]]:
+    """Parse VW's ``-p`` output for ADF reductions: ``index:score,index:score`` per example."""
+    with open(path) as lines:
+        for line in lines:
+            line = line.strip()
+            if line:
+                yield {int(i): float(s) for i, s in (pair.split(":") for pair in line.split(","))}
+
+
+def _normalised(scores: dict[int, float]) -> np.ndarray:
+    pmf = np.array([scores[i] for i in range(len(scores))])
+    total = pmf.sum()
+    return pmf / total if total > 0 else np.full(len(pmf), 1.0 / len(pmf))
+
+
+# -- the reward model for DM and DR ---------------------------------------------------------------
+
+
+def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: int = 2) -> list[np.ndarray]:
+    """Cross-fitted reward predictions ``q(x, a)`` for every candidate of every example.
+
+    A squared-loss VW regression of the reward on the (user, context, item) features of the
+    logged (context, item) pairs, with the server's interactions. Events are split into ``folds``
+    interleaved folds; the model fitted on the other folds predicts every candidate of the
+    held-out one, so no example's prediction has seen its own reward.
+    """
+    import vowpalwabbit
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    events = {e: i for i, e in enumerate(dict.fromkeys(ex.event_id for ex in examples))}
+    fold_of = [events[ex.event_id] % folds for ex in examples]
+    predictions: list[np.ndarray | None] = [None] * len(examples)
+    for fold in range(folds):
+        held_out = [i for i, f in enumerate(fold_of) if f == fold]
+        train, test = workdir / f"train-{fold}.txt", workdir / f"test-{fold}.txt"
+        model, scores = workdir / f"reward-{fold}.vw", workdir / f"scores-{fold}.txt"
+        with open(train, "w") as out:
+            for ex, f in zip(examples, fold_of):
+                if f != fold:
+                    out.write(_regression_line(ex, ex.chosen, f"{ex.reward!r} ") + "\n")
+        with open(test, "w") as out:
+            for i in held_out:
+                out.writelines(_regression_line(examples[i], a) + "\n" for a in range(len(examples[i].actions)))
+        vw = vowpalwabbit.Workspace(f"{REWARD_MODEL_ARGUMENTS} -d {train} -f {model}")
+        vw.run_parser()
+        vw.finish()
+        vw = vowpalwabbit.Workspace(f"-i {model} -t --quiet -d {test} -p {scores}")
+        vw.run_parser()
+        vw.finish()
+        with open(scores) as lines:
+            values = np.array([float(line.split()[0]) for line in lines if line.strip()])
+        offsets = np.cumsum([0] + [len(examples[i].actions) for i in held_out])
+        for j, i in enumerate(held_out):
+            predictions[i] = values[offsets[j] : offsets[j + 1]]
+    return predictions  # type: ignore[return-value]
+
+
+def _regression_line(example: SlotExample, action: int, label: str = "") -> str:
+    """One (context, item) row: the server's shared namespaces and the item's line on one line."""
+    return f"{label}{example.shared.removeprefix('shared ')} {example.actions[action]}"
