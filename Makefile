@@ -7,7 +7,7 @@ DATA   ?= recbandit-data
 PROTO_OUT := server/_proto
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo serve bench protos check-protos export-log clean
+.PHONY: help install test demo serve bench protos check-protos export-log evaluate mlflow-ui clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ bench: $(STAMP)  ## serving benchmark: Recommend/Feedback throughput and latency
 
 export-log: $(STAMP)  ## write the joined event log of $(DATA) to $(DATA)/events.jsonl
 	$(VENV)/bin/recbandit export-log --data-dir $(DATA) --out $(DATA)/events.jsonl
+
+evaluate: $(STAMP)  ## replay candidate policies on the log of $(DATA), track them in MLflow, register the best
+	$(VENV)/bin/recbandit evaluate --data-dir $(DATA)
+
+mlflow-ui: $(STAMP)  ## open the MLflow UI on the tracking store of $(DATA) (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DATA))/mlflow.db
 
 protos: $(STAMP)  ## regenerate the gRPC modules from protos/
 	$(PY) -m grpc_tools.protoc -I$(PROTO_OUT)=protos \

@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
     embeddings = commands.add_parser("train-embeddings", help="train LightFM embeddings from the event log")
     add_embedding_arguments(embeddings)
+
+    from training.evaluate import add_arguments as add_evaluate_arguments
+    from training.registry import add_promote_arguments
+
+    evaluate = commands.add_parser("evaluate", help="replay candidate policies on the log, estimate, track, register")
+    add_evaluate_arguments(evaluate)
+    promote = commands.add_parser("promote", help="move the champion alias to a registered policy version")
+    add_promote_arguments(promote)
     return parser
 
 
@@ -99,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             train_embeddings(args)
         except (InvalidRequest, OSError) as error:
             print(f"train-embeddings: {error}", file=sys.stderr)
+            return 2
+    elif args.command in ("evaluate", "promote"):
+        from engine.errors import InvalidRequest
+        from training.evaluate import run as run_evaluate
+        from training.registry import run_promote
+
+        try:
+            return (run_evaluate if args.command == "evaluate" else run_promote)(args)
+        except (InvalidRequest, ValueError, OSError) as error:
+            print(f"{args.command}: {error}", file=sys.stderr)
             return 2
     return 0
 

@@ -10,6 +10,8 @@ through the server's adapter one example at a time, to report both throughputs o
 
 from __future__ import annotations
 
+import argparse
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,3 +220,56 @@ def format_table(evaluation: Evaluation) -> str:
         cells = [f"{p.overall[k].value:6.3f} [{p.overall[k].ci_low:5.3f},{p.overall[k].ci_high:5.3f}]" for k in keys]
         lines.append(f"| {p.name:<44} | " + " | ".join(f"{c:^21}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``recbandit evaluate``."""
+    parser.add_argument("--data-dir", type=Path, default=Path("recbandit-data"),
+                        help="the event log (events.db) and the default tracking store; default recbandit-data")
+    parser.add_argument("--log", type=Path, default=None, help="evaluate an exported .jsonl/.parquet log instead")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
+    parser.add_argument("--candidates", type=Path, default=None,
+                        help="JSON list of policies, e.g. [{\"exploration\": \"epsilon\", \"cb_type\": \"ips\"}]")
+    parser.add_argument("--estimator", default="dr", choices=tuple(ESTIMATORS), help="ranks and promotes; default dr")
+    parser.add_argument("--clip", type=float, default=None, help="clip importance weights at this value")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples; default 1000")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-register", action="store_true", help="track the runs but register nothing")
+
+
+def config_from_arguments(args: argparse.Namespace) -> EvaluationConfig:
+    candidates = DEFAULT_CANDIDATES
+    if args.candidates is not None:
+        candidates = tuple(PolicyCandidate.from_dict(c) for c in json.loads(args.candidates.read_text()))
+    return EvaluationConfig(candidates=candidates, primary_estimator=args.estimator, clip=args.clip,
+                            n_resamples=args.resamples, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``recbandit evaluate``: evaluate, print the table and throughput, track, register, promote."""
+    from training.registry import evaluate_and_register
+    from training.tracking import default_tracking_uri, log_evaluation
+
+    config = config_from_arguments(args)
+    source = args.log or args.data_dir
+    uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    if args.no_register:
+        evaluation = evaluate(source, config)
+        log_evaluation(evaluation, uri)
+    else:
+        evaluation, version, promotion = evaluate_and_register(source, config, uri)
+    print(format_table(evaluation))
+    t = evaluation.throughput
+    print(f"\n{evaluation.data.examples:,} slot examples from {evaluation.data.events:,} events · replay "
+          f"{t.get('examples_per_second_vw_driver', 0):,.0f} examples/s by VW's driver, "
+          f"{t.get('examples_per_second_python_loop', 0):,.0f} examples/s one example at a time from Python")
+    print(f"best by the {config.primary_estimator.upper()} lower bound: {evaluation.best.name}")
+    if not args.no_register:
+        print(f"registered recbandit-policy version {version}; "
+              f"{'champion' if promotion.promoted else 'not promoted'}: {promotion.reason}")
+    print(f"tracking    {uri}")
+    return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +69,14 @@ class PolicyCandidate:
         return f"{self.bandit.vw_arguments()} --cb_type {self.cb_type}"
 
     def to_dict(self) -> dict[str, object]:
-        b = self.bandit
-        return {"exploration": b.exploration, "exploration_parameter": b.exploration_parameter,
-                "interactions": list(b.interactions), "learning_rate": b.learning_rate, "bits": b.bits,
-                "cb_type": self.cb_type}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.bandit).items()}
+        return {**values, "cb_type": self.cb_type}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PolicyCandidate:
-        data = dict(data)
-        cb_type = str(data.pop("cb_type", "mtr"))
-        data["interactions"] = tuple(data.get("interactions", ("UI", "CI")))  # type: ignore[arg-type]
-        return cls(BanditConfig(**data), cb_type)  # type: ignore[arg-type]
+        """The inverse of :meth:`to_dict` after a JSON round trip (lists back to tuples)."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "cb_type"}
+        return cls(BanditConfig(**values), str(data.get("cb_type", "mtr")))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,219 @@
+"""The policy registry: every evaluation's best candidate becomes a version of ``recbandit-policy``.
+
+The alias ``champion`` marks the policy servers should follow. It moves to a new version only when
+that version's interval lower bound, by the primary estimator, beats the champion's estimate on
+the same log (the champion's configuration is replayed in the same evaluation). ``promote
+--force`` moves it regardless and says so in the version's tags. :func:`champion_policy` is what
+a server polls: the champion's version, its VW model file and its settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.bandit import BanditConfig
+from engine.ope import Estimate
+from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
+from training.replay import PolicyCandidate
+from training.tracking import data_tags, log_evaluation, tracking_client
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "recbandit-policy"
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What happened to the alias, and why."""
+
+    promoted: bool
+    reason: str
+    version: str
+    champion_version: str | None
+
+
+@dataclass(frozen=True)
+class ChampionPolicy:
+    """The policy a server should serve: load ``model_path`` with ``vw_arguments`` already in it."""
+
+    version: str
+    model_path: Path
+    bandit: BanditConfig
+    cb_type: str
+    vw_arguments: str
+
+
+def decide_promotion(candidate: Estimate, champion: Estimate | None) -> tuple[bool, str]:
+    """Promote when there is no champion, or the candidate's lower bound beats the champion's value."""
+    if champion is None:
+        return True, "no champion yet"
+    if candidate.ci_low > champion.value:
+        return True, f"lower bound {candidate.ci_low:.4f} > champion's estimate {champion.value:.4f}"
+    return False, f"lower bound {candidate.ci_low:.4f} <= champion's estimate {champion.value:.4f}"
+
+
+def champion_version(client: MlflowClient) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def candidate_of(version: ModelVersion) -> PolicyCandidate:
+    return PolicyCandidate.from_dict(json.loads(version.tags["policy"]))
+
+
+def register_policy(client: MlflowClient, run_id: str, policy: PolicyEvaluation, evaluation: Evaluation) -> str:
+    """A new version of ``recbandit-policy`` from the run's ``policy/`` artifacts; returns its number."""
+    from mlflow.exceptions import MlflowException
+
+    assert policy.candidate is not None
+    try:
+        client.create_registered_model(MODEL_NAME, description="recbandit's VW policies; @champion is served")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    primary = evaluation.config.primary_estimator
+    estimate = policy.overall[primary]
+    tags = {
+        "policy": json.dumps(policy.candidate.to_dict()),
+        "vw_arguments": policy.candidate.vw_arguments(),
+        "primary_estimator": primary,
+        f"{primary}_value": f"{estimate.value:.6f}",
+        f"{primary}_ci_low": f"{estimate.ci_low:.6f}",
+        f"{primary}_ci_high": f"{estimate.ci_high:.6f}",
+        **{k: str(v) for k, v in data_tags(evaluation).items()},
+    }
+    source = f"{client.get_run(run_id).info.artifact_uri}/policy"
+    return str(client.create_model_version(MODEL_NAME, source, run_id=run_id, tags=tags).version)
+
+
+def set_champion(client: MlflowClient, version: str, reason: str, *, forced: bool = False) -> None:
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    for key, value in {"promotion.reason": reason, "promotion.forced": str(forced).lower()}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+
+
+def _record_refusal(client: MlflowClient, version: str, reason: str) -> None:
+    client.set_model_version_tag(MODEL_NAME, version, "promotion.refused", reason)
+
+
+def with_champion(config: EvaluationConfig, client: MlflowClient) -> tuple[EvaluationConfig, ModelVersion | None]:
+    """The config with the champion's configuration among the candidates, so it is replayed too."""
+    champion = champion_version(client)
+    if champion is None:
+        return config, None
+    candidate = candidate_of(champion)
+    if candidate not in config.candidates:
+        config = replace(config, candidates=(*config.candidates, candidate))
+    return config, champion
+
+
+def evaluate_and_register(
+    source: str | Path, config: EvaluationConfig, tracking_uri: str, workdir: Path | None = None
+) -> tuple[Evaluation, str, Promotion]:
+    """Evaluate (with the champion replayed alongside), track, register the best, maybe promote it."""
+    client = tracking_client(tracking_uri)
+    config, champion = with_champion(config, client)
+    evaluation = evaluate(source, config, workdir)
+    logged = log_evaluation(evaluation, tracking_uri)
+    best = evaluation.best
+    version = register_policy(client, logged.child_run_ids[best.name], best, evaluation)
+    champion_estimate = None
+    if champion is not None:
+        champion_estimate = evaluation.policy(candidate_of(champion).name).overall[config.primary_estimator]
+    promotion = _apply(client, version, champion, best.overall[config.primary_estimator], champion_estimate)
+    client.set_tag(logged.parent_run_id, "registered_version", version)
+    client.set_tag(logged.parent_run_id, "promotion", f"{'promoted' if promotion.promoted else 'refused'}: {promotion.reason}")
+    return evaluation, version, promotion
+
+
+def promote(
+    tracking_uri: str,
+    version: str,
+    *,
+    force: bool = False,
+    source: str | Path | None = None,
+    config: EvaluationConfig = EvaluationConfig(),
+) -> Promotion:
+    """Move ``champion`` to ``version``: forced, or if it beats the champion on the log at ``source``."""
+    client = tracking_client(tracking_uri)
+    target = client.get_model_version(MODEL_NAME, str(version))
+    champion = champion_version(client)
+    current = champion.version if champion else None
+    if force:
+        reason = f"forced by recbandit promote --force (champion was {current or 'none'})"
+        set_champion(client, str(version), reason, forced=True)
+        return Promotion(True, reason, str(version), current)
+    if source is None:
+        raise ValueError("source: an event log to compare on is required unless force is set")
+    candidate = candidate_of(target)
+    candidates = (candidate,) if champion is None else tuple(dict.fromkeys((candidate, candidate_of(champion))))
+    evaluation = evaluate(source, replace(config, candidates=candidates, compare_python_replay=False))
+    primary = config.primary_estimator
+    champion_estimate = evaluation.policy(candidate_of(champion).name).overall[primary] if champion else None
+    return _apply(client, str(version), champion, evaluation.policy(candidate.name).overall[primary], champion_estimate)
+
+
+def _apply(client: MlflowClient, version: str, champion: ModelVersion | None, candidate: Estimate,
+           champion_estimate: Estimate | None) -> Promotion:
+    promoted, reason = decide_promotion(candidate, champion_estimate)
+    current = champion.version if champion else None
+    if promoted:
+        set_champion(client, version, reason)
+    else:
+        _record_refusal(client, version, reason)
+    return Promotion(promoted, reason, version, current)
+
+
+def champion_policy(tracking_uri: str, dst_dir: str | Path | None = None) -> ChampionPolicy | None:
+    """The champion's version, its VW model downloaded to a local path, and its settings.
+
+    ``None`` when no version is champion yet. A server polls this and swaps when the version
+    changes: ``VWBandit(policy.bandit, model_path=str(policy.model_path))``.
+    """
+    import mlflow.artifacts
+
+    client = tracking_client(tracking_uri)
+    champion = champion_version(client)
+    if champion is None:
+        return None
+    dst = Path(dst_dir or tempfile.mkdtemp(prefix="recbandit-champion-")) / f"v{champion.version}"
+    dst.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(dst), tracking_uri=tracking_uri)
+    candidate = candidate_of(champion)
+    return ChampionPolicy(str(champion.version), Path(local) / "model.vw", candidate.bandit, candidate.cb_type,
+                          champion.tags.get("vw_arguments", candidate.vw_arguments()))
+
+
+def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``recbandit promote``."""
+    parser.add_argument("--version", required=True, help="the recbandit-policy version to promote")
+    parser.add_argument("--force", action="store_true", help="move the champion alias without comparing")
+    parser.add_argument("--data-dir", type=Path, default=Path("recbandit-data"),
+                        help="the event log to compare on and the default tracking store; default recbandit-data")
+    parser.add_argument("--log", type=Path, default=None, help="compare on an exported .jsonl/.parquet log instead")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
+    parser.add_argument("--estimator", default="dr", help="the estimator compared; default dr")
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from training.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    config = EvaluationConfig(primary_estimator=args.estimator)
+    promotion = promote(uri, args.version, force=args.force, source=args.log or args.data_dir, config=config)
+    verdict = "is now champion" if promotion.promoted else "not promoted"
+    print(f"recbandit-policy version {promotion.version} {verdict}: {promotion.reason}")
+    return 0 if promotion.promoted else 1
