@@ -122,12 +122,20 @@ def with_champion(config: EvaluationConfig, client: MlflowClient) -> tuple[Evalu
 def evaluate_and_register(
     source: str | Path, config: EvaluationConfig, tracking_uri: str, workdir: Path | None = None
 ) -> tuple[Evaluation, str, Promotion]:
-    """Evaluate (with the champion replayed alongside), track, register the best, maybe promote it."""
+    """Evaluate (with the champion replayed alongside), track, register the best, maybe promote it.
+
+    When the champion's own configuration is the best, nothing new is registered.
+    """
     client = tracking_client(tracking_uri)
     config, champion = with_champion(config, client)
     evaluation = evaluate(source, config, workdir)
     logged = log_evaluation(evaluation, tracking_uri)
     best = evaluation.best
+    if champion is not None and best.candidate == candidate_of(champion):
+        promotion = Promotion(False, "the champion's configuration is still the best", str(champion.version),
+                              str(champion.version))
+        client.set_tag(logged.parent_run_id, "promotion", f"refused: {promotion.reason}")
+        return evaluation, promotion.version, promotion
     version = register_policy(client, logged.child_run_ids[best.name], best, evaluation)
     champion_estimate = None
     if champion is not None:
@@ -147,16 +155,17 @@ def promote(
     config: EvaluationConfig = EvaluationConfig(),
 ) -> Promotion:
     """Move ``champion`` to ``version``: forced, or if it beats the champion on the log at ``source``."""
+    if source is None and not force:
+        raise ValueError("source: an event log to compare on is required unless force is set")
     client = tracking_client(tracking_uri)
     target = client.get_model_version(MODEL_NAME, str(version))
     champion = champion_version(client)
-    current = champion.version if champion else None
+    current = str(champion.version) if champion else None
     if force:
         reason = f"forced by recbandit promote --force (champion was {current or 'none'})"
         set_champion(client, str(version), reason, forced=True)
         return Promotion(True, reason, str(version), current)
-    if source is None:
-        raise ValueError("source: an event log to compare on is required unless force is set")
+    assert source is not None
     candidate = candidate_of(target)
     candidates = (candidate,) if champion is None else tuple(dict.fromkeys((candidate, candidate_of(champion))))
     evaluation = evaluate(source, replace(config, candidates=candidates, compare_python_replay=False))
@@ -168,7 +177,7 @@ def promote(
 def _apply(client: MlflowClient, version: str, champion: ModelVersion | None, candidate: Estimate,
            champion_estimate: Estimate | None) -> Promotion:
     promoted, reason = decide_promotion(candidate, champion_estimate)
-    current = champion.version if champion else None
+    current = str(champion.version) if champion else None
     if promoted:
         set_champion(client, version, reason)
     else:
