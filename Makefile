@@ -7,7 +7,7 @@ DATA   ?= recbandit-data
 PROTO_OUT := server/_proto
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo serve bench protos check-protos export-log evaluate mlflow-ui clean
+.PHONY: help install test demo serve bench bench-quality protos check-protos export-log evaluate mlflow-ui clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ serve: $(STAMP)  ## serve on port 50051 with the data directory $(DATA)
 
 bench: $(STAMP)  ## serving benchmark: Recommend/Feedback throughput and latency against the gRPC ceiling
 	$(PY) -m server.bench
+
+bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle
+	$(PY) -m training.bench_quality
 
 export-log: $(STAMP)  ## write the joined event log of $(DATA) to $(DATA)/events.jsonl
 	$(VENV)/bin/recbandit export-log --data-dir $(DATA) --out $(DATA)/events.jsonl

@@ -35,10 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: by --out suffix")
 
     demo = commands.add_parser("demo", help="run a simulated storefront against a fresh server")
-    demo.add_argument("--events", type=int, default=6000)
+    demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary folder")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--concurrency", type=int, default=4)
+    demo.add_argument("--drift", action="store_true", help="the segments' tastes change at 60%% of the run")
 
     obd = commands.add_parser("import-obd", help="import the Open Bandit Dataset sample into an event log")
     obd.add_argument("--data-dir", type=Path, default=Path("recbandit-obd"), help="default: recbandit-obd")
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "demo":
         from training.demo import run_demo
 
-        run_demo(events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency)
+        run_demo(
+            events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency, drift=args.drift
+        )
     elif args.command == "import-obd":
         from training.obd import run_import
 

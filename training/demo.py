@@ -1,9 +1,11 @@
 """``recbandit demo``: a real server on embedded defaults, a simulated storefront driving it.
 
 Starts a server on 127.0.0.1 (a free port) with a fresh data directory, publishes the simulated
-catalog through the Catalog RPCs, plays a stream of Recommend → Feedback rounds through gRPC, and
-prints per 1,000 events the expected reward of the learned policy beside uniform random and the
-oracle, plus where the event log and the learning-curve plot are.
+catalog through the Catalog RPCs, and serves the simulated stream through gRPC — sessions,
+multi-slot pages with position effects, delayed and lost feedback, deferred email pages, new
+items arriving halfway (:mod:`training.storefront_client`). It prints, per block of events, the
+expected clicks and purchases per 1,000 pages of the learned policy beside uniform random and the
+oracle, the exploration rate, and where the event log and the learning-curve plot are.
 """
 
 from __future__ import annotations
@@ -17,39 +19,51 @@ import grpc
 from server.app import start
 from server.settings import Settings
 from training.simulator import Storefront, WorldConfig
-from training.storefront_client import Round, StorefrontClient
+from training.storefront_client import Page, StorefrontClient
 
 BLOCK = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
+    """Per-page averages over a block of events; *expected* values come from the ground truth."""
+
     start: int
     events: int
-    learned: float
+    learned: float  # expected clicks per page of the pages served
     random: float
     oracle: float
-    click_through: float
+    learned_purchases: float
+    random_purchases: float
+    oracle_purchases: float
+    clicks: int  # what the users did on the pages served
+    reported_clicks: int
+    revenue: float
 
     @property
     def ratio(self) -> float:
         return self.learned / self.oracle
 
 
-def summarise(rounds: list[Round], block: int = BLOCK) -> list[Block]:
-    """Average expected rewards and the observed click-through per block of ``block`` events."""
+def summarise(pages: list[Page], block: int = BLOCK) -> list[Block]:
+    """Average the pages' expected rewards per block of ``block`` events, and count what happened."""
     blocks = []
-    for start in range(0, len(rounds), block):
-        part = rounds[start : start + block]
+    for start in range(0, len(pages), block):
+        part = pages[start : start + block]
         n = len(part)
         blocks.append(
             Block(
                 start=start,
                 events=n,
-                learned=sum(r.expected_reward for r in part) / n,
-                random=sum(r.random_reward for r in part) / n,
-                oracle=sum(r.oracle_reward for r in part) / n,
-                click_through=sum(r.clicked for r in part) / n,
+                learned=sum(p.expected_clicks for p in part) / n,
+                random=sum(p.random_clicks for p in part) / n,
+                oracle=sum(p.oracle_clicks for p in part) / n,
+                learned_purchases=sum(p.expected_purchases for p in part) / n,
+                random_purchases=sum(p.random_purchases for p in part) / n,
+                oracle_purchases=sum(p.oracle_purchases for p in part) / n,
+                clicks=sum(p.clicks for p in part),
+                reported_clicks=sum(p.reported_clicks for p in part),
+                revenue=sum(p.revenue for p in part),
             )
         )
     return blocks
@@ -57,20 +71,21 @@ def summarise(rounds: list[Round], block: int = BLOCK) -> list[Block]:
 
 def format_table(blocks: list[Block]) -> str:
     lines = [
-        "| events        | learned | random | oracle | learned/oracle | clicks/1k |",
-        "|---------------|---------|--------|--------|----------------|-----------|",
+        "| events        | clicks/1k learned | random | oracle | learned/oracle | purchases/1k learned | random | oracle | revenue |",
+        "|---------------|------------------:|-------:|-------:|---------------:|---------------------:|-------:|-------:|--------:|",
     ]
     for b in blocks:
         span = f"{b.start + 1}-{b.start + b.events}"
         lines.append(
-            f"| {span:<13} | {b.learned:7.3f} | {b.random:6.3f} | {b.oracle:6.3f} | {b.ratio:14.1%} "
-            f"| {b.click_through * 1000:9.0f} |"
+            f"| {span:<13} | {b.learned * 1000:17.0f} | {b.random * 1000:6.0f} | {b.oracle * 1000:6.0f} "
+            f"| {b.ratio:14.1%} | {b.learned_purchases * 1000:20.1f} | {b.random_purchases * 1000:6.1f} "
+            f"| {b.oracle_purchases * 1000:6.1f} | {b.revenue:7.0f} |"
         )
     return "\n".join(lines)
 
 
 def exploration_rate(engine_log) -> float:  # type: ignore[no-untyped-def]
-    """Mean over logged decisions of 1 − max(pmf): the chance a decision explored."""
+    """Mean over logged decisions of 1 − max(pmf) in slot 0: the chance a decision explored."""
     rates = [1.0 - max(record["slots"][0]["pmf"]) for record in engine_log.joined()]
     return sum(rates) / len(rates)
 
@@ -83,11 +98,11 @@ def plot_learning_curve(blocks: list[Block], path: Path) -> None:
 
     x = [b.start + b.events for b in blocks]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, [b.oracle for b in blocks], label="oracle", linestyle="--")
-    ax.plot(x, [b.learned for b in blocks], label="recbandit", marker="o")
-    ax.plot(x, [b.random for b in blocks], label="uniform random", linestyle=":")
+    ax.plot(x, [b.oracle * 1000 for b in blocks], label="oracle", linestyle="--")
+    ax.plot(x, [b.learned * 1000 for b in blocks], label="recbandit", marker="o")
+    ax.plot(x, [b.random * 1000 for b in blocks], label="uniform random", linestyle=":")
     ax.set_xlabel("events")
-    ax.set_ylabel(f"expected reward per event (mean over {BLOCK})")
+    ax.set_ylabel(f"expected clicks per 1,000 pages (blocks of {blocks[0].events})")
     ax.set_title("recbandit demo: learning while serving")
     ax.legend()
     fig.tight_layout()
@@ -95,19 +110,29 @@ def plot_learning_curve(blocks: list[Block], path: Path) -> None:
     plt.close(fig)
 
 
+def demo_world(events: int, seed: int, drift: bool = False) -> WorldConfig:
+    """The demo's storefront: 200 items, 20 more arriving halfway, optionally a taste drift at 60%."""
+    return WorldConfig(seed=seed, new_items_at=events // 2, new_items=20, drift_at=int(events * 0.6) if drift else None)
+
+
 def run_demo(
-    events: int = 6000, data_dir: Path | None = None, seed: int = 7, concurrency: int = 4, quiet: bool = False
+    events: int = 20_000,
+    data_dir: Path | None = None,
+    seed: int = 7,
+    concurrency: int = 4,
+    quiet: bool = False,
+    drift: bool = False,
+    block: int = BLOCK,
 ) -> list[Block]:
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
-    settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="2s", seed=seed)
+    settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
     running = start(settings)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            client = StorefrontClient(channel, Storefront(WorldConfig(seed=seed)))
-            client.publish_catalog()
-            rounds = _play(client, events, concurrency, quiet)
+            client = StorefrontClient(channel, Storefront(demo_world(events, seed, drift)))
+            pages = _play(client, events, concurrency, quiet)
         running.engine.wait_until_learned()
-        blocks = summarise(rounds)
+        blocks = summarise(pages, block)
         explored = exploration_rate(running.engine.log)
         info = running.engine.model_info()
     finally:
@@ -121,8 +146,8 @@ def run_demo(
     return blocks
 
 
-def _play(client: StorefrontClient, events: int, concurrency: int, quiet: bool) -> list[Round]:
+def _play(client: StorefrontClient, events: int, concurrency: int, quiet: bool) -> list[Page]:
     from tqdm import tqdm
 
     with tqdm(total=events, unit="event", disable=quiet, desc="storefront") as bar:
-        return client.play_many(events, concurrency=concurrency, on_round=lambda _: bar.update())
+        return client.play(events, concurrency=concurrency, on_page=lambda _: bar.update())

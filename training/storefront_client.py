@@ -1,10 +1,20 @@
 """Drive a recbandit server through gRPC exactly as a storefront would.
 
-Each round: Recommend for a simulated visit (the catalog's active items are the candidates),
-the simulated user clicks or not, and a click is reported with Feedback. By default a miss is
-reported as nothing at all, as most storefronts do: the reward window closes and the default
-reward (0) is learned. With ``report_misses`` a miss is reported at once as reward 0
-(label ``no_click``), which removes the window's delay from the negatives.
+The simulated visits are served in order, in rounds of ``Behaviour.feedback_delay`` visits: the
+storefront calls Recommend for every visit of a round (``concurrency`` at a time), and only then
+do the users' reactions come back — so the server always has about a round of decisions waiting
+for their rewards, as on a real site.
+
+- A page is Recommend with the visit's candidates (ids only; the server knows their features from
+  the catalog), the visit's slots (multi-slot: ``num_results``), user features and context.
+- Pages sent by email are prepared before anyone sees them: they are requested with
+  ``defer_activation`` and activated (Activate) only when the email is opened; unopened ones are
+  never seen, never rewarded and never learned.
+- A click is reported with Feedback (reward 1, label ``click``), and a purchase after it (label
+  ``purchase``, reward = its value); a share of clicks is lost on the way, and misses are not
+  reported at all — the reward window closes and the default reward (0) is learned. With
+  ``report_misses`` a miss is reported at once as reward 0 (label ``no_click``).
+- Items that go on sale mid-run are published through the Catalog RPCs when they arrive.
 """
 
 from __future__ import annotations
@@ -14,75 +24,134 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.converters import features_to_proto, item_to_proto
-from training.simulator import Storefront
+from training.simulator import Storefront, Visit
 
 
 @dataclass(frozen=True, slots=True)
-class Round:
-    """One simulated round: what was shown and what each policy would expect to earn."""
+class Behaviour:
+    """How the simulated storefront and its users report back."""
+
+    feedback_delay: int = 32  # visits served before the reactions to them come back
+    feedback_loss: float = 0.05  # share of clicks whose Feedback never arrives
+    deferred_channel: str = "email"  # pages for this channel wait for Activate
+    open_rate: float = 0.5  # share of deferred pages that are seen (activated)
+    report_purchases: bool = True
+    report_misses: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One Recommend round: what was shown, what happened, what each policy would expect to earn."""
 
     index: int
     event_id: str
-    item_id: str
-    probability: float
-    clicked: bool
-    expected_reward: float
-    random_reward: float
-    oracle_reward: float
+    shown: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    seen: bool  # False for a deferred page that was never activated
+    clicks: int  # clicks the user made (reported or lost)
+    reported_clicks: int
+    purchases: int
+    revenue: float
+    expected_clicks: float
+    expected_purchases: float
+    random_clicks: float
+    random_purchases: float
+    oracle_clicks: float
+    oracle_purchases: float
 
 
 class StorefrontClient:
-    def __init__(self, channel: grpc.Channel, world: Storefront, *, report_misses: bool = False) -> None:
+    def __init__(self, channel: grpc.Channel, world: Storefront, behaviour: Behaviour = Behaviour()) -> None:
         self.recommender = pb_grpc.RecommenderStub(channel)
         self.catalog = pb_grpc.CatalogStub(channel)
-        self.admin = pb_grpc.AdminStub(channel)
         self.world = world
-        self.report_misses = report_misses
-        self._items = {item.item_id: item for item in world.items}
+        self.behaviour = behaviour
+        self._published = 0
 
-    def publish_catalog(self) -> int:
-        request = pb.UpsertItemsRequest(items=[item_to_proto(item) for item in self.world.items])
-        return self.catalog.UpsertItems(request).upserted
+    def publish_catalog(self, index: int = 0) -> int:
+        """Publish the items on sale at visit ``index`` that the server does not have yet."""
+        on_sale = self.world.on_sale(index)
+        if on_sale <= self._published:
+            return 0
+        items = self.world.items[self._published : on_sale]
+        upserted = self.catalog.UpsertItems(pb.UpsertItemsRequest(items=[item_to_proto(i) for i in items])).upserted
+        self._published = on_sale
+        return upserted
 
-    def play(self, index: int) -> Round:
-        visit = self.world.visit(index)
-        request = pb.RecommendRequest(user_id=visit.user_id)
+    def recommend(self, visit: Visit) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(
+            user_id=visit.user_id,
+            candidates=[pb.Candidate(item_id=item_id) for item_id in visit.candidates],
+            num_results=visit.slots,
+            defer_activation=visit.context["channel"] == self.behaviour.deferred_channel,
+        )
         features_to_proto(visit.user_features, request.user_features)
         features_to_proto(visit.context, request.context)
-        response = self.recommender.Recommend(request)
-        shown = response.items[0]
-        item = self._items[shown.item_id]
-        clicked = self.world.clicked(visit, item)
-        if clicked or self.report_misses:
-            self.recommender.Feedback(
-                pb.FeedbackRequest(
-                    event_id=response.event_id, reward=float(clicked), label="click" if clicked else "no_click"
-                )
-            )
-        items = list(self._items.values())
-        return Round(
-            index=index,
+        return self.recommender.Recommend(request)
+
+    def react(self, visit: Visit, response: pb.RecommendResponse) -> Page:
+        """The user's reaction to the page, reported through Activate and Feedback."""
+        behaviour, world = self.behaviour, self.world
+        shown = [item.item_id for item in response.items]
+        rng = np.random.default_rng((world.config.seed, 3, visit.index))
+        opened, *lost = rng.random(1 + len(shown))
+        deferred = visit.context["channel"] == behaviour.deferred_channel
+        seen = not deferred or opened < behaviour.open_rate
+        outcome = world.react(visit, shown) if seen else [(False, 0.0)] * len(shown)
+        if deferred and seen:
+            self.recommender.Activate(pb.ActivateRequest(event_id=response.event_id))
+        reported = 0
+        for slot, (item_id, (clicked, revenue)) in enumerate(zip(shown, outcome, strict=True)):
+            if not seen or (clicked and lost[slot] < behaviour.feedback_loss):
+                continue
+            if clicked:
+                reported += 1
+                self._feedback(response.event_id, item_id, 1.0, "click")
+                if revenue and behaviour.report_purchases:
+                    self._feedback(response.event_id, item_id, revenue, "purchase")
+            elif behaviour.report_misses:
+                self._feedback(response.event_id, item_id, 0.0, "no_click")
+        clicks, purchases = world.page_value(visit, shown)
+        random_clicks, random_purchases = world.random_page_value(visit)
+        oracle_clicks, oracle_purchases = world.page_value(visit, world.oracle(visit))
+        return Page(
+            index=visit.index,
             event_id=response.event_id,
-            item_id=shown.item_id,
-            probability=shown.probability,
-            clicked=clicked,
-            expected_reward=self.world.click_probability(visit, item),
-            random_reward=self.world.random_reward(visit, items),
-            oracle_reward=self.world.oracle_reward(visit, items),
+            shown=tuple(shown),
+            probabilities=tuple(item.probability for item in response.items),
+            seen=seen,
+            clicks=sum(c for c, _ in outcome),
+            reported_clicks=reported,
+            purchases=sum(1 for _, r in outcome if r),
+            revenue=sum(r for _, r in outcome),
+            expected_clicks=clicks,
+            expected_purchases=purchases,
+            random_clicks=random_clicks,
+            random_purchases=random_purchases,
+            oracle_clicks=oracle_clicks,
+            oracle_purchases=oracle_purchases,
         )
 
-    def play_many(
-        self, count: int, *, concurrency: int = 4, start: int = 0, on_round: Callable[[Round], None] | None = None
-    ) -> list[Round]:
-        """Play rounds ``start … start+count-1`` with ``concurrency`` storefront threads, in index order."""
+    def _feedback(self, event_id: str, item_id: str, reward: float, label: str) -> None:
+        self.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, item_id=item_id, reward=reward, label=label))
+
+    def play(self, count: int, *, concurrency: int = 4, on_page: Callable[[Page], None] | None = None) -> list[Page]:
+        """Serve the first ``count`` visits of the world's stream, round by round, in index order."""
+        visits = self.world.visits(count)
+        delay = self.behaviour.feedback_delay
+        pages: list[Page] = []
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            rounds = []
-            for played in pool.map(self.play, range(start, start + count)):
-                rounds.append(played)
-                if on_round is not None:
-                    on_round(played)
-        return rounds
+            for start in range(0, count, delay):
+                batch = visits[start : start + delay]
+                self.publish_catalog(batch[-1].index)
+                responses = list(pool.map(self.recommend, batch))
+                for page in pool.map(self.react, batch, responses):
+                    pages.append(page)
+                    if on_page is not None:
+                        on_page(page)
+        return pages

@@ -1,0 +1,210 @@
+"""Policies behind one interface, for fast in-process comparisons on the simulated storefront.
+
+A policy sees a batch of :class:`~training.simulator.Visit` s, returns a :class:`Choice` for each
+(the candidate it shows, the probability it showed it with, and its whole pmf), and later learns
+the rewards of those choices — a batch models feedback that arrives after the next visits have
+been served. Offline comparisons use one slot per visit; the multi-slot path is exercised
+through the real server (:mod:`training.storefront_client`).
+
+- :class:`BanditPolicy` is recbandit's own bandit: the same VW adapter, the same feature lines and
+  the same seeded draw as the server, without the transport and the log.
+- :class:`LinearPolicy` wraps MABWiser's LinUCB or LinTS (one linear model per item, the user and
+  context features one-hot encoded): the usual contextual-bandit peers.
+- :class:`PopularityPolicy` shows the candidate with the best click-through so far, for everyone.
+- :class:`RandomPolicy` and :class:`OraclePolicy` bound the others from below and above.
+
+Greedy policies (popularity, LinUCB, LinTS, oracle) return a one-hot pmf: given their state and
+seed the choice is deterministic, which is also why their logs cannot be evaluated off-policy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.exploration import draw, uniform_draw
+from training.simulator import AGE_BANDS, CHANNELS, REGIONS, SEGMENTS, SURFACES, TAGS, WEEKDAYS, Storefront, Visit
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int  # into visit.candidates
+    probability: float
+    pmf: tuple[float, ...]
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]: ...
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None: ...
+
+
+def _greedy_choice(scores: Sequence[float] | np.ndarray) -> Choice:
+    """The best-scoring candidate (the first on ties), with a one-hot pmf."""
+    index = int(np.argmax(scores))
+    pmf = [0.0] * len(scores)
+    pmf[index] = 1.0
+    return Choice(index, 1.0, tuple(pmf))
+
+
+def _uniform_choice(visit: Visit, seed: int) -> Choice:
+    n = len(visit.candidates)
+    pmf = (1.0 / n,) * n
+    index = draw(list(pmf), uniform_draw(seed, str(visit.index), 0))
+    return Choice(index, pmf[index], pmf)
+
+
+class BanditPolicy:
+    """recbandit's VW ``cb_explore_adf`` bandit, fed exactly what the server would feed it."""
+
+    def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "") -> None:
+        self.name = name or f"recbandit {config.exploration}"
+        self.world = world
+        self.seed = seed
+        self._bandit = VWBandit(config)
+        self._lines: dict[str, str] = {}
+
+    def _example(self, visit: Visit) -> tuple[str, list[str]]:
+        lines = self._lines
+        for item_id in visit.candidates:
+            if item_id not in lines:
+                lines[item_id] = action_line(item_id, self.world.items[self.world.item_index[item_id]].features)
+        return shared_line(visit.user_features, visit.context), [lines[i] for i in visit.candidates]
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        choices = []
+        for visit in visits:
+            pmf = self._bandit.pmf(*self._example(visit))
+            index = draw(pmf, uniform_draw(self.seed, str(visit.index), 0))
+            choices.append(Choice(index, pmf[index], tuple(pmf)))
+        return choices
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        for visit, choice, reward in zip(visits, choices, rewards, strict=True):
+            shared, actions = self._example(visit)
+            self._bandit.learn(shared, actions, choice.index, reward, choice.probability)
+
+    def close(self) -> None:
+        self._bandit.close()
+
+
+class RandomPolicy:
+    name = "uniform random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        return [_uniform_choice(visit, self.seed) for visit in visits]
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        pass
+
+
+class OraclePolicy:
+    name = "oracle"
+
+    def __init__(self, world: Storefront) -> None:
+        self.world = world
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        return [_greedy_choice(self.world.click_probabilities(visit)) for visit in visits]
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        pass
+
+
+class PopularityPolicy:
+    """The best click-through so far, the same for everyone: ``(clicks + 1) / (shows + 2)``.
+
+    The prior makes unseen items look promising, which is all the exploration it does.
+    """
+
+    name = "popularity"
+
+    def __init__(self) -> None:
+        self._shows: defaultdict[str, int] = defaultdict(int)
+        self._clicks: defaultdict[str, float] = defaultdict(float)
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        return [
+            _greedy_choice([(self._clicks[i] + 1.0) / (self._shows[i] + 2.0) for i in visit.candidates])
+            for visit in visits
+        ]
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        for visit, choice, reward in zip(visits, choices, rewards, strict=True):
+            item_id = visit.candidates[choice.index]
+            self._shows[item_id] += 1
+            self._clicks[item_id] += reward
+
+
+_ONE_HOT_VOCABULARY = (
+    [("segment", v) for v in SEGMENTS]
+    + [("region", v) for v in REGIONS]
+    + [("age_band", v) for v in AGE_BANDS]
+    + [("interests", v) for v in TAGS]
+    + [("channel", v) for v in CHANNELS]
+    + [("surface", v) for v in SURFACES]
+    + [("hour", str(h)) for h in range(24)]
+    + [("weekday", v) for v in WEEKDAYS]
+)
+_ONE_HOT_POSITION = {key: k for k, key in enumerate(_ONE_HOT_VOCABULARY)}
+
+
+def one_hot_context(visit: Visit) -> np.ndarray:
+    """The visit's user features and context as one 0/1 vector (lists set one entry per value)."""
+    vector = np.zeros(len(_ONE_HOT_VOCABULARY))
+    for features in (visit.user_features, visit.context):
+        for name, value in features.items():
+            for v in value if isinstance(value, tuple) else (value,):
+                vector[_ONE_HOT_POSITION[(name, str(v))]] = 1.0
+    return vector
+
+
+class LinearPolicy:
+    """MABWiser's LinUCB or LinTS: one ridge regression per item over the one-hot context.
+
+    The first visit shows a uniformly drawn candidate (MABWiser needs one fit before it can
+    predict); items that arrive later are added as new arms.
+    """
+
+    def __init__(self, world: Storefront, learning_policy: str = "LinUCB", alpha: float = 1.0, seed: int = 0) -> None:
+        from mabwiser.mab import MAB, LearningPolicy
+
+        self.name = f"MABWiser {learning_policy}"
+        self.seed = seed
+        policy = getattr(LearningPolicy, learning_policy)(alpha=alpha)
+        arms = [item.item_id for item in world.initial_items()]
+        self._mab = MAB(arms=arms, learning_policy=policy, seed=seed)
+        self._arms = set(arms)
+        self._fitted = False
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        for visit in visits:
+            for item_id in visit.candidates:
+                if item_id not in self._arms:
+                    self._mab.add_arm(item_id)
+                    self._arms.add(item_id)
+        if not self._fitted:
+            return [_uniform_choice(visit, self.seed) for visit in visits]
+        expectations = self._mab.predict_expectations(np.stack([one_hot_context(v) for v in visits]))
+        if isinstance(expectations, dict):  # MABWiser returns a dict, not a list, for one visit
+            expectations = [expectations]
+        return [
+            _greedy_choice([scores[i] for i in visit.candidates])
+            for visit, scores in zip(visits, expectations, strict=True)
+        ]
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        fit = self._mab.partial_fit if self._fitted else self._mab.fit
+        decisions = [visit.candidates[choice.index] for visit, choice in zip(visits, choices, strict=True)]
+        fit(decisions, list(rewards), np.stack([one_hot_context(v) for v in visits]))
+        self._fitted = True
