@@ -215,7 +215,7 @@ class Exploration(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., parameter: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "examples_learned", "examples_pending", "exploration", "vw_arguments", "last_checkpoint_time", "reward_window_seconds", "default_reward", "reward_aggregation")
+    __slots__ = ("model_version", "examples_learned", "examples_pending", "exploration", "vw_arguments", "last_checkpoint_time", "reward_window_seconds", "default_reward", "reward_aggregation", "embeddings", "registered_policy")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_LEARNED_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,8 @@ class GetModelInfoResponse(_message.Message):
     REWARD_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_REWARD_FIELD_NUMBER: _ClassVar[int]
     REWARD_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_POLICY_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     examples_learned: int
     examples_pending: int
@@ -234,7 +236,31 @@ class GetModelInfoResponse(_message.Message):
     reward_window_seconds: float
     default_reward: float
     reward_aggregation: str
-    def __init__(self, model_version: _Optional[str] = ..., examples_learned: _Optional[int] = ..., examples_pending: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., vw_arguments: _Optional[str] = ..., last_checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_window_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ..., reward_aggregation: _Optional[str] = ...) -> None: ...
+    embeddings: EmbeddingsInfo
+    registered_policy: RegisteredPolicy
+    def __init__(self, model_version: _Optional[str] = ..., examples_learned: _Optional[int] = ..., examples_pending: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., vw_arguments: _Optional[str] = ..., last_checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_window_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ..., reward_aggregation: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsInfo, _Mapping]] = ..., registered_policy: _Optional[_Union[RegisteredPolicy, _Mapping]] = ...) -> None: ...
+
+class EmbeddingsInfo(_message.Message):
+    __slots__ = ("artifact", "trained_time", "items_indexed", "components")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_TIME_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_INDEXED_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    artifact: str
+    trained_time: _timestamp_pb2.Timestamp
+    items_indexed: int
+    components: int
+    def __init__(self, artifact: _Optional[str] = ..., trained_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., items_indexed: _Optional[int] = ..., components: _Optional[int] = ...) -> None: ...
+
+class RegisteredPolicy(_message.Message):
+    __slots__ = ("model_name", "version", "alias")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: str
+    alias: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ()
@@ -247,3 +273,27 @@ class CheckpointResponse(_message.Message):
     checkpoint_time: _timestamp_pb2.Timestamp
     examples_learned: int
     def __init__(self, checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., examples_learned: _Optional[int] = ...) -> None: ...
+
+class ReloadEmbeddingsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadEmbeddingsResponse(_message.Message):
+    __slots__ = ("changed", "embeddings")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    embeddings: EmbeddingsInfo
+    def __init__(self, changed: _Optional[bool] = ..., embeddings: _Optional[_Union[EmbeddingsInfo, _Mapping]] = ...) -> None: ...
+
+class ReloadPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadPolicyResponse(_message.Message):
+    __slots__ = ("changed", "registered_policy")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_POLICY_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    registered_policy: RegisteredPolicy
+    def __init__(self, changed: _Optional[bool] = ..., registered_policy: _Optional[_Union[RegisteredPolicy, _Mapping]] = ...) -> None: ...

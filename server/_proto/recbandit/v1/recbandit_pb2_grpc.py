@@ -387,6 +387,16 @@ class AdminStub:
                 request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
+        self.ReloadEmbeddings = channel.unary_unary(
+                '/recbandit.v1.Admin/ReloadEmbeddings',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsResponse.FromString,
+                _registered_method=True)
+        self.ReloadPolicy = channel.unary_unary(
+                '/recbandit.v1.Admin/ReloadPolicy',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -408,6 +418,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadEmbeddings(self, request, context):
+        """Load the newest embeddings artifact of the data directory now (the manifest's), if it is not
+        the one in use. FAILED_PRECONDITION when no embeddings were trained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadPolicy(self, request, context):
+        """Take the registry's champion policy now, if its version is not the one served.
+        FAILED_PRECONDITION when no registry is configured or no version is champion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -420,6 +446,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Checkpoint,
                     request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointRequest.FromString,
                     response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'ReloadEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadEmbeddings,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsResponse.SerializeToString,
+            ),
+            'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadPolicy,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +515,60 @@ class Admin:
             '/recbandit.v1.Admin/Checkpoint',
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointRequest.SerializeToString,
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/ReloadEmbeddings',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadEmbeddingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/ReloadPolicy',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
