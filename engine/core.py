@@ -72,6 +72,7 @@ class Engine:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_counter = itertools.count(1)
         self._recent: OrderedDict[str, _Example] = OrderedDict()
+        self._recent_chars = 0  # text held by the remembered examples, counted as if not shared
         self._recent_lock = threading.Lock()
         self._learn_lock = threading.Lock()
         self._load_model()
@@ -292,8 +293,9 @@ class Engine:
         example = _Example.of(decision, shared, actions)
         with self._recent_lock:
             self._recent[decision.event_id] = example
-            if len(self._recent) > RECENT_DECISIONS:
-                self._recent.popitem(last=False)
+            self._recent_chars += example.chars
+            while len(self._recent) > RECENT_DECISIONS or self._recent_chars > RECENT_CHARS:
+                self._recent_chars -= self._recent.popitem(last=False)[1].chars
 
     def _examples(self, event_ids: list[str]) -> dict[str, _Example]:
         """The decisions (as VW lines) of ``event_ids``: remembered ones, the rest read from the log."""
@@ -322,7 +324,9 @@ class Engine:
         )
         if outcome.slot == len(example.chosen) - 1:
             with self._recent_lock:
-                self._recent.pop(outcome.event_id, None)
+                learned = self._recent.pop(outcome.event_id, None)
+                if learned is not None:
+                    self._recent_chars -= learned.chars
 
     def wait_until_learned(self, timeout: float = 10.0) -> bool:
         """Block until every outcome committed so far is learned (tests and the demo use this)."""
@@ -410,7 +414,10 @@ LEARN_BATCH_DELAY = 0.005
 """Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
 
 RECENT_DECISIONS = 65_536
-"""How many recent decisions keep their VW lines in memory for learning (older ones are read back)."""
+RECENT_CHARS = 96 << 20
+"""How many recent decisions keep their VW lines in memory for learning, and at most how much text
+(older ones are read back from the log). Lines of catalog and repeated candidates are shared, so
+the text limit binds only when candidates' features differ from request to request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +439,10 @@ class _Example:
     item_ids: tuple[str, ...]
     chosen: tuple[str, ...]
     probabilities: tuple[float, ...]
+
+    @property
+    def chars(self) -> int:
+        return len(self.shared) + sum(map(len, self.actions))
 
     @classmethod
     def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
