@@ -30,7 +30,7 @@ def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_
 
 
 def test_a_short_demo_agrees_with_its_event_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    blocks = run_demo(events=400, data_dir=tmp_path, seed=2, concurrency=2, quiet=True)
+    blocks = run_demo(events=400, data_dir=tmp_path, seed=2, concurrency=2, quiet=True, evaluate=False)
     assert [b.events for b in blocks] == [400]
     (b,) = blocks
     assert b.random < b.oracle and b.learned <= b.oracle
@@ -45,3 +45,19 @@ def test_a_short_demo_agrees_with_its_event_log(tmp_path) -> None:  # type: igno
     assert clicks == b.reported_clicks
     assert revenue <= b.revenue + 1e-6  # purchases behind lost clicks are not reported
     assert slots > 400  # pages on the home and product surfaces have several slots
+
+
+def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.registry import CHAMPION, MODEL_NAME
+    from training.tracking import EVALUATION_EXPERIMENT, default_tracking_uri, tracking_client
+
+    run_demo(events=600, data_dir=tmp_path, seed=4, concurrency=2, quiet=True, evaluate=True)
+    client = tracking_client(default_tracking_uri(tmp_path))
+    experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) >= 4  # the candidates, the logging policy, uniform random
+    assert all("dr_value" in r.data.metrics and r.data.metrics["dr_ci_low"] <= r.data.metrics["dr_value"] for r in children)
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    assert str(champion.version) == "1"

@@ -6,6 +6,11 @@ multi-slot pages with position effects, delayed and lost feedback, deferred emai
 items arriving halfway (:mod:`training.storefront_client`). It prints, per block of events, the
 expected clicks and purchases per 1,000 pages of the learned policy beside uniform random and the
 oracle, the exploration rate, and where the event log and the learning-curve plot are.
+
+It ends as a data scientist's day would: ``recbandit evaluate`` on the log it just wrote — candidate
+policies replayed and estimated off-policy with intervals, tracked in MLflow in the data
+directory, the best registered as ``recbandit-policy`` and promoted to champion when it beats the
+current one — so ``make mlflow-ui`` has runs to compare.
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ def run_demo(
     quiet: bool = False,
     drift: bool = False,
     block: int = BLOCK,
+    evaluate: bool = True,
 ) -> list[Block]:
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
     settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
@@ -143,7 +149,26 @@ def run_demo(
         print(f"\nexploration rate {explored:.1%} · model {info.model_version} · {info.bandit.exploration}")
         print(f"event log   {data_dir / 'events.db'}  (recbandit export-log --data-dir {data_dir} --out events.jsonl)")
         print(f"plot        {data_dir / 'learning_curve.png'}")
+    if evaluate:
+        _evaluate(data_dir, quiet)
     return blocks
+
+
+def _evaluate(data_dir: Path, quiet: bool) -> None:
+    """Replay candidate policies on the demo's log, track them in MLflow, register and maybe promote."""
+    from training.evaluate import EvaluationConfig, format_table
+    from training.registry import evaluate_and_register
+    from training.tracking import default_tracking_uri
+
+    if not quiet:
+        print("\nevaluating candidate policies on this log (recbandit evaluate) …")
+    config = EvaluationConfig(n_resamples=300, compare_python_replay=False)
+    evaluation, version, promotion = evaluate_and_register(data_dir, config, default_tracking_uri(data_dir))
+    if not quiet:
+        print(format_table(evaluation))
+        print(f"best by the DR lower bound: {evaluation.best.name} · recbandit-policy version {version}, "
+              f"{'champion' if promotion.promoted else 'not promoted'}: {promotion.reason}")
+        print(f"MLflow      make mlflow-ui DATA={data_dir}")
 
 
 def _play(client: StorefrontClient, events: int, concurrency: int, quiet: bool) -> list[Page]:

@@ -242,7 +242,8 @@ def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: in
     A squared-loss VW regression of the reward on the (user, context, item) features of the
     logged (context, item) pairs, with the server's interactions. Events are split into ``folds``
     interleaved folds; the model fitted on the other folds predicts every candidate of the
-    held-out one, so no example's prediction has seen its own reward.
+    held-out one, so no example's prediction has seen its own reward. The training rows are
+    shuffled with a fixed seed: the model is a regression, not a policy learned in time order.
     """
     import vowpalwabbit
 
@@ -254,10 +255,13 @@ def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: in
         held_out = [i for i, f in enumerate(fold_of) if f == fold]
         train, test = workdir / f"train-{fold}.txt", workdir / f"test-{fold}.txt"
         model, scores = workdir / f"reward-{fold}.vw", workdir / f"scores-{fold}.txt"
+        # Shuffled (seeded): in log order, rewards arrive in runs — clicks become final at once,
+        # misses when their window closes — and an online learner would end up fitting the last run.
+        rows = [i for i, f in enumerate(fold_of) if f != fold]
+        np.random.default_rng(fold).shuffle(rows)
         with open(train, "w") as out:
-            for ex, f in zip(examples, fold_of):
-                if f != fold:
-                    out.write(_regression_line(ex, ex.chosen, f"{ex.reward!r} ") + "\n")
+            for i in rows:
+                out.write(_regression_line(examples[i], examples[i].chosen, f"{examples[i].reward!r} ") + "\n")
         with open(test, "w") as out:
             for i in held_out:
                 out.writelines(_regression_line(examples[i], a) + "\n" for a in range(len(examples[i].actions)))
