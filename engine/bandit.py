@@ -101,7 +101,29 @@ def shared_line(user_features: Features, context: Features) -> str:
 
 
 def action_line(item_id: str, features: Features) -> str:
-    return f"|Item id={item_id.translate(_TEXT_ESCAPES)} {_encode(features)}"
+    """The candidate's line: namespace ``Item``, and ``Affinity`` for its ``lightfm_*`` features.
+
+    The LightFM affinity of this user and item is per request, so it sits in a namespace of its
+    own, outside the ``-q`` interactions: the bandit learns one weight per affinity feature.
+    """
+    if not any(name.startswith(AFFINITY_PREFIX) for name in features):
+        return f"|Item id={item_id.translate(_TEXT_ESCAPES)} {_encode(features)}"
+    item = {n: v for n, v in features.items() if not n.startswith(AFFINITY_PREFIX)}
+    affinity = {n: v for n, v in features.items() if n.startswith(AFFINITY_PREFIX)}
+    return f"|Item id={item_id.translate(_TEXT_ESCAPES)} {_encode(item)} {affinity_segment(affinity)}"
+
+
+AFFINITY_PREFIX = "lightfm_"
+
+
+def affinity_segment(affinity: Features) -> str:
+    """The ``Affinity`` namespace of numeric per-request features, appended to a candidate's line.
+
+    ``action_line(i, {**features, **affinity}) == action_line(i, features) + " " + affinity_segment(affinity)``
+    when ``features`` has no ``lightfm_*`` name, so a cached line can be extended per request. The
+    tokens skip the token cache: these numbers hardly repeat.
+    """
+    return "|Affinity " + " ".join(_token(name, value) for name, value in affinity.items())
 
 
 _TOKEN_CACHE_SIZE = 1 << 16

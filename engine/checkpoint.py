@@ -25,6 +25,7 @@ class Checkpoint:
     examples_learned: int
     ts: float
     bandit: dict[str, object]
+    policy: dict[str, str] | None = None  # the registered policy (model_name, version, alias) it came from
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

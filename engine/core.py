@@ -23,13 +23,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
 from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady, PreconditionFailed
+from engine.embeddings import Representation
 from engine.eventlog import SQLiteEventLog
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, frozen_features, merge_features, with_time_context
-from engine.records import LoggedDecision, Outcome, Reward, SlotChoice, decision_to_json
+from engine.records import LoggedDecision, Outcome, Reward, SlotChoice, candidate_to_json, decision_to_json
+from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
 from engine.validation import Limits, check_decision_request, check_id, check_items, check_reward_report
@@ -46,6 +48,8 @@ class EngineConfig:
     seed: int = 0
     checkpoint_interval: float = 60.0
     maintenance_interval: float = 0.5
+    retrieval_top_n: int = 100  # candidates retrieved by LightFM score when a request sends none
+    embeddings_poll_interval: float = 5.0  # seconds between looks at the embeddings manifest; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,17 @@ class ModelInfo:
     vw_arguments: str
     last_checkpoint_ts: float | None
     rewards: RewardRules
+    embeddings: EmbeddingsInfo | None = None
+    registered_policy: RegisteredPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPolicy:
+    """Where a served model came from in a model registry: ``recbandit-policy`` version 3 @champion."""
+
+    model_name: str
+    version: str
+    alias: str
 
 
 class Engine:
@@ -75,6 +90,9 @@ class Engine:
         self._recent_chars = 0  # text held by the remembered examples, counted as if not shared
         self._recent_lock = threading.Lock()
         self._learn_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.values(), self._catalog_lock)
+        self.embeddings.load_if_present()
         self._load_model()
         self._wake = threading.Event()
         self._learned = threading.Condition()
@@ -82,6 +100,7 @@ class Engine:
         self.learn_pending()  # re-learn what the log holds beyond the checkpoint
         self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
         self._thread.start()
+        self.embeddings.watch(config.embeddings_poll_interval)
 
     def _load_model(self) -> None:
         checkpoint = read_checkpoint(self._dir)
@@ -90,6 +109,7 @@ class Engine:
             self._model_id = "vw-" + uuid.uuid4().hex[:8]
             self._learned_seq = self._examples_learned = 0
             self._last_checkpoint: float | None = None
+            self.registered_policy: RegisteredPolicy | None = None
             return
         saved = BanditConfig.from_dict(checkpoint.bandit)
         if saved != self.config.bandit:
@@ -100,6 +120,7 @@ class Engine:
         self._learned_seq = checkpoint.learned_seq
         self._examples_learned = checkpoint.examples_learned
         self._last_checkpoint = checkpoint.ts
+        self.registered_policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
 
     @property
     def model_version(self) -> str:
@@ -132,7 +153,9 @@ class Engine:
             existing = self.log.get_decision(request.event_id)
             if existing is not None:
                 return self._same_event(existing, request)
-        candidates = self._candidates(request)
+        live = self.embeddings.current  # one artifact for the whole decision, whatever swaps meanwhile
+        user = live.embeddings.user_representation(request.user_id, request.user_features) if live else None
+        candidates = self._candidates(request, live, user)
         num_results = request.num_results or 1
         if num_results > len(candidates):
             raise InvalidRequest(
@@ -143,6 +166,8 @@ class Engine:
         context = with_time_context(request.context, ts)
         shared = shared_line(request.user_features, context)
         encoded = [self._encoded.encode(c) for c in candidates]
+        if live is not None:
+            candidates, encoded = _with_affinity(live, user, candidates, encoded)
         actions = [line for line, _ in encoded]
         slots = self._fill_slots(event_id, shared, actions, candidates, num_results)
         decision = LoggedDecision(
@@ -153,7 +178,7 @@ class Engine:
             context=context,
             candidates=tuple(candidates),
             slots=slots,
-            model_version=self.model_version,
+            model_version=self.model_version if live is None else f"{self.model_version}+{live.version}",
             deferred=request.defer_activation,
             deadline=ts + self.config.rewards.window_seconds,
         )
@@ -177,8 +202,9 @@ class Engine:
     ) -> tuple[SlotChoice, ...]:
         remaining = list(range(len(candidates)))
         slots = []
+        bandit = self.bandit  # every slot from the same model, even if a new policy is swapped in meanwhile
         for slot in range(num_results):
-            pmf = self.bandit.pmf(shared, [actions[i] for i in remaining])
+            pmf = bandit.pmf(shared, [actions[i] for i in remaining])
             k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))
             full = [0.0] * len(candidates)
             for j, i in enumerate(remaining):
@@ -193,7 +219,7 @@ class Engine:
             raise EventConflict(existing.event_id, "is already the event of another user_id")
         return existing
 
-    def _candidates(self, request: DecisionRequest) -> list[Candidate]:
+    def _candidates(self, request: DecisionRequest, live: Loaded | None = None, user: Representation | None = None) -> list[Candidate]:
         excluded = set(request.exclude_item_ids)
         catalog = self._catalog
         if request.candidates and not catalog and not excluded:
@@ -205,6 +231,8 @@ class Engine:
                 if c.item_id in excluded or (item is not None and not item.active):
                     continue
                 candidates.append(Candidate(c.item_id, merge_features(item.features if item else None, c.features)))
+        elif live is not None and user is not None:
+            candidates = self._retrieve(live, user, excluded)
         else:
             candidates = [Candidate(i.item_id, i.features) for i in catalog.values() if i.active]
             candidates = [c for c in candidates if c.item_id not in excluded]
@@ -218,6 +246,19 @@ class Engine:
                 )
         if not candidates:
             raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
+        return candidates
+
+    def _retrieve(self, live: Loaded, user: Representation, excluded: set[str]) -> list[Candidate]:
+        """The ``retrieval_top_n`` active catalog items with the best LightFM score for ``user``, minus ``excluded``."""
+        if len(live.embeddings) == 0:
+            raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
+        catalog = self._catalog
+        n = min(self.config.retrieval_top_n, self.config.limits.max_candidates)
+        candidates = []
+        for item_id, _ in live.embeddings.top_n(user, n, exclude=excluded):
+            item = catalog.get(item_id)
+            if item is not None and item.active:  # the index follows the catalog; this covers a write in progress
+                candidates.append(Candidate(item_id, item.features))
         return candidates
 
     # -- Feedback and Activate ---------------------------------------------------------------------
@@ -246,18 +287,22 @@ class Engine:
 
     def upsert_items(self, items: list[Item]) -> int:
         check_items("items", items, self.config.limits)
-        count = self.log.upsert_items(items)
-        self._catalog = {**self._catalog, **{item.item_id: _frozen_item(item) for item in items}}
+        with self._catalog_lock:
+            count = self.log.upsert_items(items)
+            self._catalog = {**self._catalog, **{item.item_id: _frozen_item(item) for item in items}}
+            self.embeddings.upsert_items(items)  # new items get a representation from their features
         return count
 
     def delete_items(self, item_ids: list[str]) -> int:
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id, self.config.limits)
-        deleted = self.log.delete_items(item_ids)
-        catalog = dict(self._catalog)
-        for item_id in deleted:
-            catalog.pop(item_id, None)
-        self._catalog = catalog
+        with self._catalog_lock:
+            deleted = self.log.delete_items(item_ids)
+            catalog = dict(self._catalog)
+            for item_id in deleted:
+                catalog.pop(item_id, None)
+            self._catalog = catalog
+            self.embeddings.delete_items(deleted)
         return len(deleted)
 
     def list_items(self, page_size: int, page_token: str, active_only: bool) -> tuple[list[Item], str]:
@@ -350,6 +395,7 @@ class Engine:
                 examples_learned=self._examples_learned,
                 ts=time.time(),
                 bandit=asdict(self.bandit.config),
+                policy=asdict(self.registered_policy) if self.registered_policy else None,
             )
             write_checkpoint(self._dir, self.bandit.save, checkpoint)
             self._last_checkpoint = checkpoint.ts
@@ -383,7 +429,39 @@ class Engine:
             vw_arguments=self.bandit.arguments,
             last_checkpoint_ts=self._last_checkpoint,
             rewards=self.config.rewards,
+            embeddings=live.info() if (live := self.embeddings.current) else None,
+            registered_policy=self.registered_policy,
         )
+
+    # -- hot swaps ---------------------------------------------------------------------------------
+
+    def reload_embeddings(self) -> bool:
+        """Swap in the newest embeddings artifact now, if it is not the one in use (see :mod:`engine.retrieval`)."""
+        return self.embeddings.reload()
+
+    def swap_policy(self, bandit: BanditConfig, model_path: str, policy: RegisteredPolicy) -> None:
+        """Serve the registered policy's VW model from now on, and keep learning online on it.
+
+        The model is loaded completely first; then, under the learn lock, it replaces the live one.
+        A decision in flight finishes on the model it started with (it holds its own reference;
+        the old workspace is freed when the last one lets go), and no batch of learning straddles
+        the two models.
+
+        The learned watermark carries over unchanged: the outcomes up to ``learned_seq`` are the
+        old model's past (the registered policy learned its own from the log it was evaluated on),
+        and the new model learns every final outcome after ``learned_seq`` from the next batch on,
+        exactly once. ``examples_learned`` restarts at 0, so ``model_version`` reads
+        ``recbandit-policy-v3@N``: the registered version plus N online updates. A checkpoint is
+        written at once, so a restart resumes the registered policy (and knows its version).
+        """
+        loaded = VWBandit(bandit, model_path=model_path)
+        with self._learn_lock:
+            self.bandit = loaded
+            self._model_id = f"{policy.model_name}-v{policy.version}"
+            self._examples_learned = 0
+            self.registered_policy = policy
+        log.info("serving %s version %s (@%s) from %s", policy.model_name, policy.version, policy.alias, model_path)
+        self.checkpoint()
 
     def close(self) -> None:
         """Stop deciding, learn what is final, checkpoint, and close the log."""
@@ -392,6 +470,7 @@ class Engine:
         self._stopping.set()
         self._wake.set()
         self._thread.join()
+        self.embeddings.close()
         self.learn_pending()
         self.checkpoint()
         self.log.close()
@@ -457,3 +536,27 @@ class _Example:
 
 def _frozen_item(item: Item) -> Item:
     return Item(item.item_id, frozen_features(item.features), item.active)
+
+
+def _with_affinity(
+    live: Loaded, user: Representation | None, candidates: list[Candidate], encoded: list[tuple[str, str]]
+) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """The candidates with their LightFM affinity features for this user, and their lines and records.
+
+    The features join each candidate (so the log holds them and learning or replay rebuild the
+    same line) and go to the VW namespace ``Affinity`` (:func:`engine.bandit.affinity_segment`).
+    They are per user: appended to the cached per-item encodings, never cached themselves.
+    """
+    assert user is not None
+    affinity = live.embeddings.affinity_features(user, [c.item_id for c in candidates],
+                                                 {c.item_id: c.features for c in candidates})
+    out_candidates, out_encoded = [], []
+    for candidate, (line, record), features in zip(candidates, encoded, affinity, strict=True):
+        if features:
+            own = any(name.startswith(AFFINITY_PREFIX) for name in candidate.features)
+            candidate = Candidate(candidate.item_id, {**candidate.features, **features})
+            line = action_line(candidate.item_id, candidate.features) if own else f"{line} {affinity_segment(features)}"
+            record = candidate_to_json(candidate)
+        out_candidates.append(candidate)
+        out_encoded.append((line, record))
+    return out_candidates, out_encoded

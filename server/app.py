@@ -19,6 +19,7 @@ import threading
 from collections.abc import Coroutine
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.core import Engine
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
+from server.champion import ChampionFollower
 from server.servicers import AdminServicer, CatalogServicer, RecommenderServicer
 from server.settings import Settings
 
@@ -38,12 +40,14 @@ T = TypeVar("T")
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
 
 
-async def build_server(settings: Settings, engine: Engine) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+async def build_server(
+    settings: Settings, engine: Engine, champion: ChampionFollower | None = None
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
     """The ``grpc.aio`` server with every service, bound but not started (call on its event loop)."""
     server = grpc.aio.server()
     pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(engine), server)
     pb_grpc.add_CatalogServicer_to_server(CatalogServicer(engine), server)
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(engine), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(engine, champion), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -90,6 +94,7 @@ class RunningServer:
     health: health_aio.HealthServicer
     engine: Engine
     loop: EventLoopThread
+    champion: ChampionFollower | None = None
 
     def stop(self, grace: float) -> None:
         """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, then close the engine."""
@@ -99,16 +104,22 @@ class RunningServer:
             await self.server.stop(grace)
 
         self.loop.run(stop_serving())
+        if self.champion is not None:
+            self.champion.close()
         self.engine.close()
         self.loop.close()
 
 
 def start(settings: Settings) -> RunningServer:
     engine = Engine(settings.engine_config())
+    champion = None
+    if settings.policy_registry:
+        download_dir = Path(settings.data_dir) / "policies"
+        champion = ChampionFollower(engine, settings.policy_registry, settings.policy_poll_interval, download_dir)
     loop = EventLoopThread(settings.workers)
 
     async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-        server, port, health_servicer = await build_server(settings, engine)
+        server, port, health_servicer = await build_server(settings, engine, champion)
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -120,7 +131,9 @@ def start(settings: Settings) -> RunningServer:
         loop.close()
         engine.close()
         raise
-    return RunningServer(server, port, health_servicer, engine, loop)
+    if champion is not None:
+        champion.start()
+    return RunningServer(server, port, health_servicer, engine, loop, champion)
 
 
 def serve(settings: Settings) -> None:

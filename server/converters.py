@@ -6,10 +6,11 @@ from collections.abc import Iterable, Mapping, MutableMapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.core import ModelInfo
+from engine.core import ModelInfo, RegisteredPolicy
 from engine.errors import InvalidRequest
 from engine.features import frozen_features
 from engine.records import LoggedDecision
+from engine.retrieval import EmbeddingsInfo
 from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 
@@ -139,4 +140,19 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         reward_window_seconds=info.rewards.window_seconds,
         default_reward=info.rewards.default_reward,
         reward_aggregation=info.rewards.aggregation.value,
+        embeddings=embeddings_info_to_proto(info.embeddings),
+        registered_policy=registered_policy_to_proto(info.registered_policy),
     )
+
+
+def embeddings_info_to_proto(info: EmbeddingsInfo | None) -> pb.EmbeddingsInfo | None:
+    if info is None:
+        return None
+    return pb.EmbeddingsInfo(artifact=info.artifact, trained_time=timestamp(info.trained_ts),
+                             items_indexed=info.items_indexed, components=info.components)
+
+
+def registered_policy_to_proto(policy: RegisteredPolicy | None) -> pb.RegisteredPolicy | None:
+    if policy is None:
+        return None
+    return pb.RegisteredPolicy(model_name=policy.model_name, version=policy.version, alias=policy.alias)

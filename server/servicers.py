@@ -12,7 +12,9 @@ import asyncio
 import grpc
 
 from engine.core import Engine
+from engine.errors import PreconditionFailed
 from server import converters
+from server.champion import ChampionFollower
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.errors import rpc
@@ -61,8 +63,9 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, champion: ChampionFollower | None = None) -> None:
         self._engine = engine
+        self._champion = champion
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
@@ -74,3 +77,16 @@ class AdminServicer(pb_grpc.AdminServicer):
         return pb.CheckpointResponse(
             checkpoint_time=converters.timestamp(checkpoint.ts), examples_learned=checkpoint.examples_learned
         )
+
+    @rpc
+    async def ReloadEmbeddings(self, request: pb.ReloadEmbeddingsRequest, context: Context) -> pb.ReloadEmbeddingsResponse:
+        changed = await asyncio.to_thread(self._engine.reload_embeddings)
+        info = self._engine.model_info().embeddings
+        return pb.ReloadEmbeddingsResponse(changed=changed, embeddings=converters.embeddings_info_to_proto(info))
+
+    @rpc
+    async def ReloadPolicy(self, request: pb.ReloadPolicyRequest, context: Context) -> pb.ReloadPolicyResponse:
+        if self._champion is None:
+            raise PreconditionFailed("policy_registry", "not set: start the server with --policy-registry URI")
+        changed, policy = await asyncio.to_thread(self._champion.reload)
+        return pb.ReloadPolicyResponse(changed=changed, registered_policy=converters.registered_policy_to_proto(policy))

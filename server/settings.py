@@ -40,6 +40,10 @@ class Settings:
     workers: int = 16
     grace: float = 5.0
     reflection: bool = True
+    retrieval_top_n: int = 100
+    embeddings_poll_interval: float = 5.0
+    policy_registry: str = ""
+    policy_poll_interval: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -72,6 +76,8 @@ class Settings:
             ),
             seed=self.seed,
             checkpoint_interval=self.checkpoint_interval,
+            retrieval_top_n=self.retrieval_top_n,
+            embeddings_poll_interval=self.embeddings_poll_interval,
         )
 
 

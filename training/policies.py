@@ -26,7 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import BanditConfig, VWBandit, action_line, affinity_segment, shared_line
+from engine.embeddings import Embeddings
 from engine.exploration import draw, uniform_draw
 from training.simulator import AGE_BANDS, CHANNELS, REGIONS, SEGMENTS, SURFACES, TAGS, WEEKDAYS, Storefront, Visit
 
@@ -62,12 +63,18 @@ def _uniform_choice(visit: Visit, seed: int) -> Choice:
 
 
 class BanditPolicy:
-    """recbandit's VW ``cb_explore_adf`` bandit, fed exactly what the server would feed it."""
+    """recbandit's VW ``cb_explore_adf`` bandit, fed exactly what the server would feed it.
 
-    def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "") -> None:
-        self.name = name or f"recbandit {config.exploration}"
+    With ``embeddings`` every candidate line also carries the LightFM affinity features of the
+    visit's user and the item (namespace ``Affinity``), as the server adds them.
+    """
+
+    def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "",
+                 embeddings: Embeddings | None = None) -> None:
+        self.name = name or f"recbandit {config.exploration}" + (" + embeddings" if embeddings is not None else "")
         self.world = world
         self.seed = seed
+        self.embeddings = embeddings
         self._bandit = VWBandit(config)
         self._lines: dict[str, str] = {}
 
@@ -76,7 +83,14 @@ class BanditPolicy:
         for item_id in visit.candidates:
             if item_id not in lines:
                 lines[item_id] = action_line(item_id, self.world.items[self.world.item_index[item_id]].features)
-        return shared_line(visit.user_features, visit.context), [lines[i] for i in visit.candidates]
+        actions = [lines[i] for i in visit.candidates]
+        if self.embeddings is not None:
+            user = self.embeddings.user_representation(visit.user_id, visit.user_features)
+            items = self.world.items
+            features = {i: items[self.world.item_index[i]].features for i in visit.candidates}
+            affinity = self.embeddings.affinity_features(user, visit.candidates, features)
+            actions = [f"{line} {affinity_segment(a)}" if a else line for line, a in zip(actions, affinity, strict=True)]
+        return shared_line(visit.user_features, visit.context), actions
 
     def choose(self, visits: Sequence[Visit]) -> list[Choice]:
         choices = []

@@ -1,0 +1,80 @@
+"""Follow the registry's champion: poll it, and swap the served policy when its version changes.
+
+The registry is MLflow's (``training.registry``): the alias ``champion`` of the registered model
+``recbandit-policy``. A poll first asks which version holds the alias (one cheap query); only
+when it differs from the version served does it download that version's VW model into
+``<data_dir>/policies/v<version>`` and hand the engine the path (:meth:`engine.core.Engine.swap_policy`),
+so the engine never imports MLflow.
+
+:meth:`ChampionFollower.reload` is the ``ReloadPolicy`` RPC and every poll; one lock makes them
+take turns. A failed poll is logged and retried at the next interval; the served policy stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from engine.core import Engine, RegisteredPolicy
+from engine.errors import PreconditionFailed
+
+log = logging.getLogger(__name__)
+
+
+class ChampionFollower:
+    """Polls ``tracking_uri``'s champion every ``poll_interval`` seconds (0 or less: only on demand)."""
+
+    def __init__(self, engine: Engine, tracking_uri: str, poll_interval: float, download_dir: Path) -> None:
+        self.engine = engine
+        self.tracking_uri = tracking_uri
+        self.poll_interval = poll_interval
+        self.download_dir = download_dir
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reload(self) -> tuple[bool, RegisteredPolicy]:
+        """Serve the champion now if its version is not the one served; return (changed, champion).
+
+        Raises :class:`PreconditionFailed` when no version holds the alias.
+        """
+        from training.registry import CHAMPION, MODEL_NAME, champion_policy, champion_version
+        from training.tracking import tracking_client
+
+        with self._lock:
+            champion = champion_version(tracking_client(self.tracking_uri))
+            if champion is None:
+                raise PreconditionFailed("policy_registry", f"no version of {MODEL_NAME} holds the alias @{CHAMPION}")
+            served = self.engine.registered_policy
+            if served is not None and (served.model_name, served.version) == (MODEL_NAME, str(champion.version)):
+                return False, served
+            policy = champion_policy(self.tracking_uri, self.download_dir)
+            if policy is None:
+                raise PreconditionFailed("policy_registry", f"no version of {MODEL_NAME} holds the alias @{CHAMPION}")
+            registered = RegisteredPolicy(MODEL_NAME, policy.version, CHAMPION)
+            self.engine.swap_policy(policy.bandit, str(policy.model_path), registered)
+            return True, registered
+
+    def start(self) -> None:
+        """Poll at once (in the background), then every ``poll_interval`` seconds."""
+        self._thread = threading.Thread(target=self._poll, name="champion-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        wait = 0.0
+        while not self._stop.wait(wait):
+            try:
+                self.reload()
+            except PreconditionFailed as error:
+                log.debug("no champion to follow yet: %s", error)
+            except Exception:  # the registry may be down: keep the served policy, try again later
+                log.exception("polling the policy registry failed; the served policy stays")
+            if self.poll_interval <= 0:
+                return
+            wait = self.poll_interval
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
