@@ -7,7 +7,10 @@
   p50 and p99 of ``time.perf_counter()``, with OpenBLAS's default threads and with one thread (the
   better choice in a server whose worker threads already use every core); plus :meth:`~engine.embeddings.Embeddings.affinity_features`
   for 100 candidates, the other per-request cost;
-- training: :func:`training.embeddings.train_embeddings` on 1M interactions of the planted world.
+- training: :func:`training.embeddings.train_embeddings` on 1M interactions of the planted world;
+- reward: the simulated storefront (:mod:`training.simulator`, one slot per visit) played by
+  recbandit's bandit with and without the LightFM affinity features, the embeddings trained on
+  the clicks of an earlier part of the same stream (:func:`reward_with_and_without`).
 
 The machine's load average (``os.getloadavg``) is printed with the figures: other processes
 sharing the cores move them.
@@ -21,8 +24,11 @@ import time
 
 import numpy as np
 
+from collections.abc import Sequence
+
 from engine.embeddings import Embeddings, FeatureTable, Representation
-from training.embeddings import EmbeddingConfig, planted_world, train_embeddings
+from training.embeddings import EmbeddingConfig, Interaction, TrainingData, planted_world, train_embeddings
+from training.simulator import Storefront, Visit, WorldConfig
 
 
 def synthetic_index(n_items: int, components: int, seed: int = 0) -> Embeddings:
@@ -69,9 +75,70 @@ def bench_training(interactions: int, components: int, epochs: int, threads: int
             "recall": m["recall_at_10"], "pop_recall": m["popularity_recall_at_10"]}
 
 
+def stream_interactions(world: Storefront, visits: Sequence[Visit], seed: int = 0) -> TrainingData:
+    """The clicks of ``visits`` as LightFM interactions: each candidate is clicked with its true probability.
+
+    Like a storefront's logged grid of candidates; seeded, so the same visits give the same clicks.
+    """
+    rng = np.random.default_rng((seed, 7))
+    interactions, users = [], {}
+    for visit in visits:
+        users[visit.user_id] = visit.user_features
+        clicked = rng.random(len(visit.candidates)) < world.click_probabilities(visit)
+        interactions += [Interaction(visit.user_id, item_id, 1.0, float(visit.index))
+                         for item_id, c in zip(visit.candidates, clicked, strict=True) if c]
+    return TrainingData(interactions, users, world.initial_items())
+
+
+def play(policy, world: Storefront, visits: Sequence[Visit], batch: int = 50) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Expected clicks of each visit's shown item; the policy learns the sampled click a batch later."""
+    values = []
+    for start in range(0, len(visits), batch):
+        page = visits[start : start + batch]
+        choices = policy.choose(page)
+        rewards = []
+        for visit, choice in zip(page, choices, strict=True):
+            shown = [visit.candidates[choice.index]]
+            values.append(world.page_value(visit, shown)[0])
+            rewards.append(float(world.react(visit, shown)[0][0]))
+        policy.learn(page, choices, rewards)
+    return np.array(values)
+
+
+def reward_with_and_without(seed: int = 0, train_visits: int = 3000, eval_visits: int = 4000,
+                            users: int = 2000, components: int = 16) -> dict[str, float]:
+    """Mean expected clicks per visit of the bandit without and with embeddings, with random and oracle.
+
+    The embeddings are trained on the clicks of the first ``train_visits`` visits; both bandits
+    start untrained on the next ``eval_visits`` (the same visits and reactions for both).
+    """
+    from training.policies import BanditPolicy
+
+    world = Storefront(WorldConfig(multi_slot=False, n_users=users, seed=seed))
+    data = stream_interactions(world, world.visits(train_visits), seed)
+    t = time.perf_counter()
+    embeddings = train_embeddings(data, EmbeddingConfig(components=components, epochs=10, test_fraction=0.0, seed=seed),
+                                  progress=False).embeddings
+    trained = time.perf_counter() - t
+    embeddings.sync_catalog(world.items)
+    visits = world.visits(eval_visits, start=train_visits)
+    results = {}
+    for name, e in (("without", None), ("with", embeddings)):
+        policy = BanditPolicy(world, seed=seed, embeddings=e)
+        try:
+            values = play(policy, world, visits)
+        finally:
+            policy.close()
+        results[name], results[f"{name}_last_half"] = float(values.mean()), float(values[len(values) // 2 :].mean())
+    results["random"] = float(np.mean([world.random_page_value(v)[0] for v in visits]))
+    results["oracle"] = float(np.mean([world.page_value(v, world.oracle(v))[0] for v in visits]))
+    results.update(interactions=len(data.interactions), train_s=trained)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--components", type=int, default=64)
+    parser.add_argument("--components", default="32,64", help="comma-separated; 32 is train-embeddings' default")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--interactions", type=int, default=1_000_000)
@@ -79,20 +146,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--reward-seeds", default="0,1,2", help="comma-separated seeds of the reward comparison")
     args = parser.parse_args(argv)
 
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
     from threadpoolctl import threadpool_limits  # installed with scikit-learn, which LightFM needs
 
-    print(f"\n| items     | BLAS threads | top-100 p50 ms | top-100 p99 ms | affinity(100) p50 ms |   ({args.components} components)")
-    print("|-----------|-------------:|---------------:|---------------:|---------------------:|")
-    for n in (int(s) for s in args.sizes.split(",")):
-        for blas_threads in (None, 1):
-            with threadpool_limits(limits=blas_threads, user_api="blas"):
-                r = bench_retrieval(n, args.components, args.calls)
-            label = "default" if blas_threads is None else str(blas_threads)
-            print(f"| {n:>9,} | {label:>12} | {r['p50']:14.2f} | {r['p99']:14.2f} | {r['affinity_p50']:20.2f} |", flush=True)
+    print("\n| items     | components | BLAS threads | top-100 p50 ms | top-100 p99 ms | affinity(100) p50 ms |")
+    print("|-----------|-----------:|-------------:|---------------:|---------------:|---------------------:|")
+    for components in (int(c) for c in args.components.split(",")):
+        for n in (int(s) for s in args.sizes.split(",")):
+            for blas_threads in (None, 1):
+                with threadpool_limits(limits=blas_threads, user_api="blas"):
+                    r = bench_retrieval(n, components, args.calls)
+                label = "default" if blas_threads is None else str(blas_threads)
+                print(f"| {n:>9,} | {components:>10} | {label:>12} | {r['p50']:14.2f} | {r['p99']:14.2f} | "
+                      f"{r['affinity_p50']:20.2f} |", flush=True)
     print(f"load average after retrieval: {os.getloadavg()[0]:.2f}")
+    print("\nReward: expected clicks per visit on the simulated storefront (one slot, 20 candidates, 2,000 users),")
+    print("embeddings trained on the clicks of visits 0-2,999, both bandits learning from scratch on visits 3,000-6,999")
+    print("| seed | random | bandit | bandit + embeddings | last half: bandit | + embeddings | oracle | interactions |")
+    print("|-----:|-------:|-------:|--------------------:|------------------:|-------------:|-------:|-------------:|")
+    for seed in (int(s) for s in args.reward_seeds.split(",")):
+        r = reward_with_and_without(seed)
+        print(f"| {seed:>4} | {r['random']:.4f} | {r['without']:.4f} | {r['with']:19.4f} | {r['without_last_half']:17.4f} | "
+              f"{r['with_last_half']:12.4f} | {r['oracle']:.4f} | {r['interactions']:>12,.0f} |", flush=True)
     if args.skip_training:
         return
     r = bench_training(args.interactions, args.train_components, args.epochs, args.threads)
