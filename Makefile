@@ -29,8 +29,9 @@ demo: $(STAMP)  ## start a server on embedded defaults and drive a simulated sto
 serve: $(STAMP)  ## serve on port 50051 with the data directory $(DATA)
 	$(VENV)/bin/recbandit serve --data-dir $(DATA)
 
-bench: $(STAMP)  ## serving benchmark: Recommend/Feedback throughput and latency against the gRPC ceiling
+bench: $(STAMP)  ## serving benchmark against the gRPC ceiling, then embeddings: retrieval, training, reward
 	$(PY) -m server.bench
+	$(PY) -m training.bench_embeddings
 
 bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle
 	$(PY) -m training.bench_quality
