@@ -389,7 +389,9 @@ class Engine:
     def checkpoint(self) -> Checkpoint:
         with self._learn_lock:
             checkpoint = Checkpoint(
-                model_file=f"model-{self._learned_seq}.vw",
+                # The model id is in the name: after a policy swap the same learned_seq names another model,
+                # and the manifest must never point at a file that was replaced under it.
+                model_file=f"model-{self._model_id}-{self._learned_seq}.vw",
                 model_id=self._model_id,
                 learned_seq=self._learned_seq,
                 examples_learned=self._examples_learned,
