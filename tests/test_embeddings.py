@@ -240,6 +240,18 @@ def test_train_embeddings_command_reads_the_log_and_a_csv_and_writes_the_artifac
     assert loaded.metadata["config"]["label_weights"] == [["purchase", 4.0], ["click", 1.0]]
     assert loaded.is_known_user("outsider") and "item-999" not in loaded
 
+    from training.embeddings import EMBEDDINGS_EXPERIMENT
+    from training.tracking import default_tracking_uri, tracking_client
+
+    client = tracking_client(default_tracking_uri(tmp_path))
+    (run,) = client.search_runs([client.get_experiment_by_name(EMBEDDINGS_EXPERIMENT).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["components"] == "8" and run.data.params["loss"] == "warp"
+    assert 0 < run.data.metrics["recall_at_10"] <= 1 and "popularity_recall_at_10" in run.data.metrics
+    epochs = client.get_metric_history(run.info.run_id, "recall_at_10")
+    assert max(m.step for m in epochs) == 5  # the last epoch's holdout evaluation, logged at its step
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "embeddings")]
+
     log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
     try:
         interactions, users = interactions_from_log(log.joined(), EmbeddingConfig(label_weights=(("purchase", 4.0),), default_weight=0.0))

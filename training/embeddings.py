@@ -404,6 +404,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of a reward label (repeat); default " + " ".join(f"{k}={v}" for k, v in d.label_weights))
     parser.add_argument("--no-refit", action="store_true", help="keep the holdout model instead of refitting on all data")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store; default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
+    parser.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
 
 
 def config_from_args(args: argparse.Namespace) -> EmbeddingConfig:
@@ -427,9 +430,36 @@ def config_from_args(args: argparse.Namespace) -> EmbeddingConfig:
 
 
 def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> TrainingResult:
-    """Train from ``args`` (see :func:`add_arguments`), write the artifact, print the metrics."""
+    """Train from ``args`` (see :func:`add_arguments`), write the artifact, print the metrics.
+
+    Unless ``--no-track``, the run is recorded in MLflow (experiment ``recbandit-embeddings``): the
+    config as params, the holdout metrics per evaluated epoch and at the end, the artifact.
+    """
     config = config_from_args(args)
     data = load_training_data(args.data_dir, config, events=args.events, interactions_csv=args.interactions)
+    if args.no_track:
+        return _train_and_write(args, config, data, on_epoch)
+    from training.tracking import default_tracking_uri, tracked_run
+
+    uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    with tracked_run(uri, EMBEDDINGS_EXPERIMENT, config, run_name="lightfm") as tracked:
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            tracked.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+        result = _train_and_write(args, config, data, log_epoch)
+        tracked.log_metrics(result.metrics)
+        tracked.log_artifact(result.path, "embeddings")
+    print(f"tracked in {uri} (experiment {EMBEDDINGS_EXPERIMENT})")
+    return result
+
+
+EMBEDDINGS_EXPERIMENT = "recbandit-embeddings"
+
+
+def _train_and_write(args, config: EmbeddingConfig, data: TrainingData, on_epoch: EpochCallback | None) -> TrainingResult:  # type: ignore[no-untyped-def]
     result = train_embeddings(data, config, on_epoch=on_epoch, progress=not args.no_progress)
     path = write_artifact(args.data_dir, result.embeddings)
     print(format_metrics(result.metrics, config.k))
