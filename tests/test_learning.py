@@ -61,3 +61,12 @@ def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_p
     assert all("dr_value" in r.data.metrics and r.data.metrics["dr_ci_low"] <= r.data.metrics["dr_value"] for r in children)
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     assert str(champion.version) == "1"
+
+    from training.embeddings import EMBEDDINGS_EXPERIMENT
+
+    (trained,) = client.search_runs([client.get_experiment_by_name(EMBEDDINGS_EXPERIMENT).experiment_id])
+    assert trained.info.status == "FINISHED" and "recall_at_10" in trained.data.metrics
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        versions = [v for (v,) in db.execute("SELECT model_version FROM decisions ORDER BY ts")]
+    with_embeddings = ["+embeddings-" in v for v in versions]
+    assert with_embeddings == [False] * 300 + [True] * 300  # trained and loaded halfway, used from then on

@@ -7,6 +7,11 @@ items arriving halfway (:mod:`training.storefront_client`). It prints, per block
 expected clicks and purchases per 1,000 pages of the learned policy beside uniform random and the
 oracle, the exploration rate, and where the event log and the learning-curve plot are.
 
+Halfway through — when the new items arrive — it trains LightFM embeddings on the log so far
+(``recbandit train-embeddings``, tracked in MLflow) and loads them with the Admin RPC
+``ReloadEmbeddings``: from then on every candidate carries the user's LightFM affinity, and the
+new items get theirs from their catalog features alone.
+
 It ends as a data scientist's day would: ``recbandit evaluate`` on the log it just wrote — candidate
 policies replayed and estimated off-policy with intervals, tracked in MLflow in the data
 directory, the best registered as ``recbandit-policy`` and promoted to champion when it beats the
@@ -21,6 +26,8 @@ from pathlib import Path
 
 import grpc
 
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import start
 from server.settings import Settings
 from training.simulator import Storefront, WorldConfig
@@ -129,6 +136,7 @@ def run_demo(
     drift: bool = False,
     block: int = BLOCK,
     evaluate: bool = True,
+    embeddings: bool = True,
 ) -> list[Block]:
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
     settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
@@ -136,7 +144,15 @@ def run_demo(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             client = StorefrontClient(channel, Storefront(demo_world(events, seed, drift)))
-            pages = _play(client, events, concurrency, quiet)
+            halfway = events // 2 if embeddings else events
+            pages = _play(client, 0, halfway, concurrency, quiet)
+            if halfway < events:
+                running.engine.wait_until_learned()
+                _train_embeddings(data_dir, seed, quiet)
+                reloaded = pb_grpc.AdminStub(channel).ReloadEmbeddings(pb.ReloadEmbeddingsRequest())
+                if not quiet:
+                    print(f"serving embeddings {reloaded.embeddings.artifact}")
+                pages += _play(client, halfway, events - halfway, concurrency, quiet)
         running.engine.wait_until_learned()
         blocks = summarise(pages, block)
         explored = exploration_rate(running.engine.log)
@@ -171,8 +187,21 @@ def _evaluate(data_dir: Path, quiet: bool) -> None:
         print(f"MLflow      make mlflow-ui DATA={data_dir}")
 
 
-def _play(client: StorefrontClient, events: int, concurrency: int, quiet: bool) -> list[Page]:
+def _play(client: StorefrontClient, start: int, count: int, concurrency: int, quiet: bool) -> list[Page]:
     from tqdm import tqdm
 
-    with tqdm(total=events, unit="event", disable=quiet, desc="storefront") as bar:
-        return client.play(events, concurrency=concurrency, on_page=lambda _: bar.update())
+    with tqdm(total=count, unit="event", disable=quiet, desc="storefront") as bar:
+        return client.play(count, start=start, concurrency=concurrency, on_page=lambda _: bar.update())
+
+
+def _train_embeddings(data_dir: Path, seed: int, quiet: bool) -> None:
+    """``recbandit train-embeddings`` on the log so far, tracked in the data directory's MLflow store."""
+    from training.embeddings import EmbeddingConfig, format_metrics, train_from_log
+    from training.tracking import default_tracking_uri
+
+    config = EmbeddingConfig(seed=seed)
+    if not quiet:
+        print("\ntraining LightFM embeddings on the log so far (recbandit train-embeddings) …")
+    result = train_from_log(data_dir, config, tracking_uri=default_tracking_uri(data_dir), progress=not quiet)
+    if not quiet:
+        print(format_metrics(result.metrics, config.k))

@@ -430,40 +430,57 @@ def config_from_args(args: argparse.Namespace) -> EmbeddingConfig:
 
 
 def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> TrainingResult:
-    """Train from ``args`` (see :func:`add_arguments`), write the artifact, print the metrics.
-
-    Unless ``--no-track``, the run is recorded in MLflow (experiment ``recbandit-embeddings``): the
-    config as params, the holdout metrics per evaluated epoch and at the end, the artifact.
-    """
+    """``recbandit train-embeddings``: train from ``args`` (see :func:`add_arguments`) and report."""
     config = config_from_args(args)
-    data = load_training_data(args.data_dir, config, events=args.events, interactions_csv=args.interactions)
-    if args.no_track:
-        return _train_and_write(args, config, data, on_epoch)
-    from training.tracking import default_tracking_uri, tracked_run
+    uri = None
+    if not args.no_track:
+        from training.tracking import default_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri(args.data_dir)
-    with tracked_run(uri, EMBEDDINGS_EXPERIMENT, config, run_name="lightfm") as tracked:
-
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            tracked.log_metrics(metrics, step=epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-
-        result = _train_and_write(args, config, data, log_epoch)
-        tracked.log_metrics(result.metrics)
-        tracked.log_artifact(result.path, "embeddings")
-    print(f"tracked in {uri} (experiment {EMBEDDINGS_EXPERIMENT})")
+        uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    result = train_from_log(args.data_dir, config, events=args.events, interactions_csv=args.interactions,
+                            tracking_uri=uri, progress=not args.no_progress, on_epoch=on_epoch)
+    print(format_metrics(result.metrics, config.k))
+    print(f"wrote {result.path}")
+    if uri:
+        print(f"tracked in {uri} (experiment {EMBEDDINGS_EXPERIMENT})")
     return result
 
 
 EMBEDDINGS_EXPERIMENT = "recbandit-embeddings"
 
 
-def _train_and_write(args, config: EmbeddingConfig, data: TrainingData, on_epoch: EpochCallback | None) -> TrainingResult:  # type: ignore[no-untyped-def]
-    result = train_embeddings(data, config, on_epoch=on_epoch, progress=not args.no_progress)
-    path = write_artifact(args.data_dir, result.embeddings)
-    print(format_metrics(result.metrics, config.k))
-    print(f"wrote {path}")
+def train_from_log(
+    data_dir: str | Path,
+    config: EmbeddingConfig,
+    *,
+    events: Path | None = None,
+    interactions_csv: Path | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> TrainingResult:
+    """Train on the data directory's log, write the artifact there, and track the run in MLflow.
+
+    With a ``tracking_uri`` the run goes to the experiment ``recbandit-embeddings``: the config as
+    params, the holdout metrics per evaluated epoch and at the end, and the artifact.
+    """
+    data = load_training_data(data_dir, config, events=events, interactions_csv=interactions_csv)
+    if tracking_uri is None:
+        result = train_embeddings(data, config, on_epoch=on_epoch, progress=progress)
+        return TrainingResult(result.embeddings, result.metrics, write_artifact(data_dir, result.embeddings))
+    from training.tracking import tracked_run
+
+    with tracked_run(tracking_uri, EMBEDDINGS_EXPERIMENT, config, run_name="lightfm") as tracked:
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            tracked.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+        result = train_embeddings(data, config, on_epoch=log_epoch, progress=progress)
+        path = write_artifact(data_dir, result.embeddings)
+        tracked.log_metrics(result.metrics)
+        tracked.log_artifact(path, "embeddings")
     return TrainingResult(result.embeddings, result.metrics, path)
 
 

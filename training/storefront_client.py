@@ -140,9 +140,11 @@ class StorefrontClient:
     def _feedback(self, event_id: str, item_id: str, reward: float, label: str) -> None:
         self.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, item_id=item_id, reward=reward, label=label))
 
-    def play(self, count: int, *, concurrency: int = 4, on_page: Callable[[Page], None] | None = None) -> list[Page]:
-        """Serve the first ``count`` visits of the world's stream, round by round, in index order."""
-        visits = self.world.visits(count)
+    def play(
+        self, count: int, *, start: int = 0, concurrency: int = 4, on_page: Callable[[Page], None] | None = None
+    ) -> list[Page]:
+        """Serve visits ``start … start+count-1`` of the world's stream, round by round, in index order."""
+        visits = self.world.visits(count, start)
         delay = self.behaviour.feedback_delay
         pages: list[Page] = []
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
