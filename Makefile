@@ -26,7 +26,7 @@ test: $(STAMP)  ## run every test (installs first when needed)
 demo: $(STAMP)  ## start a server on embedded defaults and drive a simulated storefront through it
 	$(VENV)/bin/recbandit demo
 
-serve: $(STAMP)  ## serve on port 50051 with the data directory $(DATA)
+serve: $(STAMP)  ## serve on port 50051 with the data directory DATA (default recbandit-data)
 	$(VENV)/bin/recbandit serve --data-dir $(DATA)
 
 bench: $(STAMP)  ## serving benchmark against the gRPC ceiling, then embeddings: retrieval, training, reward
@@ -36,13 +36,13 @@ bench: $(STAMP)  ## serving benchmark against the gRPC ceiling, then embeddings:
 bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle
 	$(PY) -m training.bench_quality
 
-export-log: $(STAMP)  ## write the joined event log of $(DATA) to $(DATA)/events.jsonl
+export-log: $(STAMP)  ## write the joined event log of DATA (default recbandit-data) to DATA/events.jsonl
 	$(VENV)/bin/recbandit export-log --data-dir $(DATA) --out $(DATA)/events.jsonl
 
-evaluate: $(STAMP)  ## replay candidate policies on the log of $(DATA), track them in MLflow, register the best
+evaluate: $(STAMP)  ## replay candidate policies on the log of DATA (default recbandit-data), track them in MLflow, register the best
 	$(VENV)/bin/recbandit evaluate --data-dir $(DATA)
 
-mlflow-ui: $(STAMP)  ## open the MLflow UI on the tracking store of $(DATA) (http://127.0.0.1:5000)
+mlflow-ui: $(STAMP)  ## open the MLflow UI on the tracking store of DATA (default recbandit-data; http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DATA))/mlflow.db
 
 protos: $(STAMP)  ## regenerate the gRPC modules from protos/

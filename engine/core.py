@@ -16,10 +16,10 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-from collections import OrderedDict
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

@@ -47,12 +47,6 @@ class LoggedDecision:
     def chosen_item_ids(self) -> tuple[str, ...]:
         return tuple(slot.item_id for slot in self.slots)
 
-    def slot_of(self, item_id: str) -> int | None:
-        for i, slot in enumerate(self.slots):
-            if slot.item_id == item_id:
-                return i
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class Reward:
@@ -121,9 +115,9 @@ def decision_from_json(
         event_id=event_id,
         ts=ts,
         user_id=user_id,
-        user_features=_features_in(data["user_features"]),
-        context=_features_in(data["context"]),
-        candidates=tuple(Candidate(item_id, _features_in(f)) for item_id, f in data["candidates"]),
+        user_features=features_from_dict(data["user_features"]),
+        context=features_from_dict(data["context"]),
+        candidates=tuple(Candidate(item_id, features_from_dict(f)) for item_id, f in data["candidates"]),
         slots=tuple(SlotChoice(item_id, p, tuple(pmf)) for item_id, p, pmf in data["slots"]),
         model_version=model_version,
         deferred=deferred,
@@ -136,7 +130,7 @@ def features_to_json(features: Features) -> str:
 
 
 def features_from_json(text: str) -> dict[str, FeatureValue]:
-    return _features_in(json.loads(text))
+    return features_from_dict(json.loads(text))
 
 
 def _features_out(features: Features) -> Mapping[str, object]:
@@ -147,5 +141,6 @@ def _features_out(features: Features) -> Mapping[str, object]:
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
 
-def _features_in(data: dict[str, object]) -> dict[str, FeatureValue]:
+def features_from_dict(data: Mapping[str, object]) -> dict[str, FeatureValue]:
+    """Features decoded from JSON: its lists become the tuples that list-valued features are."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # type: ignore[misc]

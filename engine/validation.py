@@ -1,7 +1,7 @@
 """The documented limits on requests, and the checks that enforce them.
 
 Every check raises :class:`~engine.errors.InvalidRequest` naming the field and the rule, e.g.
-``candidates[3].features["price"]: must be finite, got nan``.
+``candidates[3].features['price']: must be finite, got nan``.
 """
 
 from __future__ import annotations
@@ -55,18 +55,14 @@ def check_features(field: str, features: Features, limits: Limits) -> None:
 
 
 def _check_value(field: str, value: object, limits: Limits) -> None:
-    if value.__class__ is str:  # the common case first
-        if len(value) > limits.max_string_length:  # type: ignore[arg-type]
-            raise InvalidRequest(field, f"must be at most {limits.max_string_length} characters")
-        return
-    if isinstance(value, bool):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidRequest(field, f"must be finite, got {value}")
-    elif isinstance(value, str):
+    if isinstance(value, str):  # the common case first
         if len(value) > limits.max_string_length:
             raise InvalidRequest(field, f"must be at most {limits.max_string_length} characters")
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequest(field, f"must be finite, got {value}")
     elif isinstance(value, tuple):
         if len(value) > limits.max_list_length:
             raise InvalidRequest(field, f"must have at most {limits.max_list_length} values, got {len(value)}")

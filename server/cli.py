@@ -1,4 +1,4 @@
-"""The ``recbandit`` command: serve, export-log, demo, import-obd."""
+"""The ``recbandit`` command: serve, export-log, demo, import-obd, train-embeddings, evaluate, promote."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--concurrency", type=int, default=4)
     demo.add_argument("--drift", action="store_true", help="the segments' tastes change at 60%% of the run")
+    demo.add_argument("--no-embeddings", action="store_true", help="do not train LightFM embeddings halfway")
 
     obd = commands.add_parser("import-obd", help="import the Open Bandit Dataset sample into an event log")
     obd.add_argument("--data-dir", type=Path, default=Path("recbandit-obd"), help="default: recbandit-obd")
@@ -67,10 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
+        from engine.errors import InvalidRequest
         from server.app import serve
 
         overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
-        serve(Settings.from_env(**overrides))
+        try:
+            settings = Settings.from_env(**overrides)
+            settings.engine_config()  # reads every setting before anything starts
+        except (InvalidRequest, ValueError) as error:
+            print(f"serve: {error}", file=sys.stderr)
+            return 2
+        try:
+            serve(settings)
+        except InvalidRequest as error:  # a setting the engine rejects when it starts
+            print(f"serve: {error}", file=sys.stderr)
+            return 2
     elif args.command == "export-log":
         from engine.eventlog import SQLiteEventLog
         from engine.export import export_jsonl, export_parquet
@@ -91,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         from training.demo import run_demo
 
         run_demo(
-            events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency, drift=args.drift
+            events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency, drift=args.drift,
+            embeddings=not args.no_embeddings,
         )
     elif args.command == "import-obd":
         from training.obd import run_import

@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.bandit import BanditConfig
 from engine.core import EngineConfig
+from engine.errors import InvalidRequest
 from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.validation import Limits
 
@@ -69,7 +70,7 @@ class Settings:
             rewards=RewardRules(
                 window_seconds=parse_duration(self.reward_window),
                 default_reward=self.default_reward,
-                aggregation=Aggregation(self.reward_aggregation),
+                aggregation=_aggregation(self.reward_aggregation),
             ),
             limits=dataclasses.replace(
                 Limits(), min_reward=self.min_reward, max_reward=self.max_reward, max_candidates=self.max_candidates
@@ -79,6 +80,14 @@ class Settings:
             retrieval_top_n=self.retrieval_top_n,
             embeddings_poll_interval=self.embeddings_poll_interval,
         )
+
+
+def _aggregation(value: str) -> Aggregation:
+    try:
+        return Aggregation(value)
+    except ValueError:
+        choices = ", ".join(a.value for a in Aggregation)
+        raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
 
 
 def _parse(name: str, raw: str, annotation: str) -> Any:

@@ -50,3 +50,21 @@ def test_bad_exploration_settings_are_refused(exploration: str, parameter: float
     settings = Settings(exploration=exploration, exploration_parameter=parameter)
     with pytest.raises(InvalidRequest, match=message):
         settings.engine_config().bandit.vw_arguments()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [(["--reward-aggregation", "x"], {}, "reward_aggregation: must be one of earliest, sum, got 'x'"),
+     ([], {"RECBANDIT_REWARD_AGGREGATION": "x"}, "reward_aggregation: must be one of"),
+     ([], {"RECBANDIT_PORT": "http"}, "RECBANDIT_PORT: cannot read 'http' as int")],
+)
+def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(
+    argv: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("serve: ") and message in err and err.count("\n") == 1

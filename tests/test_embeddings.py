@@ -13,6 +13,7 @@ import pytest
 from engine.embeddings import Embeddings, Representation, current_artifact, load_current, write_artifact
 from engine.errors import InvalidRequest
 from engine.eventlog import SQLiteEventLog
+from engine.export import export_jsonl
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
 from engine.types import Candidate, Item
@@ -22,6 +23,7 @@ from training.embeddings import (
     Interaction,
     TrainingData,
     interactions_from_log,
+    load_training_data,
     planted_world,
     read_interactions_csv,
     train_embeddings,
@@ -329,3 +331,18 @@ def test_bad_serving_inputs_name_the_argument(embeddings: Embeddings, call, fiel
     user = embeddings.user_representation("user-0", {"segment": "seg-0"})
     with pytest.raises(InvalidRequest, match=f"^{field}: "):
         call(embeddings, user)
+
+
+def test_training_data_from_a_jsonl_export_matches_the_log_and_parquet_is_refused(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _log_with_rewards(tmp_path, world)
+    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    try:
+        export_jsonl(log, tmp_path / "events.jsonl")
+    finally:
+        log.close()
+    config = EmbeddingConfig()
+    from_log = load_training_data(tmp_path, config)
+    from_jsonl = load_training_data(tmp_path, config, events=tmp_path / "events.jsonl")
+    assert from_jsonl.interactions == from_log.interactions and from_jsonl.user_features == from_log.user_features
+    with pytest.raises(InvalidRequest, match="^events: .*Parquet export has no reward labels"):
+        load_training_data(tmp_path, config, events=tmp_path / "events.parquet")

@@ -10,8 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 
-import pytest
-
 from engine.bandit import action_line
 from engine.errors import UnknownEvent
 from engine.eventlog import SQLiteEventLog

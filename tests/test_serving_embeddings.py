@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from engine.embeddings import AFFINITY_FEATURES, Embeddings, write_artifact

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 
 from engine.embeddings import Embeddings, FeatureTable, feature_tokens, identity_token, write_artifact
 from engine.errors import InvalidRequest
+from engine.records import features_from_dict
 from engine.types import Features, Item
 
 LOSSES = ("warp", "bpr", "logistic", "warp-kos")
@@ -120,19 +120,12 @@ def interactions_from_log(records: Iterable[Mapping[str, object]], config: Embed
     for record in records:
         user_id, ts = str(record["user_id"]), float(record["ts"])  # type: ignore[arg-type]
         if ts >= user_features.get(user_id, (-math.inf, {}))[0]:
-            user_features[user_id] = (ts, _features(record.get("user_features") or {}))  # type: ignore[arg-type]
+            user_features[user_id] = (ts, features_from_dict(record.get("user_features") or {}))  # type: ignore[arg-type]
         for reward in record.get("rewards") or ():  # type: ignore[attr-defined]
             weight = config.weight(str(reward.get("label", "")))
             if float(reward["value"]) > 0 and weight > 0:
                 interactions.append(Interaction(user_id, str(reward["item_id"]), weight, float(reward["ts"])))
     return interactions, {u: f for u, (_, f) in user_features.items()}
-
-
-def read_jsonl(path: str | Path) -> Iterable[dict[str, object]]:
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def read_interactions_csv(path: str | Path) -> list[Interaction]:
@@ -156,10 +149,6 @@ def read_interactions_csv(path: str | Path) -> list[Interaction]:
                 raise InvalidRequest(f"{where} weight", f"must be a finite number > 0, got {row['weight']}")
             out.append(Interaction(row["user_id"], row["item_id"], weight, ts))
     return out
-
-
-def _features(data: Mapping[str, object]) -> Features:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # type: ignore[misc]
 
 
 # -- the LightFM dataset ---------------------------------------------------------------------------------
@@ -366,16 +355,24 @@ def load_training_data(
     events: str | Path | None = None,
     interactions_csv: str | Path | None = None,
 ) -> TrainingData:
-    """Interactions and user features from the event log (or its JSONL ``events`` export), the
-    catalog from the event log, plus the interactions of ``interactions_csv`` when given."""
+    """Interactions and user features from the event log (or ``events``: a JSONL export or another
+    data directory), the catalog from the event log, plus the interactions of ``interactions_csv``.
+
+    The Parquet export is refused: its rows keep each slot's final reward but not the labelled
+    rewards that interactions are weighted by.
+    """
     from engine.eventlog import SQLiteEventLog
     from engine.rewards import RewardRules
+    from training.replay import load_joined
+
+    if events is not None and Path(events).suffix == ".parquet":
+        raise InvalidRequest("events", f"{events}: the Parquet export has no reward labels; use a JSONL export")
 
     database = Path(data_dir) / "events.db"
     log = SQLiteEventLog(database, RewardRules()) if database.exists() else None
     try:
         if events is not None:
-            interactions, user_features = interactions_from_log(read_jsonl(events), config)
+            interactions, user_features = interactions_from_log(load_joined(events), config)
         elif log is not None:
             interactions, user_features = interactions_from_log(log.joined(), config)
         else:
@@ -393,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train-embeddings`` flags; every default is :class:`EmbeddingConfig`'s."""
     d = EmbeddingConfig()
     parser.add_argument("--data-dir", default="recbandit-data", help="event log in, artifact out (embeddings/)")
-    parser.add_argument("--events", type=Path, default=None, help="a JSONL export to read instead of events.db")
+    parser.add_argument("--events", type=Path, default=None, help="a JSONL export (or another data directory) to read instead of events.db")
     parser.add_argument("--interactions", type=Path, default=None, help="CSV user_id,item_id,weight[,timestamp] to merge")
     parser.add_argument("--loss", choices=LOSSES, default=d.loss)
     for name, kind in (("components", int), ("epochs", int), ("learning_rate", float), ("item_alpha", float),

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.records import features_from_dict
 
 CB_TYPES = ("ips", "dr", "mtr")
 REWARD_MODEL_ARGUMENTS = "-q UI -q CI -b 18 --quiet"
@@ -141,8 +142,8 @@ def slot_examples(records: Iterable[dict[str, object]]) -> list[SlotExample]:
     examples = []
     for record in sorted(records, key=lambda r: r["ts"]):  # type: ignore[arg-type,return-value]
         candidates = record["candidates"]
-        shared = shared_line(_features(record["user_features"]), _features(record["context"]))
-        lines = [action_line(c["item_id"], _features(c["features"])) for c in candidates]  # type: ignore[attr-defined]
+        shared = shared_line(features_from_dict(record["user_features"]), features_from_dict(record["context"]))
+        lines = [action_line(c["item_id"], features_from_dict(c["features"])) for c in candidates]  # type: ignore[attr-defined]
         ids = [c["item_id"] for c in candidates]  # type: ignore[attr-defined]
         remaining = list(range(len(ids)))
         for slot in record["slots"]:  # type: ignore[attr-defined]
@@ -156,10 +157,6 @@ def slot_examples(records: Iterable[dict[str, object]]) -> list[SlotExample]:
                 ))
             remaining.pop(chosen)
     return examples
-
-
-def _features(data: object) -> dict[str, object]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data).items()}  # type: ignore[call-overload]
 
 
 def write_vw_data(examples: Iterable[SlotExample], path: Path) -> int:
