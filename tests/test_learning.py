@@ -18,7 +18,9 @@ def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_
     world = Storefront(WorldConfig(n_items=10, candidates_per_visit=10, multi_slot=False, context_scale=0.0, seed=5))
     behaviour = Behaviour(feedback_delay=4, feedback_loss=0.0, deferred_channel="", report_purchases=False, report_misses=True)
     storefront = StorefrontClient(client.channel, world, behaviour)
-    pages = storefront.play(3000, concurrency=1)
+    # One storefront thread, the storefront's own event ids and learning finished after every round:
+    # the same decisions on every run, however busy the machine (0.914 of the oracle at the end).
+    pages = storefront.play(3000, concurrency=1, after_round=running.engine.wait_until_learned)
     last = summarise(pages[-1000:], block=1000)[0]
     assert last.learned >= 0.85 * last.oracle, last
     assert last.random <= 0.6 * last.oracle, last

@@ -6,7 +6,8 @@ do the users' reactions come back — so the server always has about a round of 
 for their rewards, as on a real site.
 
 - A page is Recommend with the visit's candidates (ids only; the server knows their features from
-  the catalog), the visit's slots (multi-slot: ``num_results``), user features and context.
+  the catalog), the visit's slots (multi-slot: ``num_results``), user features and context, and
+  an event id of the storefront's own (``visit-<index>``), so the seeded draws repeat run to run.
 - Pages sent by email are prepared before anyone sees them: they are requested with
   ``defer_activation`` and activated (Activate) only when the email is opened; unopened ones are
   never seen, never rewarded and never learned.
@@ -89,6 +90,7 @@ class StorefrontClient:
             candidates=[pb.Candidate(item_id=item_id) for item_id in visit.candidates],
             num_results=visit.slots,
             defer_activation=visit.context["channel"] == self.behaviour.deferred_channel,
+            event_id=f"visit-{visit.index:07d}",  # the storefront's own id: a retry is the same event
         )
         features_to_proto(visit.user_features, request.user_features)
         features_to_proto(visit.context, request.context)
@@ -141,9 +143,19 @@ class StorefrontClient:
         self.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, item_id=item_id, reward=reward, label=label))
 
     def play(
-        self, count: int, *, start: int = 0, concurrency: int = 4, on_page: Callable[[Page], None] | None = None
+        self,
+        count: int,
+        *,
+        start: int = 0,
+        concurrency: int = 4,
+        on_page: Callable[[Page], None] | None = None,
+        after_round: Callable[[], object] | None = None,
     ) -> list[Page]:
-        """Serve visits ``start … start+count-1`` of the world's stream, round by round, in index order."""
+        """Serve visits ``start … start+count-1`` of the world's stream, round by round, in index order.
+
+        ``after_round`` runs once the reactions of a round are reported (a test can wait there for
+        the server to learn them, so the outcome does not depend on how busy the machine is).
+        """
         visits = self.world.visits(count, start)
         delay = self.behaviour.feedback_delay
         pages: list[Page] = []
@@ -156,4 +168,6 @@ class StorefrontClient:
                     pages.append(page)
                     if on_page is not None:
                         on_page(page)
+                if after_round is not None:
+                    after_round()
         return pages
