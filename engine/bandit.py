@@ -96,6 +96,13 @@ class BanditConfig:
         return " ".join(p for p in parts if p)
 
 
+def labelled_lines(shared: str, actions: Sequence[str], chosen: int, reward: float, probability: float) -> list[str]:
+    """The example VW learns: the chosen line carries ``0:cost:probability``, cost = −reward."""
+    lines = [shared, *actions]
+    lines[chosen + 1] = f"0:{-reward!r}:{probability!r} {actions[chosen]}"
+    return lines
+
+
 def shared_line(user_features: Features, context: Features) -> str:
     return f"shared |User {_encode(user_features)} |Context {_encode(context)}"
 
@@ -191,9 +198,7 @@ class VWBandit:
         return [s / total for s in scores]
 
     def learn(self, shared: str, actions: Sequence[str], chosen: int, reward: float, probability: float) -> None:
-        lines = [shared, *actions]
-        lines[chosen + 1] = f"0:{-reward!r}:{probability!r} {actions[chosen]}"
-        text = "\n".join(lines)
+        text = "\n".join(labelled_lines(shared, actions, chosen, reward, probability))
         with self._lock:
             self._run(text, learn=True)
 

@@ -264,18 +264,18 @@ class Engine:
     # -- Feedback and Activate ---------------------------------------------------------------------
 
     def record_reward(self, report: RewardReport) -> Status:
-        check_reward_report(report, self.config.limits)
-        status = self.log.append_reward(Reward(report.event_id, report.item_id, report.label, report.reward, time.time()))
-        if status is Status.NEW:
-            self._wake.set()
-        return status
+        return self._rewarded(self.log.append_reward(self._reward(report)))
 
     async def record_reward_async(self, report: RewardReport) -> Status:
         """:meth:`record_reward` for a coroutine."""
+        return self._rewarded(await self.log.append_reward_async(self._reward(report)))
+
+    def _reward(self, report: RewardReport) -> Reward:
         check_reward_report(report, self.config.limits)
-        reward = Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
-        status = await self.log.append_reward_async(reward)
-        if status is Status.NEW and not self._wake.is_set():
+        return Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
+
+    def _rewarded(self, status: Status) -> Status:
+        if status is Status.NEW and not self._wake.is_set():  # a new reward may be final: learn it
             self._wake.set()
         return status
 
@@ -520,10 +520,7 @@ class _Example:
     item_ids: tuple[str, ...]
     chosen: tuple[str, ...]
     probabilities: tuple[float, ...]
-
-    @property
-    def chars(self) -> int:
-        return len(self.shared) + sum(map(len, self.actions))
+    chars: int  # the text kept in memory, which the cache of recent examples is bounded by
 
     @classmethod
     def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
@@ -533,6 +530,7 @@ class _Example:
             tuple(c.item_id for c in decision.candidates),
             decision.chosen_item_ids,
             tuple(s.probability for s in decision.slots),
+            len(shared) + sum(map(len, actions)),
         )
 
 

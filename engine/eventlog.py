@@ -218,23 +218,8 @@ class SQLiteEventLog:
 
     # -- outcomes: what the learner reads ---------------------------------------------------------
 
-    def outcomes_after(self, seq: int, limit: int = 1000) -> list[tuple[Outcome, LoggedDecision]]:
-        """Final outcomes with ``seq`` above the given one, in order, each with its decision."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT o.seq, o.event_id, o.slot, o.item_id, o.reward, o.source, o.ts,"
-                f" {', '.join('d.' + c.strip() for c in _DECISION_COLUMNS.split(','))}"
-                " FROM outcomes o JOIN decisions d ON d.event_id = o.event_id"
-                " WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
-                (seq, limit),
-            )
-            .fetchall()
-        )
-        return [(Outcome(*row[:7]), _decision(row[7:])) for row in rows]
-
     def final_outcomes_after(self, seq: int, limit: int = 1000) -> list[Outcome]:
-        """Like :meth:`outcomes_after` without the decisions (the learner keeps recent ones)."""
+        """Final outcomes with ``seq`` above the given one, in order (their decisions: :meth:`decisions`)."""
         rows = (
             self._reader()
             .execute(
@@ -251,8 +236,7 @@ class SQLiteEventLog:
         ids = list(dict.fromkeys(event_ids))
         found: dict[str, LoggedDecision] = {}
         conn = self._reader()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
                 found[row[0]] = _decision(row)
@@ -353,9 +337,7 @@ class _InsertDecision:
         If any event id was taken (a retried Recommend) the count falls short: raise, so the
         writer rolls back and runs the inserts one by one, which tells each caller what it got.
         """
-        step = _InsertDecision._ROWS_PER_STATEMENT
-        for start in range(0, len(inserts), step):
-            chunk = inserts[start : start + step]
+        for chunk in _chunks(inserts, _InsertDecision._ROWS_PER_STATEMENT):
             values = ", ".join([_InsertDecision._VALUES] * len(chunk))
             cursor = conn.execute(f"{_InsertDecision._SQL} VALUES {values}", [v for i in chunk for v in i.row])
             if cursor.rowcount != len(chunk):

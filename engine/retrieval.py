@@ -101,7 +101,7 @@ class LiveEmbeddings:
             return True
 
     def load_if_present(self) -> None:
-        """Load the manifest's artifact at start, when there is one."""
+        """Load the manifest's artifact when there is one and it is not the one in use."""
         if current_artifact(self.data_dir) is not None:
             self.reload()
 
@@ -127,10 +127,7 @@ class LiveEmbeddings:
     def _watch(self, poll_interval: float) -> None:
         while not self._stop.wait(poll_interval):
             try:
-                path = current_artifact(self.data_dir)
-                current = self.current
-                if path is not None and (current is None or path.name != current.artifact):
-                    self.reload()
+                self.load_if_present()
             except Exception:  # keep serving the embeddings in use; try again at the next poll
                 log.exception("loading the new embeddings failed; the previous ones keep serving")
 

@@ -436,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     began = time.perf_counter()
     print(f"recbandit bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} cores; {args.warmup:g} s warm-up + {args.seconds:g} s per row", flush=True)
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+          f"{args.warmup:g} s warm-up + {args.seconds:g} s per row", flush=True)
     with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as data_dir:
         settings = Settings(port=0, host=HOST, data_dir=data_dir)
         running = start(settings)

@@ -39,7 +39,7 @@ class ChampionFollower:
 
         Raises :class:`PreconditionFailed` when no version holds the alias.
         """
-        from training.registry import CHAMPION, MODEL_NAME, champion_policy, champion_version
+        from training.registry import CHAMPION, MODEL_NAME, champion_version, download_policy
         from training.tracking import tracking_client
 
         with self._lock:
@@ -49,9 +49,7 @@ class ChampionFollower:
             served = self.engine.registered_policy
             if served is not None and (served.model_name, served.version) == (MODEL_NAME, str(champion.version)):
                 return False, served
-            policy = champion_policy(self.tracking_uri, self.download_dir)
-            if policy is None:
-                raise PreconditionFailed("policy_registry", f"no version of {MODEL_NAME} holds the alias @{CHAMPION}")
+            policy = download_policy(champion, self.tracking_uri, self.download_dir)
             registered = RegisteredPolicy(MODEL_NAME, policy.version, CHAMPION)
             self.engine.swap_policy(policy.bandit, str(policy.model_path), registered)
             return True, registered

@@ -95,7 +95,7 @@ def test_default_reward_is_learned_when_the_window_closes(start_server) -> None:
     deadline = time.monotonic() + 10
     while running.engine.model_info().examples_learned < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    (outcome, _), = running.engine.log.outcomes_after(0)
+    (outcome,) = running.engine.log.final_outcomes_after(0)
     assert (outcome.event_id, outcome.reward, outcome.source) == (event, -0.25, "default")
     code, details = status_of(client.recommender.Feedback, pb.FeedbackRequest(event_id=event, reward=1.0))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "window" in details
@@ -115,7 +115,7 @@ def test_deferred_decisions_are_activated(start_server) -> None:  # type: ignore
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed before activation" in details
     running.engine.close_windows()
     assert running.engine.wait_until_learned()
-    assert [o.event_id for o, _ in running.engine.log.outcomes_after(0)] == [shown]
+    assert [o.event_id for o in running.engine.log.final_outcomes_after(0)] == [shown]
 
 
 def test_catalog_items_are_the_candidates_when_none_are_sent(server) -> None:  # type: ignore[no-untyped-def]

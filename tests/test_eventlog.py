@@ -34,7 +34,7 @@ def open_log(tmp_path: Path, **rules: object) -> SQLiteEventLog:
 
 
 def finals(log: SQLiteEventLog) -> list[tuple[str, int, str, float, str]]:
-    return [(o.event_id, o.slot, o.item_id, o.reward, o.source) for o, _ in log.outcomes_after(0)]
+    return [(o.event_id, o.slot, o.item_id, o.reward, o.source) for o in log.final_outcomes_after(0)]
 
 
 def test_decisions_round_trip_with_every_feature_type(tmp_path: Path) -> None:

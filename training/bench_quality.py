@@ -30,8 +30,10 @@ PEERS = ("MABWiser LinUCB", "MABWiser LinTS", "popularity", "uniform random", "o
 
 def make_policy(name: str, world: Storefront, seed: int) -> Policy:
     """A policy by its name in the table: ``recbandit <exploration>`` or one of :data:`PEERS`."""
-    if name.startswith("recbandit "):
-        return BanditPolicy(world, BanditConfig(exploration=name.removeprefix("recbandit ")), seed=seed)
+    if name.startswith("recbandit "):  # "recbandit squarecb" or, with a parameter, "recbandit squarecb:30"
+        exploration, _, parameter = name.removeprefix("recbandit ").partition(":")
+        config = BanditConfig(exploration=exploration, exploration_parameter=float(parameter) if parameter else None)
+        return BanditPolicy(world, config, seed=seed, name=name)
     if name.startswith("MABWiser "):
         return LinearPolicy(world, name.removeprefix("MABWiser "), alpha=1.0, seed=seed)
     return {"popularity": PopularityPolicy, "uniform random": lambda: RandomPolicy(seed), "oracle": lambda: OraclePolicy(world)}[name]()
@@ -134,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11, help="the world's seed: catalog, users, stream")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("build/bench-quality"))
-    parser.add_argument("--policies", nargs="*", help="default: every exploration algorithm and every peer")
+    parser.add_argument("--policies", nargs="*",
+                        help='default: every exploration algorithm and every peer; "recbandit squarecb:30" sets a parameter')
     args = parser.parse_args(argv)
     names = args.policies or [f"recbandit {a}" for a in EXPLORATION_PARAMETERS] + list(PEERS)
     config = WorldConfig(multi_slot=False, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
 
+    began = time.perf_counter()
     print(f"{len(names)} policies × {args.events:,} events, world seed {args.seed}, {args.workers} processes")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {name: pool.submit(play_stream, name, config, args.events) for name in names}
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     (args.out / "quality.md").write_text(table + "\n")
     plot_curves(results, oracle, args.out / "learning_curves.png")
-    print(f"\ntable {args.out / 'quality.md'} · plot {args.out / 'learning_curves.png'}")
+    print(f"\ntable {args.out / 'quality.md'} · plot {args.out / 'learning_curves.png'} · "
+          f"{time.perf_counter() - began:.0f} s in all")
     return 0
 
 

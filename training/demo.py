@@ -21,6 +21,7 @@ current one — so ``make mlflow-ui`` has runs to compare.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def run_demo(
     evaluate: bool = True,
     embeddings: bool = True,
 ) -> list[Block]:
+    began = time.perf_counter()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
     settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
     running = start(settings)
@@ -167,6 +169,8 @@ def run_demo(
         print(f"plot        {data_dir / 'learning_curve.png'}")
     if evaluate:
         _evaluate(data_dir, quiet)
+    if not quiet:
+        print(f"demo took {time.perf_counter() - began:.0f} s")
     return blocks
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,8 +215,7 @@ def format_table(evaluation: Evaluation) -> str:
     """A text table: one row per policy, value [interval] per estimator."""
     keys = evaluation.config.estimators
     header = f"| {'policy':<44} | " + " | ".join(f"{k:^21}" for k in keys) + " |"
-    lines = [header, "|" + "|".join("-" * (len(c) + 2) for c in header.strip("|").split("|")[:-1] or [""]) + "|"]
-    lines[1] = "|-" + "-" * 44 + "-|" + "|".join("-" * 23 for _ in keys) + "|"
+    lines = [header, "|-" + "-" * 44 + "-|" + "|".join("-" * 23 for _ in keys) + "|"]
     for p in evaluation.policies:
         cells = [f"{p.overall[k].value:6.3f} [{p.overall[k].ci_low:5.3f},{p.overall[k].ci_high:5.3f}]" for k in keys]
         lines.append(f"| {p.name:<44} | " + " | ".join(f"{c:^21}" for c in cells) + " |")
@@ -255,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from training.tracking import default_tracking_uri, log_evaluation
 
     config = config_from_arguments(args)
+    began = time.perf_counter()
     source = args.log or args.data_dir
     uri = args.tracking_uri or default_tracking_uri(args.data_dir)
     if args.no_register:
@@ -266,10 +267,12 @@ def run(args: argparse.Namespace) -> int:
     t = evaluation.throughput
     print(f"\n{evaluation.data.examples:,} slot examples from {evaluation.data.events:,} events · replay "
           f"{t.get('examples_per_second_vw_driver', 0):,.0f} examples/s by VW's driver, "
-          f"{t.get('examples_per_second_python_loop', 0):,.0f} examples/s one example at a time from Python")
+          f"{t.get('examples_per_second_python_loop', 0):,.0f} examples/s one example at a time from Python"
+          + (f" ({t['examples_per_second_vw_driver'] / t['examples_per_second_python_loop']:.1f}×)"
+             if t.get("examples_per_second_python_loop") else ""))
     print(f"best by the {config.primary_estimator.upper()} lower bound: {evaluation.best.name}")
     if not args.no_register:
         print(f"registered recbandit-policy version {version}; "
               f"{'champion' if promotion.promoted else 'not promoted'}: {promotion.reason}")
-    print(f"tracking    {uri}")
+    print(f"tracking    {uri} · {time.perf_counter() - began:.0f} s in all")
     return 0

@@ -77,6 +77,7 @@ class BanditPolicy:
         self.embeddings = embeddings
         self._bandit = VWBandit(config)
         self._lines: dict[str, str] = {}
+        self._shown: dict[int, tuple[str, list[str]]] = {}  # visit index → the example chosen from
 
     def _example(self, visit: Visit) -> tuple[str, list[str]]:
         lines = self._lines
@@ -95,14 +96,15 @@ class BanditPolicy:
     def choose(self, visits: Sequence[Visit]) -> list[Choice]:
         choices = []
         for visit in visits:
-            pmf = self._bandit.pmf(*self._example(visit))
+            example = self._shown[visit.index] = self._example(visit)
+            pmf = self._bandit.pmf(*example)
             index = draw(pmf, uniform_draw(self.seed, str(visit.index), 0))
             choices.append(Choice(index, pmf[index], tuple(pmf)))
         return choices
 
     def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
         for visit, choice, reward in zip(visits, choices, rewards, strict=True):
-            shared, actions = self._example(visit)
+            shared, actions = self._shown.pop(visit.index, None) or self._example(visit)
             self._bandit.learn(shared, actions, choice.index, reward, choice.probability)
 
     def close(self) -> None:

@@ -191,18 +191,20 @@ def champion_policy(tracking_uri: str, dst_dir: str | Path | None = None) -> Cha
     ``None`` when no version is champion yet. A server polls this and swaps when the version
     changes: ``VWBandit(policy.bandit, model_path=str(policy.model_path))``.
     """
+    champion = champion_version(tracking_client(tracking_uri))
+    return None if champion is None else download_policy(champion, tracking_uri, dst_dir)
+
+
+def download_policy(version: ModelVersion, tracking_uri: str, dst_dir: str | Path | None = None) -> ChampionPolicy:
+    """A registered version's VW model downloaded to a local path, with its settings."""
     import mlflow.artifacts
 
-    client = tracking_client(tracking_uri)
-    champion = champion_version(client)
-    if champion is None:
-        return None
-    dst = Path(dst_dir or tempfile.mkdtemp(prefix="recbandit-champion-")) / f"v{champion.version}"
+    dst = Path(dst_dir or tempfile.mkdtemp(prefix="recbandit-champion-")) / f"v{version.version}"
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(dst), tracking_uri=tracking_uri)
-    candidate = candidate_of(champion)
-    return ChampionPolicy(str(champion.version), Path(local) / "model.vw", candidate.bandit, candidate.cb_type,
-                          champion.tags.get("vw_arguments", candidate.vw_arguments()))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
+    candidate = candidate_of(version)
+    return ChampionPolicy(str(version.version), Path(local) / "model.vw", candidate.bandit, candidate.cb_type,
+                          version.tags.get("vw_arguments", candidate.vw_arguments()))
 
 
 def add_promote_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import BanditConfig, VWBandit, action_line, labelled_lines, shared_line
 from engine.records import features_from_dict
 
 CB_TYPES = ("ips", "dr", "mtr")
@@ -43,10 +43,8 @@ class SlotExample:
     logging_pmf: tuple[float, ...]
 
     def labelled_lines(self) -> list[str]:
-        """The example VW learns: the chosen line carries ``0:cost:probability`` (cost = −reward)."""
-        lines = [self.shared, *self.actions]
-        lines[self.chosen + 1] = f"0:{-self.reward!r}:{self.probability!r} {self.actions[self.chosen]}"
-        return lines
+        """The example VW learns, labelled as the server labels it."""
+        return labelled_lines(self.shared, self.actions, self.chosen, self.reward, self.probability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +74,8 @@ class PolicyCandidate:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PolicyCandidate:
         """The inverse of :meth:`to_dict` after a JSON round trip (lists back to tuples)."""
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "cb_type"}
-        return cls(BanditConfig(**values), str(data.get("cb_type", "mtr")))  # type: ignore[arg-type]
+        bandit = BanditConfig.from_dict({k: v for k, v in data.items() if k != "cb_type"})
+        return cls(bandit, str(data.get("cb_type", "mtr")))
 
 
 @dataclass(frozen=True)

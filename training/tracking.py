@@ -9,6 +9,7 @@ depends on MLflow's process-wide state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -78,6 +79,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the working tree this code runs from, when it is a git checkout."""
     try:
@@ -110,10 +112,6 @@ class TrackedRun:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    @property
-    def artifact_uri(self) -> str:
-        return str(self.client.get_run(self.run_id).info.artifact_uri)
 
 
 @contextmanager
