@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from engine.checkpoint import read_checkpoint
 from engine.eventlog import SQLiteEventLog
 from engine.rewards import RewardRules
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
@@ -128,5 +129,4 @@ def test_sigterm_drains_checkpoints_and_exits_zero(tmp_path: Path) -> None:
     out, _ = process.communicate(timeout=20)
     assert process.returncode == 0
     assert "stopped; model checkpointed" in out
-    manifest = (data / "checkpoint.json").read_text()
-    assert '"examples_learned": 20' in manifest
+    assert read_checkpoint(data).examples_learned == 20

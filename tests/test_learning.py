@@ -35,7 +35,6 @@ def test_a_short_demo_agrees_with_its_event_log(tmp_path) -> None:  # type: igno
     blocks = run_demo(events=400, data_dir=tmp_path, seed=2, concurrency=2, quiet=True, evaluate=False)
     assert [b.events for b in blocks] == [400]
     (b,) = blocks
-    assert b.random < b.oracle and b.learned <= b.oracle
     assert 0 < b.reported_clicks <= b.clicks
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
     with sqlite3.connect(tmp_path / "events.db") as db:
@@ -45,11 +44,12 @@ def test_a_short_demo_agrees_with_its_event_log(tmp_path) -> None:  # type: igno
         (slots,) = db.execute("SELECT SUM(json_array_length(chosen)) FROM decisions").fetchone()
     assert decisions == 400
     assert clicks == b.reported_clicks
-    assert revenue <= b.revenue + 1e-6  # purchases behind lost clicks are not reported
+    assert 0 < revenue <= b.revenue + 1e-6  # purchases behind lost clicks are not reported
     assert slots > 400  # pages on the home and product surfaces have several slots
 
 
 def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from training.evaluate import DEFAULT_CANDIDATES
     from training.registry import CHAMPION, MODEL_NAME
     from training.tracking import EVALUATION_EXPERIMENT, default_tracking_uri, tracking_client
 
@@ -59,7 +59,7 @@ def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_p
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and len(children) >= 4  # the candidates, the logging policy, uniform random
+    assert len(parents) == 1 and len(children) == len(DEFAULT_CANDIDATES) + 2  # the candidates, logging, uniform random
     assert all("dr_value" in r.data.metrics and r.data.metrics["dr_ci_low"] <= r.data.metrics["dr_value"] for r in children)
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     assert str(champion.version) == "1"
