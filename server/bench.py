@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
 import multiprocessing
 import os
@@ -39,8 +40,8 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
 import grpc
@@ -50,6 +51,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import RunningServer, start
+from server.servicers import RecommenderServicer
 from server.settings import Settings
 
 HOST = "127.0.0.1"
@@ -98,6 +100,25 @@ class Result:
     p50_ms: float
     p99_ms: float
     ran_out_of_events: bool = False
+    all_calls: int = 0  # warm-up and measured calls, over which the CPU below was spent
+    client_cpu_seconds: float = 0.0  # the client process's CPU over the warm-up and the window
+    server_cpu_seconds: float = 0.0  # the server process's CPU (every thread) over the same calls
+    wall_seconds: float = 0.0  # the wall time over which both CPU figures were counted
+
+    @property
+    def client_cpu_us(self) -> float:
+        """The client process's CPU microseconds per call."""
+        return self.client_cpu_seconds / self.all_calls * 1e6 if self.all_calls else math.nan
+
+    @property
+    def server_cpu_us(self) -> float:
+        """The server process's CPU microseconds per call: gRPC, recbandit, the log writer, learning."""
+        return self.server_cpu_seconds / self.all_calls * 1e6 if self.all_calls else math.nan
+
+    @property
+    def cores_busy(self) -> float:
+        """Client and server CPU together per second of wall time: how much of the machine was used."""
+        return (self.client_cpu_seconds + self.server_cpu_seconds) / self.wall_seconds if self.wall_seconds else math.nan
 
     @property
     def rate(self) -> float:
@@ -113,7 +134,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def summarise(job: Job, latencies: list[float], elapsed: float, ran_out: bool) -> Result:
+def summarise(job: Job, latencies: list[float], elapsed: float, ran_out: bool,
+              all_calls: int = 0, cpu_seconds: float = 0.0) -> Result:
     """Turn a measured window's per-call latencies (seconds) into a :class:`Result`."""
     latencies.sort()
     return Result(
@@ -124,6 +146,8 @@ def summarise(job: Job, latencies: list[float], elapsed: float, ran_out: bool) -
         p50_ms=percentile(latencies, 50) * 1e3,
         p99_ms=percentile(latencies, 99) * 1e3,
         ran_out_of_events=ran_out,
+        all_calls=all_calls,
+        client_cpu_seconds=cpu_seconds,
     )
 
 
@@ -258,10 +282,13 @@ class BenchClient:
         if job.operation == CREATE_EVENTS:
             await self.create_events(job.count, job.concurrency, job.seconds)
             return len(self._events)
+        cpu_began = time.process_time()
+        warmup_calls = 0
         if job.warmup > 0:
-            await self.window(job.operation, job.concurrency, job.warmup)
+            warmup_calls = len((await self.window(job.operation, job.concurrency, job.warmup))[0])
         latencies, elapsed, ran_out = await self.window(job.operation, job.concurrency, job.seconds)
-        return summarise(job, latencies, elapsed, ran_out)
+        cpu = time.process_time() - cpu_began
+        return summarise(job, latencies, elapsed, ran_out, warmup_calls + len(latencies), cpu)
 
 
 async def serve_jobs(conn: Connection, port: int, seed: int) -> None:
@@ -329,16 +356,96 @@ class ClientProcess:
 
 
 def measure(running: RunningServer, client: ClientProcess, job: Job) -> Result:
-    """Let the engine finish learning, then run ``job`` in the client and print a progress line."""
+    """Let the engine finish learning, then run ``job`` in the client and print a progress line.
+
+    The server's CPU is this process's (the server runs in it; the parent only waits meanwhile),
+    counted until the engine has learned what the row's calls made final, so a Feedback row pays
+    for its learning.
+    """
     running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
+    cpu_began, wall_began = time.process_time(), time.perf_counter()
     result = client.ask(job)
     assert isinstance(result, Result)
+    running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
+    result = replace(result, server_cpu_seconds=time.process_time() - cpu_began,
+                     wall_seconds=time.perf_counter() - wall_began)
     print(
         f"  {result.operation:<13} c={result.concurrency:<3} {result.rate:9,.0f} calls/s"
-        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms",
+        f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        f"  CPU/call server {result.server_cpu_us:5,.0f} µs, client {result.client_cpu_us:5,.0f} µs",
         flush=True,
     )
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerResult:
+    """The servicer's own work for ``calls`` calls, without gRPC: throughput and CPU per call."""
+
+    operation: str
+    calls: int
+    elapsed: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.calls * 1e6 if self.calls else math.nan
+
+
+async def _handler_window(call: Callable[[Message], Awaitable[object]], requests: Iterator[Message],
+                          concurrency: int, seconds: float) -> int:
+    """Await ``call`` on successive ``requests`` from ``concurrency`` tasks for ``seconds``; the count."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline and (request := next(requests, None)) is not None:
+            await call(request)
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def measure_handlers(running: RunningServer, seed: int, seconds: float) -> list[HandlerResult]:
+    """Recommend and Feedback through the servicers alone, in this process, with no gRPC.
+
+    The same requests as the client's go to a :class:`RecommenderServicer` on a private event
+    loop at concurrency 16: conversion, validation, the decision or reward, its durable commit
+    and, for Feedback, the learning it makes final. Against the gRPC rows this splits a call's
+    server CPU into recbandit's work and the transport's.
+    """
+    servicer = RecommenderServicer(running.engine)
+    event_ids: list[str] = []
+
+    async def recommend(request: Message) -> None:
+        event_ids.append((await servicer.Recommend(request, None)).event_id)  # type: ignore[arg-type]
+
+    async def feedback(request: Message) -> None:
+        await servicer.Feedback(request, None)  # type: ignore[arg-type]
+
+    def run(operation: str, call: Callable[[Message], Awaitable[object]], requests: Iterator[Message]) -> HandlerResult:
+        running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
+        cpu_began, wall_began = time.process_time(), time.perf_counter()
+        calls = asyncio.run(_handler_window(call, requests, TARGET_CONCURRENCY, seconds))
+        elapsed = time.perf_counter() - wall_began
+        running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
+        result = HandlerResult(operation, calls, elapsed, time.process_time() - cpu_began)
+        print(f"  {operation:<13} c={TARGET_CONCURRENCY:<3} {result.rate:9,.0f} calls/s  "
+              f"CPU/call {result.cpu_us:5,.0f} µs (servicer alone, no gRPC)", flush=True)
+        return result
+
+    requests = make_recommend_requests(seed)
+    rewards = (pb.FeedbackRequest(event_id=event_id, reward=1.0, label="click") for event_id in event_ids)
+    return [
+        run(RECOMMEND, recommend, itertools.cycle(requests)),
+        run(FEEDBACK, feedback, rewards),
+    ]
 
 
 def run_benchmark(running: RunningServer, args: argparse.Namespace) -> list[Result]:
@@ -364,8 +471,9 @@ def format_table(results: Sequence[Result]) -> str:
     """The Markdown table of every row, with throughput relative to the ceiling's."""
     ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
     lines = [
-        "| operation | concurrency | calls | calls/s | p50 ms | p99 ms | throughput / ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| operation | concurrency | calls | calls/s | p50 ms | p99 ms | throughput / ceiling"
+        " | server CPU µs/call | client CPU µs/call | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {HEALTH: 0, RECOMMEND: 1, FEEDBACK: 2}
     for r in sorted(results, key=lambda r: (order[r.operation], r.concurrency)):
@@ -374,7 +482,40 @@ def format_table(results: Sequence[Result]) -> str:
         ratio = f"{r.rate / ceiling:.2f}" if ceiling else "n/a"
         note = " (ran out of events)" if r.ran_out_of_events else ""
         cells = (name + note, str(r.concurrency), f"{r.calls:,}", f"{r.rate:,.0f}")
-        lines.append("| " + " | ".join((*cells, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio)) + " |")
+        cpu = (f"{r.server_cpu_us:,.0f}", f"{r.client_cpu_us:,.0f}", f"{r.cores_busy:.2f}")
+        lines.append("| " + " | ".join((*cells, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio, *cpu)) + " |")
+    return "\n".join(lines)
+
+
+def format_breakdown(results: Sequence[Result], handlers: Sequence[HandlerResult]) -> str:
+    """Where one call's CPU goes at concurrency 16: client, the servicer alone, and the rest.
+
+    The rest of the server's CPU is gRPC's per-call work, the event loop's switches and the log
+    writer's hand-offs; for Health/Check, whose servicer is gRPC's own, all of it is the transport.
+    """
+    row = {(r.operation, r.concurrency): r for r in results}
+    alone = {h.operation: h for h in handlers}
+    lines = [
+        f"CPU per call at concurrency {TARGET_CONCURRENCY}, µs:",
+        "",
+        "| operation | client | server | of which the servicer alone | of which the rest (gRPC, loop, hand-offs) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for operation in (HEALTH, RECOMMEND, FEEDBACK):
+        r = row.get((operation, TARGET_CONCURRENCY))
+        if r is None:
+            continue
+        servicer = alone.get(operation)
+        own = servicer.cpu_us if servicer else 0.0
+        cells = (operation, f"{r.client_cpu_us:,.0f}", f"{r.server_cpu_us:,.0f}",
+                 f"{own:,.0f}" if servicer else "—", f"{r.server_cpu_us - own:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    health, recommend = row.get((HEALTH, TARGET_CONCURRENCY)), row.get((RECOMMEND, TARGET_CONCURRENCY))
+    if health and recommend:
+        bound = (health.client_cpu_us + health.server_cpu_us) / (recommend.client_cpu_us + recommend.server_cpu_us)
+        lines += ["", f"On a machine kept busy (the ceiling used {health.cores_busy:.2f} cores), Recommend can reach at "
+                      f"most {bound:.2f} of the ceiling at this CPU per call, however many server processes share "
+                      "the cores: client and server CPU of one Health/Check over those of one Recommend."]
     return "\n".join(lines)
 
 
@@ -443,10 +584,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         running = start(settings)
         try:
             results = run_benchmark(running, args)
+            handlers = measure_handlers(running, args.seed, args.seconds)
         finally:
             running.stop(grace=1.0)
     print()
     print(format_table(results))
+    print()
+    print(format_breakdown(results, handlers))
     print()
     print(format_targets(results))
     print(f"\nServer: grpc.aio on one event loop thread, data dir on {tempfile.gettempdir()}; "

@@ -1,0 +1,62 @@
+"""The serving benchmark's arithmetic: percentiles, CPU per call, the CPU bound and the targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from server.bench import (
+    FEEDBACK,
+    HEALTH,
+    RECOMMEND,
+    HandlerResult,
+    Result,
+    format_breakdown,
+    percentile,
+    target_checks,
+)
+
+
+def row(operation: str, rate: float, *, client_us: float, server_us: float, p99_ms: float = 1.0) -> Result:
+    calls = int(rate * 4)
+    return Result(operation, 16, calls, 4.0, 0.5, p99_ms, all_calls=calls,
+                  client_cpu_seconds=calls * client_us / 1e6, server_cpu_seconds=calls * server_us / 1e6,
+                  wall_seconds=4.0)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_cpu_per_call_and_cores_busy() -> None:
+    r = row(RECOMMEND, 1000, client_us=400, server_us=1200)
+    assert r.client_cpu_us == pytest.approx(400)
+    assert r.server_cpu_us == pytest.approx(1200)
+    assert r.cores_busy == pytest.approx(1000 * (400 + 1200) / 1e6)
+    assert math.isnan(Result(RECOMMEND, 16, 0, 1.0, 0, 0).client_cpu_us)
+
+
+def test_breakdown_splits_the_servicer_from_the_rest_and_bounds_the_ratio() -> None:
+    results = [row(HEALTH, 2000, client_us=350, server_us=500), row(RECOMMEND, 800, client_us=400, server_us=1300)]
+    handlers = [HandlerResult(RECOMMEND, calls=1000, elapsed=0.7, cpu_seconds=0.6)]
+    text = format_breakdown(results, handlers)
+    assert "| Recommend | 400 | 1,300 | 600 | 700 |" in text
+    assert "| Health/Check | 350 | 500 | — | 500 |" in text
+    assert f"at most {(350 + 500) / (400 + 1300):.2f} of the ceiling" in text
+
+
+def test_targets_are_judged_at_concurrency_16() -> None:
+    results = [row(HEALTH, 2000, client_us=1, server_us=1), row(RECOMMEND, 1300, client_us=1, server_us=1, p99_ms=4.9),
+               row(FEEDBACK, 2999, client_us=1, server_us=1)]
+    verdicts = {wording: met for wording, _, met in target_checks(results)}
+    assert verdicts == {
+        "Recommend throughput >= 60% of the ceiling": True,
+        "Recommend p99 <= 5 ms": True,
+        "Feedback >= 3,000 calls/s": False,
+    }
