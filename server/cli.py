@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         except (InvalidRequest, ValueError) as error:
             print(f"serve: {error}", file=sys.stderr)
             return 2
+        if warning := settings.reward_range_warning():
+            logging.getLogger("recbandit.serve").warning(warning)
         try:
             serve(settings)
         except InvalidRequest as error:  # a setting the engine rejects when it starts

@@ -6,6 +6,7 @@ Configuration enters here and only here; the engine receives a frozen :class:`En
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -35,6 +36,7 @@ class Settings:
     reward_aggregation: str = "earliest"
     min_reward: float = -1e6
     max_reward: float = 1e6
+    reward_range: str = "0,1"
     max_candidates: int = 500
     seed: int = 0
     checkpoint_interval: float = 60.0
@@ -59,6 +61,13 @@ class Settings:
         return cls(**values)
 
     def engine_config(self) -> EngineConfig:
+        reward_range = _reward_range(self.reward_range)
+        low, high = reward_range
+        if self.exploration == "regcbopt" and not low <= self.default_reward <= high:
+            raise InvalidRequest(
+                "default_reward", f"{self.default_reward:g} lies outside reward_range [{low:g}, {high:g}], "
+                "the range regcbopt assumes; change one of the two settings"
+            )
         return EngineConfig(
             data_dir=Path(self.data_dir),
             bandit=BanditConfig(
@@ -66,6 +75,7 @@ class Settings:
                 exploration_parameter=self.exploration_parameter,
                 interactions=tuple(p.strip() for p in self.interactions.split(",") if p.strip()),
                 learning_rate=self.learning_rate,
+                reward_range=reward_range,
             ),
             rewards=RewardRules(
                 window_seconds=parse_duration(self.reward_window),
@@ -81,6 +91,25 @@ class Settings:
             embeddings_poll_interval=self.embeddings_poll_interval,
         )
 
+    def reward_range_warning(self) -> str | None:
+        """Why regcbopt may see rewards outside ``reward_range``, or None.
+
+        Feedback accepts ``[min_reward, max_reward]`` and the learner is given what was reported,
+        never a clipped value; with ``sum`` the learned reward is a sum of reported rewards.
+        """
+        if self.exploration != "regcbopt":
+            return None
+        low, high = _reward_range(self.reward_range)
+        reasons = []
+        if self.min_reward < low or self.max_reward > high:
+            reasons.append(f"Feedback accepts [{self.min_reward:g}, {self.max_reward:g}] (min_reward, max_reward)")
+        if self.reward_aggregation == Aggregation.SUM.value:
+            reasons.append("reward_aggregation=sum learns the sum of a slot's rewards")
+        if not reasons:
+            return None
+        return (f"regcbopt assumes rewards within reward_range [{low:g}, {high:g}], but {' and '.join(reasons)}; "
+                "rewards outside it are learned as reported, not clipped, against regcb's assumption")
+
 
 def _aggregation(value: str) -> Aggregation:
     try:
@@ -88,6 +117,18 @@ def _aggregation(value: str) -> Aggregation:
     except ValueError:
         choices = ", ".join(a.value for a in Aggregation)
         raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
+
+
+def _reward_range(text: str) -> tuple[float, float]:
+    """``"LOW,HIGH"``: two finite numbers with LOW < HIGH."""
+    error = InvalidRequest("reward_range", f"must be LOW,HIGH: two finite numbers with LOW < HIGH, got {text!r}")
+    try:
+        low, high = map(float, text.split(","))
+    except ValueError:  # not two parts, or not numbers
+        raise error from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise error
+    return low, high
 
 
 def _parse(name: str, raw: str, annotation: str) -> Any:
