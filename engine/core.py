@@ -1,10 +1,10 @@
-"""The serving loop without transport: decide, record rewards, learn, checkpoint.
+"""The serving loop without transport: decide, record rewards, and the catalog and learning behind them.
 
 :meth:`Engine.decide` asks the bandit for a pmf per slot, draws from it with a seeded draw, and
 commits the decision to the event log before returning it. :meth:`Engine.record_reward` commits
-a reward; when it makes a slot's reward final the background thread learns it. That thread also
-closes reward windows (default rewards, ``sum`` aggregation) and checkpoints the model, and it
-learns from the log's ``outcomes`` in ``seq`` order — the same code path re-learns after a restart.
+a reward; when it makes a slot's reward final the background thread learns it
+(:mod:`engine.learning`, which also closes reward windows and checkpoints). The items and the
+candidates they offer are :mod:`engine.catalog`'s.
 
 Multi-slot: slots are filled by sequential sampling without replacement. Slot ``k`` is one
 ``cb_explore_adf`` decision over the candidates not chosen for slots ``0..k-1``; its probability is
@@ -13,30 +13,27 @@ conditional on those earlier choices, and it is learned as that decision when it
 
 from __future__ import annotations
 
-import base64
 import itertools
-import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
-from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from engine.errors import EventConflict, InvalidRequest, ModelNotReady, PreconditionFailed
+from engine.catalog import Catalog
+from engine.checkpoint import Checkpoint
 from engine.embeddings import Representation
+from engine.errors import EventConflict, InvalidRequest, ModelNotReady
 from engine.eventlog import SQLiteEventLog
 from engine.exploration import draw, uniform_draw
-from engine.features import EncodedCandidates, frozen_features, merge_features, with_time_context
-from engine.records import LoggedDecision, Outcome, Reward, SlotChoice, candidate_to_json, decision_to_json
+from engine.features import EncodedCandidates, with_time_context
+from engine.learning import Learner, RegisteredPolicy
+from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
-from engine.validation import Limits, check_decision_request, check_id, check_items, check_reward_report
-
-log = logging.getLogger(__name__)
+from engine.validation import Limits, check_decision_request, check_id, check_reward_report
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +62,6 @@ class ModelInfo:
     registered_policy: RegisteredPolicy | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RegisteredPolicy:
-    """Where a served model came from in a model registry: ``recbandit-policy`` version 3 @champion."""
-
-    model_name: str
-    version: str
-    alias: str
-
-
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         config.bandit.validate()
@@ -82,49 +70,32 @@ class Engine:
         self._dir = Path(config.data_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
-        self._catalog: dict[str, Item] = {item.item_id: _frozen_item(item) for item in self.log.items()}
+        catalog_lock = threading.Lock()
+        self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.items.values(), catalog_lock)
+        self._catalog = Catalog(self.log, config.limits, catalog_lock, self.embeddings)
         self._encoded = EncodedCandidates()
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_counter = itertools.count(1)
-        self._recent: OrderedDict[str, _Example] = OrderedDict()
-        self._recent_chars = 0  # text held by the remembered examples, counted as if not shared
-        self._recent_lock = threading.Lock()
-        self._learn_lock = threading.Lock()
-        self._catalog_lock = threading.Lock()
-        self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.values(), self._catalog_lock)
         self.embeddings.load_if_present()
-        self._load_model()
-        self._wake = threading.Event()
-        self._learned = threading.Condition()
         self._stopping = threading.Event()
-        self.learn_pending()  # re-learn what the log holds beyond the checkpoint
-        self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
-        self._thread.start()
+        self._learner = Learner(
+            self._dir, self.log, config.bandit, self._stopping,
+            checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
+        )
+        self._learner.start()  # re-learn what the log holds beyond the checkpoint
         self.embeddings.watch(config.embeddings_poll_interval)
 
-    def _load_model(self) -> None:
-        checkpoint = read_checkpoint(self._dir)
-        if checkpoint is None:
-            self.bandit = VWBandit(self.config.bandit)
-            self._model_id = "vw-" + uuid.uuid4().hex[:8]
-            self._learned_seq = self._examples_learned = 0
-            self._last_checkpoint: float | None = None
-            self.registered_policy: RegisteredPolicy | None = None
-            return
-        saved = BanditConfig.from_dict(checkpoint.bandit)
-        if saved != self.config.bandit:
-            log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
-                        saved, self.config.bandit)
-        self.bandit = VWBandit(saved, model_path=str(self._dir / checkpoint.model_file))
-        self._model_id = checkpoint.model_id
-        self._learned_seq = checkpoint.learned_seq
-        self._examples_learned = checkpoint.examples_learned
-        self._last_checkpoint = checkpoint.ts
-        self.registered_policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
+    @property
+    def bandit(self) -> VWBandit:
+        return self._learner.bandit
+
+    @property
+    def registered_policy(self) -> RegisteredPolicy | None:
+        return self._learner.registered_policy
 
     @property
     def model_version(self) -> str:
-        return f"{self._model_id}@{self._examples_learned}"
+        return self._learner.model_version
 
     # -- Recommend -------------------------------------------------------------------------------
 
@@ -155,7 +126,7 @@ class Engine:
                 return self._same_event(existing, request)
         live = self.embeddings.current  # one artifact for the whole decision, whatever swaps meanwhile
         user = live.embeddings.user_representation(request.user_id, request.user_features) if live else None
-        candidates = self._candidates(request, live, user)
+        candidates = self._catalog.candidates(request, live, user, self.config.retrieval_top_n)
         num_results = request.num_results or 1
         if num_results > len(candidates):
             raise InvalidRequest(
@@ -187,7 +158,7 @@ class Engine:
 
     def _decided(self, prepared: _Prepared, logged: LoggedDecision, request: DecisionRequest) -> LoggedDecision:
         if logged is prepared.decision:
-            self._remember(logged, prepared.shared, prepared.actions)
+            self._learner.remember(logged, prepared.shared, prepared.actions)
         return self._same_event(logged, request)
 
     def _new_event_id(self) -> str:
@@ -219,48 +190,6 @@ class Engine:
             raise EventConflict(existing.event_id, "is already the event of another user_id")
         return existing
 
-    def _candidates(self, request: DecisionRequest, live: Loaded | None = None, user: Representation | None = None) -> list[Candidate]:
-        excluded = set(request.exclude_item_ids)
-        catalog = self._catalog
-        if request.candidates and not catalog and not excluded:
-            return list(request.candidates)  # nothing to merge or leave out
-        if request.candidates:
-            candidates = []
-            for c in request.candidates:
-                item = catalog.get(c.item_id)
-                if c.item_id in excluded or (item is not None and not item.active):
-                    continue
-                candidates.append(Candidate(c.item_id, merge_features(item.features if item else None, c.features)))
-        elif live is not None and user is not None:
-            candidates = self._retrieve(live, user, excluded)
-        else:
-            candidates = [Candidate(i.item_id, i.features) for i in catalog.values() if i.active]
-            candidates = [c for c in candidates if c.item_id not in excluded]
-            if not candidates:
-                raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
-            if len(candidates) > self.config.limits.max_candidates:
-                raise PreconditionFailed(
-                    "candidates",
-                    f"empty, and the catalog's {len(candidates)} active items exceed max_candidates "
-                    f"{self.config.limits.max_candidates}; send candidates",
-                )
-        if not candidates:
-            raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
-        return candidates
-
-    def _retrieve(self, live: Loaded, user: Representation, excluded: set[str]) -> list[Candidate]:
-        """The ``retrieval_top_n`` active catalog items with the best LightFM score for ``user``, minus ``excluded``."""
-        if len(live.embeddings) == 0:
-            raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
-        catalog = self._catalog
-        n = min(self.config.retrieval_top_n, self.config.limits.max_candidates)
-        candidates = []
-        for item_id, _ in live.embeddings.top_n(user, n, exclude=excluded):
-            item = catalog.get(item_id)
-            if item is not None and item.active:  # the index follows the catalog; this covers a write in progress
-                candidates.append(Candidate(item_id, item.features))
-        return candidates
-
     # -- Feedback and Activate ---------------------------------------------------------------------
 
     def record_reward(self, report: RewardReport) -> Status:
@@ -275,8 +204,8 @@ class Engine:
         return Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
 
     def _rewarded(self, status: Status) -> Status:
-        if status is Status.NEW and not self._wake.is_set():  # a new reward may be final: learn it
-            self._wake.set()
+        if status is Status.NEW:  # a new reward may be final: learn it
+            self._learner.learn_soon()
         return status
 
     def activate(self, event_id: str) -> Status:
@@ -286,153 +215,42 @@ class Engine:
     # -- Catalog ---------------------------------------------------------------------------------
 
     def upsert_items(self, items: list[Item]) -> int:
-        check_items("items", items, self.config.limits)
-        with self._catalog_lock:
-            count = self.log.upsert_items(items)
-            self._catalog = {**self._catalog, **{item.item_id: _frozen_item(item) for item in items}}
-            self.embeddings.upsert_items(items)  # new items get a representation from their features
-        return count
+        return self._catalog.upsert_items(items)
 
     def delete_items(self, item_ids: list[str]) -> int:
-        for i, item_id in enumerate(item_ids):
-            check_id(f"item_ids[{i}]", item_id, self.config.limits)
-        with self._catalog_lock:
-            deleted = self.log.delete_items(item_ids)
-            catalog = dict(self._catalog)
-            for item_id in deleted:
-                catalog.pop(item_id, None)
-            self._catalog = catalog
-            self.embeddings.delete_items(deleted)
-        return len(deleted)
+        return self._catalog.delete_items(item_ids)
 
     def list_items(self, page_size: int, page_token: str, active_only: bool) -> tuple[list[Item], str]:
-        if not 0 <= page_size <= 1000:
-            raise InvalidRequest("page_size", f"must be within [0, 1000] (0 means 100), got {page_size}")
-        after = _decode_token(page_token)
-        size = page_size or 100
-        items = self.log.items(after=after, limit=size + 1, active_only=active_only)
-        if len(items) <= size:
-            return items, ""
-        return items[:size], _encode_token(items[size - 1].item_id)
+        return self._catalog.list_items(page_size, page_token, active_only)
 
-    # -- learning, windows, checkpoints ------------------------------------------------------------
+    # -- learning, windows, checkpoints (:class:`engine.learning.Learner`) -------------------------
 
     def learn_pending(self) -> int:
         """Learn every final outcome in the log beyond what the model has; return how many."""
-        learned = 0
-        with self._learn_lock:
-            while batch := self.log.final_outcomes_after(self._learned_seq):
-                examples = self._examples([o.event_id for o in batch])
-                for outcome in batch:
-                    self._learn(outcome, examples[outcome.event_id])
-                    self._learned_seq = outcome.seq
-                    self._examples_learned += 1
-                learned += len(batch)
-        if learned:
-            with self._learned:
-                self._learned.notify_all()
-        return learned
-
-    def _remember(self, decision: LoggedDecision, shared: str, actions: list[str]) -> None:
-        """Keep a new decision's VW lines, so that learning its reward needs no log read or encoding."""
-        example = _Example.of(decision, shared, actions)
-        with self._recent_lock:
-            self._recent[decision.event_id] = example
-            self._recent_chars += example.chars
-            while len(self._recent) > RECENT_DECISIONS or self._recent_chars > RECENT_CHARS:
-                self._recent_chars -= self._recent.popitem(last=False)[1].chars
-
-    def _examples(self, event_ids: list[str]) -> dict[str, _Example]:
-        """The decisions (as VW lines) of ``event_ids``: remembered ones, the rest read from the log."""
-        found: dict[str, _Example] = {}
-        with self._recent_lock:
-            for event_id in event_ids:
-                example = self._recent.get(event_id)
-                if example is not None:
-                    found[event_id] = example
-        missing = [e for e in event_ids if e not in found]
-        for event_id, decision in self.log.decisions(missing).items():
-            shared = shared_line(decision.user_features, decision.context)
-            found[event_id] = _Example.of(decision, shared, [action_line(c.item_id, c.features) for c in decision.candidates])
-        return found
-
-    def _learn(self, outcome: Outcome, example: _Example) -> None:
-        earlier = set(example.chosen[: outcome.slot])
-        remaining = [i for i, item_id in enumerate(example.item_ids) if item_id not in earlier]
-        chosen = next(j for j, i in enumerate(remaining) if example.item_ids[i] == outcome.item_id)
-        self.bandit.learn(
-            example.shared,
-            [example.actions[i] for i in remaining],
-            chosen,
-            outcome.reward,
-            example.probabilities[outcome.slot],
-        )
-        if outcome.slot == len(example.chosen) - 1:
-            with self._recent_lock:
-                learned = self._recent.pop(outcome.event_id, None)
-                if learned is not None:
-                    self._recent_chars -= learned.chars
+        return self._learner.learn_pending()
 
     def wait_until_learned(self, timeout: float = 10.0) -> bool:
         """Block until every outcome committed so far is learned (tests and the demo use this)."""
-        target = self.log.last_outcome_seq()
-        self._wake.set()
-        with self._learned:
-            return self._learned.wait_for(lambda: self._learned_seq >= target, timeout)
+        return self._learner.wait_until_learned(timeout)
 
     def close_windows(self) -> int:
-        finalised = self.log.close_windows(time.time())
-        if finalised:
-            self._wake.set()
-        return finalised
+        return self._learner.close_windows()
 
     def checkpoint(self) -> Checkpoint:
-        with self._learn_lock:
-            checkpoint = Checkpoint(
-                # The model id is in the name: after a policy swap the same learned_seq names another model,
-                # and the manifest must never point at a file that was replaced under it.
-                model_file=f"model-{self._model_id}-{self._learned_seq}.vw",
-                model_id=self._model_id,
-                learned_seq=self._learned_seq,
-                examples_learned=self._examples_learned,
-                ts=time.time(),
-                bandit=asdict(self.bandit.config),
-                policy=asdict(self.registered_policy) if self.registered_policy else None,
-            )
-            write_checkpoint(self._dir, self.bandit.save, checkpoint)
-            self._last_checkpoint = checkpoint.ts
-        return checkpoint
-
-    def _background(self) -> None:
-        next_checkpoint = time.monotonic() + self.config.checkpoint_interval
-        next_close = time.monotonic()
-        while not self._stopping.is_set():
-            if self._wake.wait(self.config.maintenance_interval) and not self._stopping.is_set():
-                time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
-            self._wake.clear()
-            try:
-                if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
-                    self.close_windows()
-                    next_close = time.monotonic() + self.config.maintenance_interval
-                self.learn_pending()
-                if time.monotonic() >= next_checkpoint:
-                    self.checkpoint()
-                    next_checkpoint = time.monotonic() + self.config.checkpoint_interval
-            except Exception:  # keep serving; the log still holds everything to learn later
-                log.exception("background learning failed; retrying")
-                time.sleep(1.0)
+        return self._learner.checkpoint()
 
     def model_info(self) -> ModelInfo:
+        learner = self._learner
         return ModelInfo(
-            model_version=self.model_version,
-            examples_learned=self._examples_learned,
-            examples_pending=max(0, self.log.last_outcome_seq() - self._learned_seq),
-            bandit=self.bandit.config,
-            vw_arguments=self.bandit.arguments,
-            last_checkpoint_ts=self._last_checkpoint,
+            model_version=learner.model_version,
+            examples_learned=learner.examples_learned,
+            examples_pending=max(0, self.log.last_outcome_seq() - learner.learned_seq),
+            bandit=learner.bandit.config,
+            vw_arguments=learner.bandit.arguments,
+            last_checkpoint_ts=learner.last_checkpoint,
             rewards=self.config.rewards,
             embeddings=live.info() if (live := self.embeddings.current) else None,
-            registered_policy=self.registered_policy,
+            registered_policy=learner.registered_policy,
         )
 
     # -- hot swaps ---------------------------------------------------------------------------------
@@ -442,63 +260,19 @@ class Engine:
         return self.embeddings.reload()
 
     def swap_policy(self, bandit: BanditConfig, model_path: str, policy: RegisteredPolicy) -> None:
-        """Serve the registered policy's VW model from now on, and keep learning online on it.
-
-        The model is loaded completely first; then, under the learn lock, it replaces the live one.
-        A decision in flight finishes on the model it started with (it holds its own reference;
-        the old workspace is freed when the last one lets go), and no batch of learning straddles
-        the two models.
-
-        The learned watermark carries over unchanged: the outcomes up to ``learned_seq`` are the
-        old model's past (the registered policy learned its own from the log it was evaluated on),
-        and the new model learns every final outcome after ``learned_seq`` from the next batch on,
-        exactly once. ``examples_learned`` restarts at 0, so ``model_version`` reads
-        ``recbandit-policy-v3@N``: the registered version plus N online updates. A checkpoint is
-        written at once, so a restart resumes the registered policy (and knows its version).
-        """
-        loaded = VWBandit(bandit, model_path=model_path)
-        with self._learn_lock:
-            self.bandit = loaded
-            self._model_id = f"{policy.model_name}-v{policy.version}"
-            self._examples_learned = 0
-            self.registered_policy = policy
-        log.info("serving %s version %s (@%s) from %s", policy.model_name, policy.version, policy.alias, model_path)
-        self.checkpoint()
+        """Serve the registered policy's VW model from now on (:meth:`engine.learning.Learner.swap_policy`)."""
+        self._learner.swap_policy(bandit, model_path, policy)
 
     def close(self) -> None:
         """Stop deciding, learn what is final, checkpoint, and close the log."""
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self._wake.set()
-        self._thread.join()
+        self._learner.join()
         self.embeddings.close()
-        self.learn_pending()
-        self.checkpoint()
+        self._learner.learn_pending()
+        self._learner.checkpoint()
         self.log.close()
-
-
-def _encode_token(item_id: str) -> str:
-    return base64.urlsafe_b64encode(item_id.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("page_token", "is not a next_page_token from ListItems") from None
-
-
-LEARN_BATCH_DELAY = 0.005
-"""Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
-
-RECENT_DECISIONS = 65_536
-RECENT_CHARS = 96 << 20
-"""How many recent decisions keep their VW lines in memory for learning, and at most how much text
-(older ones are read back from the log). Lines of catalog and repeated candidates are shared, so
-the text limit binds only when candidates' features differ from request to request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,33 +283,6 @@ class _Prepared:
     record: str
     shared: str
     actions: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Example:
-    """What learning one decision's slots needs: its VW lines, candidate ids, choices and probabilities."""
-
-    shared: str
-    actions: tuple[str, ...]
-    item_ids: tuple[str, ...]
-    chosen: tuple[str, ...]
-    probabilities: tuple[float, ...]
-    chars: int  # the text kept in memory, which the cache of recent examples is bounded by
-
-    @classmethod
-    def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
-        return cls(
-            shared,
-            tuple(actions),
-            tuple(c.item_id for c in decision.candidates),
-            decision.chosen_item_ids,
-            tuple(s.probability for s in decision.slots),
-            len(shared) + sum(map(len, actions)),
-        )
-
-
-def _frozen_item(item: Item) -> Item:
-    return Item(item.item_id, frozen_features(item.features), item.active)
 
 
 def _with_affinity(

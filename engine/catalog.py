@@ -1,0 +1,140 @@
+"""The storefront's catalog as the engine serves it: item writes, pages of items, and the candidates it offers.
+
+:attr:`Catalog.items` is replaced on every write, never changed in place, so a decision reads it
+once without a lock. Writes hold the catalog lock while they update the log, ``items`` and the
+embeddings index; the sync of a new embeddings artifact holds the same lock
+(:mod:`engine.retrieval`).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+
+from engine.embeddings import Representation
+from engine.errors import InvalidRequest, PreconditionFailed
+from engine.eventlog import SQLiteEventLog
+from engine.features import frozen_features, merge_features
+from engine.retrieval import LiveEmbeddings, Loaded
+from engine.types import Candidate, DecisionRequest, Item
+from engine.validation import Limits, check_id, check_items
+
+
+class Catalog:
+    """The items the log holds, kept in memory with read-only features, and their writes.
+
+    Parameters
+    ----------
+    log:
+        The event log the items are stored in.
+    limits:
+        The limits item writes are checked against, and ``max_candidates``.
+    lock:
+        The catalog lock, which every write holds (and so does ``embeddings`` when it syncs).
+    embeddings:
+        The embeddings in use, whose retrieval index follows every write.
+    """
+
+    def __init__(self, log: SQLiteEventLog, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
+        self.log = log
+        self.limits = limits
+        self.lock = lock
+        self.embeddings = embeddings
+        self.items: dict[str, Item] = {item.item_id: _frozen_item(item) for item in log.items()}
+
+    def upsert_items(self, items: list[Item]) -> int:
+        check_items("items", items, self.limits)
+        with self.lock:
+            count = self.log.upsert_items(items)
+            self.items = {**self.items, **{item.item_id: _frozen_item(item) for item in items}}
+            self.embeddings.upsert_items(items)  # new items get a representation from their features
+        return count
+
+    def delete_items(self, item_ids: list[str]) -> int:
+        for i, item_id in enumerate(item_ids):
+            check_id(f"item_ids[{i}]", item_id, self.limits)
+        with self.lock:
+            deleted = self.log.delete_items(item_ids)
+            catalog = dict(self.items)
+            for item_id in deleted:
+                catalog.pop(item_id, None)
+            self.items = catalog
+            self.embeddings.delete_items(deleted)
+        return len(deleted)
+
+    def list_items(self, page_size: int, page_token: str, active_only: bool) -> tuple[list[Item], str]:
+        if not 0 <= page_size <= 1000:
+            raise InvalidRequest("page_size", f"must be within [0, 1000] (0 means 100), got {page_size}")
+        after = _decode_token(page_token)
+        size = page_size or 100
+        items = self.log.items(after=after, limit=size + 1, active_only=active_only)
+        if len(items) <= size:
+            return items, ""
+        return items[:size], _encode_token(items[size - 1].item_id)
+
+    # -- the candidates a decision is offered ------------------------------------------------------
+
+    def candidates(
+        self, request: DecisionRequest, live: Loaded | None, user: Representation | None, retrieval_top_n: int
+    ) -> list[Candidate]:
+        """The request's candidates merged with the catalog, else LightFM's top N, else every active item.
+
+        Excluded and inactive items are left out.
+        """
+        excluded = set(request.exclude_item_ids)
+        catalog = self.items
+        if request.candidates and not catalog and not excluded:
+            return list(request.candidates)  # nothing to merge or leave out
+        if request.candidates:
+            candidates = []
+            for c in request.candidates:
+                item = catalog.get(c.item_id)
+                if c.item_id in excluded or (item is not None and not item.active):
+                    continue
+                candidates.append(Candidate(c.item_id, merge_features(item.features if item else None, c.features)))
+        elif live is not None and user is not None:
+            candidates = self._retrieve(live, user, excluded, retrieval_top_n)
+        else:
+            candidates = [Candidate(i.item_id, i.features) for i in catalog.values() if i.active]
+            candidates = [c for c in candidates if c.item_id not in excluded]
+            if not candidates:
+                raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
+            if len(candidates) > self.limits.max_candidates:
+                raise PreconditionFailed(
+                    "candidates",
+                    f"empty, and the catalog's {len(candidates)} active items exceed max_candidates "
+                    f"{self.limits.max_candidates}; send candidates",
+                )
+        if not candidates:
+            raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
+        return candidates
+
+    def _retrieve(self, live: Loaded, user: Representation, excluded: set[str], retrieval_top_n: int) -> list[Candidate]:
+        """The ``retrieval_top_n`` active catalog items with the best LightFM score for ``user``, minus ``excluded``."""
+        if len(live.embeddings) == 0:
+            raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
+        catalog = self.items
+        n = min(retrieval_top_n, self.limits.max_candidates)
+        candidates = []
+        for item_id, _ in live.embeddings.top_n(user, n, exclude=excluded):
+            item = catalog.get(item_id)
+            if item is not None and item.active:  # the index follows the catalog; this covers a write in progress
+                candidates.append(Candidate(item_id, item.features))
+        return candidates
+
+
+def _frozen_item(item: Item) -> Item:
+    return Item(item.item_id, frozen_features(item.features), item.active)
+
+
+def _encode_token(item_id: str) -> str:
+    return base64.urlsafe_b64encode(item_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("page_token", "is not a next_page_token from ListItems") from None

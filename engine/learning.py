@@ -1,0 +1,303 @@
+"""The served VW model and how it learns online: final outcomes, reward windows, checkpoints, swaps.
+
+:class:`Learner` owns the model the engine decides with. Its background thread closes reward
+windows (default rewards, ``sum`` aggregation) and checkpoints the model, and it learns from the
+log's ``outcomes`` in ``seq`` order — the same code path re-learns after a restart.
+
+A new decision's VW lines are remembered (:class:`RecentExamples`), so that learning its reward
+needs no log read or encoding; older decisions are read back from the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from engine.eventlog import SQLiteEventLog
+from engine.records import LoggedDecision, Outcome
+
+log = logging.getLogger(__name__)
+
+LEARN_BATCH_DELAY = 0.005
+"""Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
+
+RECENT_DECISIONS = 65_536
+RECENT_CHARS = 96 << 20
+"""How many recent decisions keep their VW lines in memory for learning, and at most how much text
+(older ones are read back from the log). Lines of catalog and repeated candidates are shared, so
+the text limit binds only when candidates' features differ from request to request."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPolicy:
+    """Where a served model came from in a model registry: ``recbandit-policy`` version 3 @champion."""
+
+    model_name: str
+    version: str
+    alias: str
+
+
+class Learner:
+    """The model decisions are drawn from, learning every final outcome once, and its checkpoints.
+
+    Parameters
+    ----------
+    data_dir:
+        Where checkpoints are written and read.
+    log:
+        The event log the outcomes are learned from.
+    bandit:
+        The policy to start when ``data_dir`` holds no checkpoint.
+    stopping:
+        Set when the engine closes; the background thread ends then.
+    checkpoint_interval, maintenance_interval:
+        Seconds between checkpoints, and between closings of reward windows.
+
+    ``bandit``, ``registered_policy``, ``examples_learned``, ``learned_seq`` and
+    ``last_checkpoint`` describe the model in use; only this class changes them.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log: SQLiteEventLog,
+        bandit: BanditConfig,
+        stopping: threading.Event,
+        *,
+        checkpoint_interval: float,
+        maintenance_interval: float,
+    ) -> None:
+        self.data_dir = data_dir
+        self.log = log
+        self.checkpoint_interval = checkpoint_interval
+        self.maintenance_interval = maintenance_interval
+        self._stopping = stopping
+        self._recent = RecentExamples()
+        self._learn_lock = threading.Lock()
+        self._load_model(bandit)
+        self._wake = threading.Event()
+        self._learned = threading.Condition()
+        self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
+
+    def _load_model(self, bandit: BanditConfig) -> None:
+        checkpoint = read_checkpoint(self.data_dir)
+        if checkpoint is None:
+            self.bandit = VWBandit(bandit)
+            self._model_id = "vw-" + uuid.uuid4().hex[:8]
+            self.learned_seq = self.examples_learned = 0
+            self.last_checkpoint: float | None = None
+            self.registered_policy: RegisteredPolicy | None = None
+            return
+        saved = BanditConfig.from_dict(checkpoint.bandit)
+        if saved != bandit:
+            log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
+                        saved, bandit)
+        self.bandit = VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file))
+        self._model_id = checkpoint.model_id
+        self.learned_seq = checkpoint.learned_seq
+        self.examples_learned = checkpoint.examples_learned
+        self.last_checkpoint = checkpoint.ts
+        self.registered_policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
+
+    @property
+    def model_version(self) -> str:
+        return f"{self._model_id}@{self.examples_learned}"
+
+    def start(self) -> None:
+        """Re-learn what the log holds beyond the checkpoint, then start the background thread."""
+        self.learn_pending()
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wake the background thread so that it sees ``stopping`` set, and wait until it ends."""
+        self._wake.set()
+        self._thread.join()
+
+    def remember(self, decision: LoggedDecision, shared: str, actions: list[str]) -> None:
+        """Keep a new decision's VW lines, so that learning its reward needs no log read or encoding."""
+        self._recent.remember(decision, shared, actions)
+
+    def learn_soon(self) -> None:
+        """Wake the background thread: a new reward may be final."""
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def learn_pending(self) -> int:
+        """Learn every final outcome in the log beyond what the model has; return how many."""
+        learned = 0
+        with self._learn_lock:
+            while batch := self.log.final_outcomes_after(self.learned_seq):
+                examples = self._examples([o.event_id for o in batch])
+                for outcome in batch:
+                    self._learn(outcome, examples[outcome.event_id])
+                    self.learned_seq = outcome.seq
+                    self.examples_learned += 1
+                learned += len(batch)
+        if learned:
+            with self._learned:
+                self._learned.notify_all()
+        return learned
+
+    def _examples(self, event_ids: list[str]) -> dict[str, _Example]:
+        """The decisions (as VW lines) of ``event_ids``: remembered ones, the rest read from the log."""
+        found = self._recent.find(event_ids)
+        missing = [e for e in event_ids if e not in found]
+        for event_id, decision in self.log.decisions(missing).items():
+            shared = shared_line(decision.user_features, decision.context)
+            found[event_id] = _Example.of(decision, shared, [action_line(c.item_id, c.features) for c in decision.candidates])
+        return found
+
+    def _learn(self, outcome: Outcome, example: _Example) -> None:
+        """Learn ``outcome``'s slot as the decision it was: over the candidates earlier slots left."""
+        earlier = set(example.chosen[: outcome.slot])
+        remaining = [i for i, item_id in enumerate(example.item_ids) if item_id not in earlier]
+        chosen = next(j for j, i in enumerate(remaining) if example.item_ids[i] == outcome.item_id)
+        self.bandit.learn(
+            example.shared,
+            [example.actions[i] for i in remaining],
+            chosen,
+            outcome.reward,
+            example.probabilities[outcome.slot],
+        )
+        if outcome.slot == len(example.chosen) - 1:
+            self._recent.forget(outcome.event_id)
+
+    def wait_until_learned(self, timeout: float = 10.0) -> bool:
+        """Block until every outcome committed so far is learned (tests and the demo use this)."""
+        target = self.log.last_outcome_seq()
+        self._wake.set()
+        with self._learned:
+            return self._learned.wait_for(lambda: self.learned_seq >= target, timeout)
+
+    def close_windows(self) -> int:
+        finalised = self.log.close_windows(time.time())
+        if finalised:
+            self._wake.set()
+        return finalised
+
+    def checkpoint(self) -> Checkpoint:
+        with self._learn_lock:
+            checkpoint = Checkpoint(
+                # The model id is in the name: after a policy swap the same learned_seq names another model,
+                # and the manifest must never point at a file that was replaced under it.
+                model_file=f"model-{self._model_id}-{self.learned_seq}.vw",
+                model_id=self._model_id,
+                learned_seq=self.learned_seq,
+                examples_learned=self.examples_learned,
+                ts=time.time(),
+                bandit=asdict(self.bandit.config),
+                policy=asdict(self.registered_policy) if self.registered_policy else None,
+            )
+            write_checkpoint(self.data_dir, self.bandit.save, checkpoint)
+            self.last_checkpoint = checkpoint.ts
+        return checkpoint
+
+    def _background(self) -> None:
+        next_checkpoint = time.monotonic() + self.checkpoint_interval
+        next_close = time.monotonic()
+        while not self._stopping.is_set():
+            if self._wake.wait(self.maintenance_interval) and not self._stopping.is_set():
+                time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
+            self._wake.clear()
+            try:
+                if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
+                    self.close_windows()
+                    next_close = time.monotonic() + self.maintenance_interval
+                self.learn_pending()
+                if time.monotonic() >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + self.checkpoint_interval
+            except Exception:  # keep serving; the log still holds everything to learn later
+                log.exception("background learning failed; retrying")
+                time.sleep(1.0)
+
+    def swap_policy(self, bandit: BanditConfig, model_path: str, policy: RegisteredPolicy) -> None:
+        """Serve the registered policy's VW model from now on, and keep learning online on it.
+
+        The model is loaded completely first; then, under the learn lock, it replaces the live one.
+        A decision in flight finishes on the model it started with (it holds its own reference;
+        the old workspace is freed when the last one lets go), and no batch of learning straddles
+        the two models.
+
+        The learned watermark carries over unchanged: the outcomes up to ``learned_seq`` are the
+        old model's past (the registered policy learned its own from the log it was evaluated on),
+        and the new model learns every final outcome after ``learned_seq`` from the next batch on,
+        exactly once. ``examples_learned`` restarts at 0, so ``model_version`` reads
+        ``recbandit-policy-v3@N``: the registered version plus N online updates. A checkpoint is
+        written at once, so a restart resumes the registered policy (and knows its version).
+        """
+        loaded = VWBandit(bandit, model_path=model_path)
+        with self._learn_lock:
+            self.bandit = loaded
+            self._model_id = f"{policy.model_name}-v{policy.version}"
+            self.examples_learned = 0
+            self.registered_policy = policy
+        log.info("serving %s version %s (@%s) from %s", policy.model_name, policy.version, policy.alias, model_path)
+        self.checkpoint()
+
+
+@dataclass(frozen=True, slots=True)
+class _Example:
+    """What learning one decision's slots needs: its VW lines, candidate ids, choices and probabilities."""
+
+    shared: str
+    actions: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    chosen: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    chars: int  # the text kept in memory, which the cache of recent examples is bounded by
+
+    @classmethod
+    def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
+        return cls(
+            shared,
+            tuple(actions),
+            tuple(c.item_id for c in decision.candidates),
+            decision.chosen_item_ids,
+            tuple(s.probability for s in decision.slots),
+            len(shared) + sum(map(len, actions)),
+        )
+
+
+class RecentExamples:
+    """The examples of recent decisions not yet learned to their last slot, oldest first.
+
+    At most :data:`RECENT_DECISIONS` of them and :data:`RECENT_CHARS` of text (counted as if not
+    shared); the oldest are forgotten first. One lock guards the examples and their count of text.
+    """
+
+    def __init__(self) -> None:
+        self._examples: OrderedDict[str, _Example] = OrderedDict()
+        self._chars = 0  # text held by the remembered examples, counted as if not shared
+        self._lock = threading.Lock()
+
+    def remember(self, decision: LoggedDecision, shared: str, actions: list[str]) -> None:
+        example = _Example.of(decision, shared, actions)
+        with self._lock:
+            self._examples[decision.event_id] = example
+            self._chars += example.chars
+            while len(self._examples) > RECENT_DECISIONS or self._chars > RECENT_CHARS:
+                self._chars -= self._examples.popitem(last=False)[1].chars
+
+    def find(self, event_ids: list[str]) -> dict[str, _Example]:
+        """The remembered examples among ``event_ids``."""
+        found: dict[str, _Example] = {}
+        with self._lock:
+            for event_id in event_ids:
+                example = self._examples.get(event_id)
+                if example is not None:
+                    found[event_id] = example
+        return found
+
+    def forget(self, event_id: str) -> None:
+        with self._lock:
+            learned = self._examples.pop(event_id, None)
+            if learned is not None:
+                self._chars -= learned.chars
