@@ -498,8 +498,9 @@ def format_breakdown(results: Sequence[Result], handlers: Sequence[HandlerResult
     lines = [
         f"CPU per call at concurrency {TARGET_CONCURRENCY}, µs:",
         "",
-        "| operation | client | server | of which the servicer alone | of which the rest (gRPC, loop, hand-offs) |",
-        "|---|---:|---:|---:|---:|",
+        "| operation | client | server | of which the servicer alone | of which the rest (gRPC, loop, hand-offs)"
+        " | servicer alone, calls/s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for operation in (HEALTH, RECOMMEND, FEEDBACK):
         r = row.get((operation, TARGET_CONCURRENCY))
@@ -508,7 +509,8 @@ def format_breakdown(results: Sequence[Result], handlers: Sequence[HandlerResult
         servicer = alone.get(operation)
         own = servicer.cpu_us if servicer else 0.0
         cells = (operation, f"{r.client_cpu_us:,.0f}", f"{r.server_cpu_us:,.0f}",
-                 f"{own:,.0f}" if servicer else "—", f"{r.server_cpu_us - own:,.0f}")
+                 f"{own:,.0f}" if servicer else "—", f"{r.server_cpu_us - own:,.0f}",
+                 f"{servicer.rate:,.0f}" if servicer else "—")
         lines.append("| " + " | ".join(cells) + " |")
     health, recommend = row.get((HEALTH, TARGET_CONCURRENCY)), row.get((RECOMMEND, TARGET_CONCURRENCY))
     if health and recommend:

@@ -46,8 +46,8 @@ def test_breakdown_splits_the_servicer_from_the_rest_and_bounds_the_ratio() -> N
     results = [row(HEALTH, 2000, client_us=350, server_us=500), row(RECOMMEND, 800, client_us=400, server_us=1300)]
     handlers = [HandlerResult(RECOMMEND, calls=1000, elapsed=0.7, cpu_seconds=0.6)]
     text = format_breakdown(results, handlers)
-    assert "| Recommend | 400 | 1,300 | 600 | 700 |" in text
-    assert "| Health/Check | 350 | 500 | — | 500 |" in text
+    assert "| Recommend | 400 | 1,300 | 600 | 700 | 1,429 |" in text
+    assert "| Health/Check | 350 | 500 | — | 500 | — |" in text
     assert f"at most {(350 + 500) / (400 + 1300):.2f} of the ceiling" in text
 
 
