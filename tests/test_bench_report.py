@@ -13,6 +13,7 @@ from server.bench import (
     HandlerResult,
     Result,
     format_breakdown,
+    ratio_bound,
     percentile,
     target_checks,
 )
@@ -42,13 +43,22 @@ def test_cpu_per_call_and_cores_busy() -> None:
     assert math.isnan(Result(RECOMMEND, 16, 0, 1.0, 0, 0).client_cpu_us)
 
 
-def test_breakdown_splits_the_servicer_from_the_rest_and_bounds_the_ratio() -> None:
+def test_breakdown_splits_the_servicer_from_the_rest() -> None:
     results = [row(HEALTH, 2000, client_us=350, server_us=500), row(RECOMMEND, 800, client_us=400, server_us=1300)]
     handlers = [HandlerResult(RECOMMEND, calls=1000, elapsed=0.7, cpu_seconds=0.6)]
     text = format_breakdown(results, handlers)
     assert "| Recommend | 400 | 1,300 | 600 | 700 | 1,429 |" in text
     assert "| Health/Check | 350 | 500 | — | 500 | — |" in text
-    assert f"at most {(350 + 500) / (400 + 1300):.2f} of the ceiling" in text
+
+
+def test_ratio_bound_scales_to_every_core_busy() -> None:
+    # the ceiling: 2,000 calls/s at 850 µs each keeps 1.7 cores busy; with 2 cores Recommend at
+    # 1,700 µs per call does at most 2 / 1,700 µs = 1,176 calls/s, i.e. 0.588 of 2,000
+    ceiling = row(HEALTH, 2000, client_us=350, server_us=500)
+    recommend = row(RECOMMEND, 800, client_us=400, server_us=1300)
+    assert ceiling.cores_busy == pytest.approx(1.7)
+    assert ratio_bound(ceiling, recommend, cores=2) == pytest.approx(0.5882, abs=1e-4)
+    assert ratio_bound(ceiling, recommend, cores=4) == pytest.approx(1.1765, abs=1e-4)
 
 
 def test_targets_are_judged_at_concurrency_16() -> None:
