@@ -80,14 +80,22 @@ class Estimator(ABC):
         return Estimate(value, low, high, self.effective_sample_size(feedback), feedback.n)
 
 
-def clipped_weight(feedback: BanditFeedback, clip: float | None) -> np.ndarray:
-    """``min(w, clip)``; ``clip=None`` keeps the weights whole (and the estimator unbiased)."""
-    w = feedback.weight
-    if clip is None:
-        return w
-    if not clip > 0:
-        raise InvalidRequest("clip", f"must be > 0, got {clip}")
-    return np.minimum(w, clip)
+@dataclass(frozen=True)
+class WeightedEstimator(Estimator):
+    """An estimator of importance weights clipped at ``clip``: ``min(w, clip)``.
+
+    ``clip=None`` keeps the weights whole (and IPS and DR unbiased).
+    """
+
+    clip: float | None = None
+
+    def weights(self, feedback: BanditFeedback) -> np.ndarray:
+        w = feedback.weight
+        if self.clip is None:
+            return w
+        if not self.clip > 0:
+            raise InvalidRequest("clip", f"must be > 0, got {self.clip}")
+        return np.minimum(w, self.clip)
 
 
 def kish_ess(w: np.ndarray) -> float:

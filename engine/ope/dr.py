@@ -18,39 +18,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.ope.base import Estimator, Terms, clipped_weight
+from engine.ope.base import Terms, WeightedEstimator
 from engine.ope.data import BanditFeedback
 
 
-def _dr_parts(name: str, feedback: BanditFeedback, clip: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _dr_parts(name: str, feedback: BanditFeedback) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the reward model's value of the target policy, and the logged action's residual."""
     feedback.require(name, "target_pmf", "reward_prediction", "action")
     rows = np.arange(feedback.n)
     direct = np.einsum("ik,ik->i", feedback.target_pmf, feedback.reward_prediction)
     residual = feedback.reward - feedback.reward_prediction[rows, feedback.action]  # type: ignore[index]
-    return direct, clipped_weight(feedback, clip), residual
+    return direct, residual
 
 
 @dataclass(frozen=True)
-class DoublyRobust(Estimator):
-    clip: float | None = None
+class DoublyRobust(WeightedEstimator):
     name = "dr"
 
-    def weights(self, feedback: BanditFeedback) -> np.ndarray:
-        return clipped_weight(feedback, self.clip)
-
     def terms(self, feedback: BanditFeedback) -> Terms:
-        direct, w, residual = _dr_parts("DR", feedback, self.clip)
-        return Terms(direct, w * residual, None)
+        direct, residual = _dr_parts("DR", feedback)
+        return Terms(direct, self.weights(feedback) * residual, None)
 
 
 @dataclass(frozen=True)
-class SelfNormalizedDoublyRobust(Estimator):
-    clip: float | None = None
+class SelfNormalizedDoublyRobust(WeightedEstimator):
     name = "sndr"
 
-    def weights(self, feedback: BanditFeedback) -> np.ndarray:
-        return clipped_weight(feedback, self.clip)
-
     def terms(self, feedback: BanditFeedback) -> Terms:
-        direct, w, residual = _dr_parts("SNDR", feedback, self.clip)
+        direct, residual = _dr_parts("SNDR", feedback)
+        w = self.weights(feedback)
         return Terms(direct, w * residual, w)

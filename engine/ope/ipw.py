@@ -15,31 +15,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from engine.ope.base import Estimator, Terms, clipped_weight
+from engine.ope.base import Terms, WeightedEstimator
 from engine.ope.data import BanditFeedback
 
 
 @dataclass(frozen=True)
-class IPS(Estimator):
-    clip: float | None = None
+class IPS(WeightedEstimator):
     name = "ips"
-
-    def weights(self, feedback: BanditFeedback) -> np.ndarray:
-        return clipped_weight(feedback, self.clip)
 
     def terms(self, feedback: BanditFeedback) -> Terms:
         return Terms(None, self.weights(feedback) * feedback.reward, None)
 
 
 @dataclass(frozen=True)
-class SNIPS(Estimator):
-    clip: float | None = None
+class SNIPS(WeightedEstimator):
     name = "snips"
-
-    def weights(self, feedback: BanditFeedback) -> np.ndarray:
-        return clipped_weight(feedback, self.clip)
 
     def terms(self, feedback: BanditFeedback) -> Terms:
         w = self.weights(feedback)
