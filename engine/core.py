@@ -91,7 +91,7 @@ class Engine:
 
     @property
     def registered_policy(self) -> RegisteredPolicy | None:
-        return self._learner.registered_policy
+        return self._learner.served.registered_policy
 
     @property
     def model_version(self) -> str:
@@ -241,16 +241,17 @@ class Engine:
 
     def model_info(self) -> ModelInfo:
         learner = self._learner
+        served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
         return ModelInfo(
-            model_version=learner.model_version,
-            examples_learned=learner.examples_learned,
+            model_version=served.version(examples_learned),
+            examples_learned=examples_learned,
             examples_pending=max(0, self.log.last_outcome_seq() - learner.learned_seq),
-            bandit=learner.bandit.config,
-            vw_arguments=learner.bandit.arguments,
+            bandit=served.bandit.config,
+            vw_arguments=served.bandit.arguments,
             last_checkpoint_ts=learner.last_checkpoint,
             rewards=self.config.rewards,
             embeddings=live.info() if (live := self.embeddings.current) else None,
-            registered_policy=learner.registered_policy,
+            registered_policy=served.registered_policy,
         )
 
     # -- hot swaps ---------------------------------------------------------------------------------

@@ -44,6 +44,20 @@ class RegisteredPolicy:
     alias: str
 
 
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """The model decisions are drawn from and where it came from: one value, replaced whole by a swap,
+    so that a reader never pairs one policy's name with another's model."""
+
+    bandit: VWBandit
+    model_id: str
+    registered_policy: RegisteredPolicy | None = None
+
+    def version(self, examples_learned: int) -> str:
+        """``<model id>@<examples learned online>``, e.g. ``recbandit-policy-v3@120``."""
+        return f"{self.model_id}@{examples_learned}"
+
+
 class Learner:
     """The model decisions are drawn from, learning every final outcome once, and its checkpoints.
 
@@ -60,8 +74,8 @@ class Learner:
     checkpoint_interval, maintenance_interval:
         Seconds between checkpoints, and between closings of reward windows.
 
-    ``bandit``, ``registered_policy``, ``examples_learned``, ``learned_seq`` and
-    ``last_checkpoint`` describe the model in use; only this class changes them.
+    ``served``, ``examples_learned``, ``learned_seq`` and ``last_checkpoint`` describe the model
+    in use; only this class changes them.
     """
 
     def __init__(
@@ -89,26 +103,30 @@ class Learner:
     def _load_model(self, bandit: BanditConfig) -> None:
         checkpoint = read_checkpoint(self.data_dir)
         if checkpoint is None:
-            self.bandit = VWBandit(bandit)
-            self._model_id = "vw-" + uuid.uuid4().hex[:8]
+            self.served = ServedModel(VWBandit(bandit), "vw-" + uuid.uuid4().hex[:8])
             self.learned_seq = self.examples_learned = 0
             self.last_checkpoint: float | None = None
-            self.registered_policy: RegisteredPolicy | None = None
             return
         saved = BanditConfig.from_dict(checkpoint.bandit)
         if saved != bandit:
             log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
                         saved, bandit)
-        self.bandit = VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file))
-        self._model_id = checkpoint.model_id
+        self.served = ServedModel(
+            VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file)),
+            checkpoint.model_id,
+            RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None,
+        )
         self.learned_seq = checkpoint.learned_seq
         self.examples_learned = checkpoint.examples_learned
         self.last_checkpoint = checkpoint.ts
-        self.registered_policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
+
+    @property
+    def bandit(self) -> VWBandit:
+        return self.served.bandit
 
     @property
     def model_version(self) -> str:
-        return f"{self._model_id}@{self.examples_learned}"
+        return self.served.version(self.examples_learned)
 
     def start(self) -> None:
         """Re-learn what the log holds beyond the checkpoint, then start the background thread."""
@@ -184,18 +202,19 @@ class Learner:
 
     def checkpoint(self) -> Checkpoint:
         with self._learn_lock:
+            served = self.served
             checkpoint = Checkpoint(
                 # The model id is in the name: after a policy swap the same learned_seq names another model,
                 # and the manifest must never point at a file that was replaced under it.
-                model_file=f"model-{self._model_id}-{self.learned_seq}.vw",
-                model_id=self._model_id,
+                model_file=f"model-{served.model_id}-{self.learned_seq}.vw",
+                model_id=served.model_id,
                 learned_seq=self.learned_seq,
                 examples_learned=self.examples_learned,
                 ts=time.time(),
-                bandit=asdict(self.bandit.config),
-                policy=asdict(self.registered_policy) if self.registered_policy else None,
+                bandit=asdict(served.bandit.config),
+                policy=asdict(served.registered_policy) if served.registered_policy else None,
             )
-            write_checkpoint(self.data_dir, self.bandit.save, checkpoint)
+            write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
             self.last_checkpoint = checkpoint.ts
         return checkpoint
 
@@ -235,10 +254,8 @@ class Learner:
         """
         loaded = VWBandit(bandit, model_path=model_path)
         with self._learn_lock:
-            self.bandit = loaded
-            self._model_id = f"{policy.model_name}-v{policy.version}"
             self.examples_learned = 0
-            self.registered_policy = policy
+            self.served = ServedModel(loaded, f"{policy.model_name}-v{policy.version}", policy)
         log.info("serving %s version %s (@%s) from %s", policy.model_name, policy.version, policy.alias, model_path)
         self.checkpoint()
 
