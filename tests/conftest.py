@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +25,36 @@ def stubs(port: int) -> SimpleNamespace:
         catalog=pb_grpc.CatalogStub(channel),
         admin=pb_grpc.AdminStub(channel),
     )
+
+
+class Traffic:
+    """``call(n)`` for n = 0, 1, … from several threads until the block ends: every result, every failure."""
+
+    def __init__(self, call: Callable[[int], object], threads: int = 3) -> None:
+        self.results: list[object] = []
+        self.failures: list[BaseException] = []
+        self._call = call
+        self._stop = threading.Event()
+        self._counter = itertools.count()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            n = next(self._counter)
+            try:
+                self.results.append(self._call(n))
+            except BaseException as error:  # noqa: BLE001 - every failure counts
+                self.failures.append(error)
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 from engine.checkpoint import read_checkpoint
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.converters import features_to_proto
+from tests.conftest import Traffic
 from tests.test_evaluate import SEGMENTS, make_log
 from tests.test_registry import EXPLORER, LEARNER
 from training.evaluate import EvaluationConfig
@@ -29,34 +28,14 @@ def _request(n: int) -> pb.RecommendRequest:
     return request
 
 
-class Traffic:
-    """Recommend and Feedback from several threads until stopped; every failed RPC is kept."""
+def _recommend_and_reward(client) -> Callable[[int], None]:  # type: ignore[no-untyped-def]
+    """One storefront round for :class:`Traffic`: a Recommend, then its Feedback."""
 
-    def __init__(self, client, threads: int = 3) -> None:  # type: ignore[no-untyped-def]
-        self.client, self.failures, self.calls = client, [], 0
-        self._stop = threading.Event()
-        self._counter = itertools.count()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+    def call(n: int) -> None:
+        response = client.recommender.Recommend(_request(n))
+        client.recommender.Feedback(pb.FeedbackRequest(event_id=response.event_id, reward=float(n % 3 == 0)))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            n = next(self._counter)
-            try:
-                response = self.client.recommender.Recommend(_request(n))
-                self.client.recommender.Feedback(pb.FeedbackRequest(event_id=response.event_id, reward=float(n % 3 == 0)))
-                self.calls += 2
-            except BaseException as error:  # noqa: BLE001 - every failure counts
-                self.failures.append(error)
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+    return call
 
 
 def _wait_for_version(client, version: str, timeout: float = 20.0) -> pb.GetModelInfoResponse:  # type: ignore[no-untyped-def]
@@ -98,7 +77,7 @@ def test_reload_policy_and_the_poll_swap_to_the_champion_under_traffic_without_a
     log, uri = registry
     running, client = start_server(policy_registry=uri, policy_poll_interval=3600.0)
     _upsert_items(client)
-    with Traffic(client) as traffic:
+    with Traffic(_recommend_and_reward(client)) as traffic:
         info = _wait_for_version(client, "1")  # the first poll, at start
         assert (info.registered_policy.model_name, info.registered_policy.alias) == (MODEL_NAME, CHAMPION)
         assert info.model_version.startswith("recbandit-policy-v1@") and info.exploration.algorithm == "epsilon"
@@ -112,7 +91,7 @@ def test_reload_policy_and_the_poll_swap_to_the_champion_under_traffic_without_a
         assert not client.admin.ReloadPolicy(pb.ReloadPolicyRequest()).changed
         assert _peak(running, client) > 0.5  # the learner's model decides now
         time.sleep(0.5)
-    assert traffic.failures == [] and traffic.calls > 20
+    assert traffic.failures == [] and len(traffic.results) > 10  # rounds of two RPCs
     assert running.engine.wait_until_learned()
     info = client.admin.GetModelInfo(pb.GetModelInfoRequest())
     assert info.registered_policy.version == "2" and info.exploration.algorithm == "squarecb"
@@ -125,12 +104,12 @@ def test_reload_policy_and_the_poll_swap_to_the_champion_under_traffic_without_a
 
     promote(uri, "1", force=True)
     running, client = start_server(policy_registry=uri, policy_poll_interval=0.2)
-    with Traffic(client) as traffic:
+    with Traffic(_recommend_and_reward(client)) as traffic:
         _wait_for_version(client, "1")
         promote(uri, "2", force=True)
         _wait_for_version(client, "2")
         time.sleep(0.3)
-    assert traffic.failures == [] and traffic.calls > 20
+    assert traffic.failures == [] and len(traffic.results) > 10  # rounds of two RPCs
 
 
 def test_reload_policy_without_a_registry_or_a_champion_names_the_setting(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

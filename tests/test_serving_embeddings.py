@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -12,6 +12,7 @@ import pytest
 from engine.embeddings import AFFINITY_FEATURES, Embeddings, write_artifact
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.converters import features_to_proto, item_to_proto
+from tests.conftest import Traffic
 from training.bench_embeddings import reward_with_and_without
 from training.embeddings import EmbeddingConfig, TrainingData, planted_world, train_embeddings
 
@@ -125,37 +126,14 @@ def test_reload_embeddings_without_an_artifact_names_the_precondition(start_serv
     assert not client.admin.GetModelInfo(pb.GetModelInfoRequest()).HasField("embeddings")
 
 
-class _Traffic:
-    """Four threads calling Recommend without candidates until stopped; the artifacts they saw."""
+def _recommend_without_candidates(client) -> Callable[[int], str]:  # type: ignore[no-untyped-def]
+    """A call for :class:`Traffic`: Recommend without candidates; the artifact that decided it."""
 
-    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
-        self._client = client
-        self.failures: list[BaseException] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(4)]
+    def call(n: int) -> str:
+        response = client.recommender.Recommend(_request(n % 200, num_results=2))
+        return response.model_version.split("+")[1]
 
-    def _run(self, worker: int) -> None:
-        n = 0
-        while not self._stop.is_set():
-            try:
-                response = self._client.recommender.Recommend(_request(worker * 50 + n % 50, num_results=2))
-                self.versions.append(response.model_version.split("+")[1])
-            except BaseException as error:  # noqa: BLE001 - every failure counts
-                self.failures.append(error)
-            n += 1
-
-    def __enter__(self) -> _Traffic:
-        for t in self._threads:
-            t.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        time.sleep(0.3)
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+    return call
 
 
 def test_hot_swap_by_rpc_under_concurrent_traffic_fails_no_request(
@@ -163,14 +141,16 @@ def test_hot_swap_by_rpc_under_concurrent_traffic_fails_no_request(
 ) -> None:  # type: ignore[no-untyped-def]
     running, client, first = _serve(start_server, tmp_path, world, trained, retrieval_top_n=20)  # no file watch
     other = train_embeddings(world, EmbeddingConfig(components=8, epochs=3, seed=1), progress=False).embeddings
-    with _Traffic(client) as traffic:
+    with Traffic(_recommend_without_candidates(client), threads=4) as traffic:
+        time.sleep(0.3)
         second = write_artifact(tmp_path / "data", other)
         reply = client.admin.ReloadEmbeddings(pb.ReloadEmbeddingsRequest())
         assert reply.changed and reply.embeddings.artifact == second.name and reply.embeddings.components == 8
         assert not client.admin.ReloadEmbeddings(pb.ReloadEmbeddingsRequest()).changed
+        time.sleep(0.3)
     assert traffic.failures == []
-    assert set(traffic.versions) == {first.stem, second.stem}
-    assert traffic.versions[-1] == second.stem
+    assert set(traffic.results) == {first.stem, second.stem}
+    assert traffic.results[-1] == second.stem
 
 
 def test_hot_swap_by_file_watch_under_concurrent_traffic_fails_no_request(
@@ -180,15 +160,17 @@ def test_hot_swap_by_file_watch_under_concurrent_traffic_fails_no_request(
     running, client = start_server(embeddings_poll_interval=0.1, retrieval_top_n=20)
     client.catalog.UpsertItems(pb.UpsertItemsRequest(items=[item_to_proto(i) for i in world.items]))
     other = train_embeddings(world, EmbeddingConfig(components=8, epochs=3, seed=1), progress=False).embeddings
-    with _Traffic(client) as traffic:
+    with Traffic(_recommend_without_candidates(client), threads=4) as traffic:
+        time.sleep(0.3)
         second = write_artifact(tmp_path / "data", other)
         deadline = time.monotonic() + 10
         while client.admin.GetModelInfo(pb.GetModelInfoRequest()).embeddings.artifact != second.name:
             assert time.monotonic() < deadline, "the file watch did not swap in the new artifact"
             time.sleep(0.05)
+        time.sleep(0.3)
     assert traffic.failures == []
-    assert set(traffic.versions) == {first.stem, second.stem}
-    assert traffic.versions[-1] == second.stem
+    assert set(traffic.results) == {first.stem, second.stem}
+    assert traffic.results[-1] == second.stem
     info = client.admin.GetModelInfo(pb.GetModelInfoRequest()).embeddings
     assert info.items_indexed == 120 and info.components == 8
 
