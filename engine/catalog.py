@@ -17,7 +17,7 @@ from engine.eventlog import SQLiteEventLog
 from engine.features import frozen_features, merge_features
 from engine.retrieval import LiveEmbeddings, Loaded
 from engine.types import Candidate, DecisionRequest, Item
-from engine.validation import Limits, check_id, check_items
+from engine.validation import Limits, check_count, check_id, check_items
 
 
 class Catalog:
@@ -51,6 +51,7 @@ class Catalog:
         return count
 
     def delete_items(self, item_ids: list[str]) -> int:
+        check_count("item_ids", len(item_ids), self.limits.max_items_per_call)
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id, self.limits)
         with self.lock:
@@ -127,6 +128,9 @@ def _frozen_item(item: Item) -> Item:
     return Item(item.item_id, frozen_features(item.features), item.active)
 
 
+_MAX_TOKEN_LENGTH = 2048  # base64 of the longest item id, with room to spare
+
+
 def _encode_token(item_id: str) -> str:
     return base64.urlsafe_b64encode(item_id.encode()).decode()
 
@@ -134,6 +138,8 @@ def _encode_token(item_id: str) -> str:
 def _decode_token(token: str) -> str:
     if not token:
         return ""
+    if len(token) > _MAX_TOKEN_LENGTH:
+        raise InvalidRequest("page_token", "is not a next_page_token from ListItems")
     try:
         return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):

@@ -13,10 +13,12 @@ conditional on those earlier choices, and it is learned as that decision when it
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import dataclasses
+import os
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +27,11 @@ from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
 from engine.embeddings import Representation
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import Forgotten, SQLiteEventLog
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
+from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
@@ -47,6 +50,7 @@ class EngineConfig:
     maintenance_interval: float = 0.5
     retrieval_top_n: int = 100  # candidates retrieved by LightFM score when a request sends none
     embeddings_poll_interval: float = 5.0  # seconds between looks at the embeddings manifest; 0: none
+    user_id_key: bytes | None = None  # set: user ids are stored as HMAC-SHA256(key, user_id), never raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +78,7 @@ class Engine:
         self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.items.values(), catalog_lock)
         self._catalog = Catalog(self.log, config.limits, catalog_lock, self.embeddings)
         self._encoded = EncodedCandidates()
-        self._event_prefix = uuid.uuid4().hex[:16]
-        self._event_counter = itertools.count(1)
+        self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
         self._stopping = threading.Event()
         self._learner = Learner(
@@ -104,15 +107,33 @@ class Engine:
         prepared = self._prepare_decision(request)
         if isinstance(prepared, LoggedDecision):
             return prepared
-        return self._decided(prepared, self.log.append_decision(prepared.decision, prepared.record), request)
+        return self._decided(prepared, self.log.append_decision(prepared.decision, prepared.record))
 
-    async def decide_async(self, request: DecisionRequest) -> LoggedDecision:
-        """:meth:`decide` for a coroutine: the event loop serves others while the decision commits."""
-        prepared = self._prepare_decision(request)
+    async def decide_async(self, request: DecisionRequest, *, prepare_in_thread: bool = False) -> LoggedDecision:
+        """:meth:`decide` for a coroutine: the event loop serves others while the decision commits.
+
+        With ``prepare_in_thread`` the work before the commit (validation, features, the model's
+        pmf) runs in a worker thread too: for large requests, so that they never hold the loop.
+        """
+        if prepare_in_thread:
+            prepared = await asyncio.to_thread(self._prepare_decision, request)
+        else:
+            prepared = self._prepare_decision(request)
         if isinstance(prepared, LoggedDecision):
+            if prepared.undelivered:  # a retry fetched it: it reached its caller after all
+                await self.log.mark_delivery_async(prepared.event_id, delivered=True)
+                return dataclasses.replace(prepared, undelivered=False)
             return prepared
         logged = await self.log.append_decision_async(prepared.decision, prepared.record)
-        return self._decided(prepared, logged, request)
+        return self._decided(prepared, logged)
+
+    async def mark_undelivered(self, event_id: str) -> None:
+        """The caller of this decision was gone before the reply: never learn it with the default reward.
+
+        A reward reported for it later is still learned, and a retried Recommend with the same
+        ``event_id`` marks it delivered again.
+        """
+        await self.log.mark_delivery_async(event_id, delivered=False)
 
     def _prepare_decision(self, request: DecisionRequest) -> LoggedDecision | _Prepared:
         """Everything before the commit; an already logged event of ``request.event_id`` is returned as is."""
@@ -120,6 +141,8 @@ class Engine:
             raise ModelNotReady("the engine is stopping")
         limits = self.config.limits
         check_decision_request(request, limits, self._encoded.known)
+        if self._pseudonym is not None:
+            request = dataclasses.replace(request, user_id=self._pseudonym(request.user_id))
         if request.event_id:
             existing = self.log.get_decision(request.event_id)
             if existing is not None:
@@ -154,19 +177,17 @@ class Engine:
             deadline=ts + self.config.rewards.window_seconds,
         )
         record = decision_to_json(decision, [record for _, record in encoded])
-        return _Prepared(decision, record, shared, actions)
+        return _Prepared(decision, record, shared, actions, request)
 
-    def _decided(self, prepared: _Prepared, logged: LoggedDecision, request: DecisionRequest) -> LoggedDecision:
+    def _decided(self, prepared: _Prepared, logged: LoggedDecision) -> LoggedDecision:
         if logged is prepared.decision:
             self._learner.remember(logged, prepared.shared, prepared.actions)
-        return self._same_event(logged, request)
+        return self._same_event(logged, prepared.request)
 
-    def _new_event_id(self) -> str:
-        """32 hex digits: a random prefix drawn when the engine starts, then a counter.
-
-        Unique like ``uuid4().hex`` without a system call per decision.
-        """
-        return f"{self._event_prefix}{next(self._event_counter):016x}"
+    @staticmethod
+    def _new_event_id() -> str:
+        """32 hex digits, all 128 bits random: no event id tells another (one getrandom call, about 1 µs)."""
+        return os.urandom(16).hex()
 
     def _fill_slots(  # type: ignore[no-untyped-def]
         self, event_id, shared, actions, candidates, num_results
@@ -186,8 +207,9 @@ class Engine:
 
     @staticmethod
     def _same_event(existing: LoggedDecision, request: DecisionRequest) -> LoggedDecision:
+        """The logged decision a retried Recommend gets back; another user's request learns nothing of it."""
         if existing.user_id != request.user_id:
-            raise EventConflict(existing.event_id, "is already the event of another user_id")
+            raise EventConflict(existing.event_id, "is in use by another request: choose another event_id")
         return existing
 
     # -- Feedback and Activate ---------------------------------------------------------------------
@@ -211,6 +233,25 @@ class Engine:
     def activate(self, event_id: str) -> Status:
         check_id("event_id", event_id, self.config.limits)
         return self.log.activate(event_id, time.time())
+
+    # -- privacy -------------------------------------------------------------------------------------
+
+    def forget_user(self, user_id: str) -> ForgottenUser:
+        """Delete what the log and memory hold about ``user_id`` (raw; pseudonymised here when on).
+
+        The user's decisions, rewards and final outcomes leave the log in one transaction, their
+        examples leave the learner's memory, and their identity leaves the embeddings in use.
+        The bandit's weights are an aggregate over all users and are kept.
+        """
+        check_id("user_id", user_id, self.config.limits)
+        stored_id = self._pseudonym(user_id) if self._pseudonym is not None else user_id
+        forgotten = self.log.forget_user(stored_id)
+        self._learner.forget(forgotten.event_ids)
+        return ForgottenUser(forgotten, self.embeddings.forget_user(stored_id))
+
+    def watch_storage(self, on_change: Callable[[bool], None]) -> None:
+        """Call ``on_change(healthy)`` whenever writes to the event log start or stop failing."""
+        self.log.watch_storage(on_change)
 
     # -- Catalog ---------------------------------------------------------------------------------
 
@@ -277,6 +318,14 @@ class Engine:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgottenUser:
+    """What :meth:`Engine.forget_user` removed."""
+
+    log: Forgotten
+    embedding_removed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     """A decision ready to commit, with its record and the VW lines it was decided from."""
 
@@ -284,6 +333,7 @@ class _Prepared:
     record: str
     shared: str
     actions: list[str]
+    request: DecisionRequest  # as decided: with the pseudonymous user id when ids are pseudonymised
 
 
 def _with_affinity(

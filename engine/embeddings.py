@@ -177,6 +177,15 @@ class Embeddings:
         biases, vectors = self.items.combine([self.items.rows(item_id, item_features)], self.normalize)
         return Representation(float(biases[0]), vectors[0])
 
+    def forget_user(self, user_id: str) -> bool:
+        """Drop the user's identity token and zero its row (in memory; the artifact file is not rewritten)."""
+        row = self.users.index.pop(identity_token(user_id), None)
+        if row is None:
+            return False
+        self.users.embeddings[row] = 0.0
+        self.users.biases[row] = 0.0
+        return True
+
     def is_known_user(self, user_id: str) -> bool:
         return identity_token(user_id) in self.users.index
 

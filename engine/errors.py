@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+SHOWN_CHARACTERS = 40
+"""At most this many characters of a client's value are echoed in an error message."""
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for an error message, cut to :data:`SHOWN_CHARACTERS` with its full length.
+
+    Names and ids come from clients: echoed whole, a 100 kB name would swell the error past the
+    metadata limit. ``shown("x" * 100)`` is the first 40 characters, quoted, then ``… (100 characters)``.
+    """
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value)} characters)"
+
 
 class RecbanditError(Exception):
     """Base of every error the engine raises on purpose; its message is safe to show a client."""
@@ -20,7 +34,7 @@ class UnknownEvent(RecbanditError):
     """No decision with this event id is in the log."""
 
     def __init__(self, event_id: str) -> None:
-        super().__init__(f"event_id: no decision with event_id {event_id!r}")
+        super().__init__(f"event_id: no decision with event_id {shown(event_id)}")
         self.event_id = event_id
 
 
@@ -37,9 +51,16 @@ class EventConflict(RecbanditError):
     """A client-supplied event id is already taken by a different request."""
 
     def __init__(self, event_id: str, reason: str) -> None:
-        super().__init__(f"event_id: {event_id!r} {reason}")
+        super().__init__(f"event_id: {shown(event_id)} {reason}")
         self.event_id = event_id
 
 
 class ModelNotReady(RecbanditError):
     """The engine is starting or stopping and cannot decide now."""
+
+
+class StorageUnavailable(RecbanditError):
+    """The event log cannot be written now (disk full, I/O error, damaged file); nothing was acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__("the event log cannot be written now; retry later (the server log has the cause)")

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, UnknownEvent
+from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, UnknownEvent, shown
 from engine.groupcommit import GroupCommitWriter, Rejected
 from engine.records import (
-    SCHEMA_VERSION,
     LoggedDecision,
     Outcome,
     Reward,
@@ -45,9 +45,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     activated_ts REAL,
     closed INTEGER NOT NULL DEFAULT 0,
     model_version TEXT NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    undelivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS decisions_open ON decisions (deadline) WHERE closed = 0;
+CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
 CREATE TABLE IF NOT EXISTS rewards (
     event_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
@@ -72,8 +74,16 @@ CREATE TABLE IF NOT EXISTS items (
     active INTEGER NOT NULL
 );
 """
+LOG_SCHEMA_VERSION = 2
+"""The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
+
+_MIGRATIONS = {
+    # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default
+    1: "ALTER TABLE decisions ADD COLUMN undelivered INTEGER NOT NULL DEFAULT 0;"
+       "CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);",
+}
 T = TypeVar("T")
-_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record"
+_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered"
 
 
 class SQLiteEventLog:
@@ -81,8 +91,7 @@ class SQLiteEventLog:
         self.path = str(path)
         self.rules = rules
         writer = self._connect()
-        writer.executescript(_SCHEMA)
-        self._check_schema_version(writer)
+        self._migrate(writer)
         self._writer = GroupCommitWriter(writer)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = [writer]
@@ -95,11 +104,19 @@ class SQLiteEventLog:
         return conn
 
     @staticmethod
-    def _check_schema_version(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        (found,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(found) != SCHEMA_VERSION:
-            raise RuntimeError(f"event log schema version {found}; this recbandit reads {SCHEMA_VERSION}")
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one."""
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        found = int(row[0]) if row else None
+        if found is not None and found > LOG_SCHEMA_VERSION:
+            raise RuntimeError(f"the event log's schema version is {found}, newer than the {LOG_SCHEMA_VERSION} "
+                               "this recbandit reads: upgrade recbandit")
+        script = "BEGIN;"
+        if found is not None:
+            script += "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION))
+        script += _SCHEMA + f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{LOG_SCHEMA_VERSION}');COMMIT;"
+        conn.executescript(script)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -108,6 +125,14 @@ class SQLiteEventLog:
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def watch_storage(self, on_change: Callable[[bool], None]) -> None:
+        """Call ``on_change(healthy)`` from the writer thread whenever writes start or stop failing."""
+        self._writer.on_health_change = on_change
+
+    @property
+    def storage_healthy(self) -> bool:
+        return self._writer.healthy
 
     def close(self) -> None:
         self._writer.close()
@@ -192,15 +217,15 @@ class SQLiteEventLog:
 
         def close(conn: sqlite3.Connection) -> int:
             due = conn.execute(
-                "SELECT event_id, chosen, deferred, activated_ts FROM decisions"
+                "SELECT event_id, chosen, deferred, activated_ts, undelivered FROM decisions"
                 " WHERE closed = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
                 (now, limit),
             ).fetchall()
             finalised = 0
-            for event_id, chosen, deferred, activated_ts in due:
+            for event_id, chosen, deferred, activated_ts, undelivered in due:
                 conn.execute("UPDATE decisions SET closed = 1 WHERE event_id = ?", (event_id,))
-                if deferred and activated_ts is None:
-                    continue  # never shown: never learned
+                if undelivered or (deferred and activated_ts is None):
+                    continue  # never shown: never learned with the default reward
                 sums = dict(
                     conn.execute(
                         "SELECT item_id, SUM(value) FROM rewards WHERE event_id = ? GROUP BY item_id", (event_id,)
@@ -215,6 +240,31 @@ class SQLiteEventLog:
             return finalised
 
         return self._writer.submit(close)
+
+    async def mark_delivery_async(self, event_id: str, delivered: bool) -> None:
+        """Mark whether the decision reached its caller; an undelivered one gets no default reward."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ?", (int(not delivered), event_id))
+
+        await self._writer.submit_async(update)
+
+    # -- privacy ---------------------------------------------------------------------------------
+
+    def forget_user(self, user_id: str) -> Forgotten:
+        """Delete the user's decisions, their rewards and final outcomes in one transaction."""
+
+        def forget(conn: sqlite3.Connection) -> Forgotten:
+            event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
+            rewards = outcomes = 0
+            for chunk in _chunks(event_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                rewards += conn.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk).rowcount
+                outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
+            conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,))
+            return Forgotten(tuple(event_ids), rewards, outcomes)
+
+        return self._writer.submit(forget)
 
     # -- outcomes: what the learner reads ---------------------------------------------------------
 
@@ -432,7 +482,7 @@ def _reward_target(
     chosen, deferred, activated_ts, closed, deadline = state
     item_id = reward.item_id or chosen[0]
     if item_id not in chosen:
-        raise InvalidRequest("item_id", f"{item_id!r} was not recommended in event {reward.event_id!r}")
+        raise InvalidRequest("item_id", f"{shown(item_id)} was not recommended in event {shown(reward.event_id)}")
     if closed or reward.ts > deadline:
         raise PreconditionFailed("event_id", "the reward window of this event has closed")
     if deferred and activated_ts is None:
@@ -450,7 +500,7 @@ class _EventIdTaken(Exception):
 
 
 def _decision(row: tuple) -> LoggedDecision:  # type: ignore[type-arg]
-    event_id, ts, user_id, model_version, deferred, deadline, record = row
+    event_id, ts, user_id, model_version, deferred, deadline, record, undelivered = row
     return decision_from_json(
         record,
         event_id=event_id,
@@ -459,7 +509,17 @@ def _decision(row: tuple) -> LoggedDecision:  # type: ignore[type-arg]
         model_version=model_version,
         deferred=bool(deferred),
         deadline=deadline,
+        undelivered=bool(undelivered),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What :meth:`SQLiteEventLog.forget_user` deleted: the user's events, and their rewards and outcomes."""
+
+    event_ids: tuple[str, ...]
+    rewards: int
+    outcomes: int
 
 
 def _insert_outcome(
@@ -503,6 +563,7 @@ def _joined_record(
         "rewards": rewards,
         "model_version": decision.model_version,
         "deferred": decision.deferred,
+        "undelivered": decision.undelivered,
         "activated_ts": activated_ts,
         "deadline": decision.deadline,
         "schema_version": decision.schema_version,

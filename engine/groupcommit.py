@@ -8,6 +8,11 @@ Each SQLite call lets other threads take the interpreter lock, and getting it ba
 the busy event loop, so the writer makes few calls: consecutive operations of one kind that offer
 ``run_together(connection, operations) -> results`` (decisions, rewards) run as a few statements.
 
+A write that fails for the storage's sake (disk full, I/O error, a damaged file: any
+``sqlite3`` error but a constraint or a misuse) reaches its caller as
+:class:`~engine.errors.StorageUnavailable`, and :attr:`GroupCommitWriter.healthy` turns False
+until a transaction commits cleanly again; ``on_health_change`` hears of each turn.
+
 One operation that raises must not fail the others. The writer first runs the whole batch in one
 transaction with no savepoints (one statement per write, the cheap path). If any operation raises,
 that transaction is rolled back and the batch runs again with each operation in its own savepoint:
@@ -18,14 +23,25 @@ write through the connection, so running one again after a rollback is safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from engine.errors import StorageUnavailable
+
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
+log = logging.getLogger(__name__)
+
+
+def storage_failure(error: BaseException) -> bool:
+    """Whether ``error`` says the storage failed, not the operation (a constraint, a misuse)."""
+    return isinstance(error, sqlite3.DatabaseError | OSError) and not isinstance(
+        error, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    )
 
 
 class Rejected:
@@ -65,6 +81,8 @@ class GroupCommitWriter:
         self._queue: deque[_Pending] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._closed = False
+        self.healthy = True
+        self.on_health_change: Callable[[bool], None] | None = None
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
 
@@ -118,10 +136,14 @@ class GroupCommitWriter:
                 self._run_with_savepoints(conn, batch)
             conn.execute("COMMIT")
         except BaseException as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the transaction is gone with the storage; the error below says so
             for pending in batch:
                 pending.result, pending.error = None, error
+        self._note_health(batch)
         waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for pending in batch:
             if pending.done is not None:
@@ -134,6 +156,24 @@ class GroupCommitWriter:
                 loop.call_soon_threadsafe(_resolve, resolved)
             except RuntimeError:  # the loop has closed: nobody awaits these any more
                 pass
+
+    def _note_health(self, batch: list[_Pending]) -> None:
+        """Turn storage failures into :class:`StorageUnavailable` for their callers, and track health."""
+        failure = None
+        for pending in batch:
+            if pending.error is not None and storage_failure(pending.error):
+                failure = pending.error
+                pending.error = StorageUnavailable()
+        healthy = failure is None
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        if failure is not None:
+            log.error("the event log cannot be written: %s", failure)
+        else:
+            log.info("the event log is writable again")
+        if self.on_health_change is not None:
+            self.on_health_change(healthy)
 
     @staticmethod
     def _run_plain(conn: sqlite3.Connection, batch: list[_Pending]) -> bool:

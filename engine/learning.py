@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -142,6 +143,11 @@ class Learner:
         """Keep a new decision's VW lines, so that learning its reward needs no log read or encoding."""
         self._recent.remember(decision, shared, actions)
 
+    def forget(self, event_ids: Iterable[str]) -> None:
+        """Drop the remembered examples of these events (their user was forgotten)."""
+        for event_id in event_ids:
+            self._recent.forget(event_id)
+
     def learn_soon(self) -> None:
         """Wake the background thread: a new reward may be final."""
         if not self._wake.is_set():
@@ -154,10 +160,12 @@ class Learner:
             while batch := self.log.final_outcomes_after(self.learned_seq):
                 examples = self._examples([o.event_id for o in batch])
                 for outcome in batch:
-                    self._learn(outcome, examples[outcome.event_id])
+                    example = examples.get(outcome.event_id)
+                    if example is not None:  # None: the user was forgotten since the outcome was read
+                        self._learn(outcome, example)
+                        self.examples_learned += 1
+                        learned += 1
                     self.learned_seq = outcome.seq
-                    self.examples_learned += 1
-                learned += len(batch)
         if learned:
             with self._learned:
                 self._learned.notify_all()

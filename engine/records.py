@@ -42,6 +42,7 @@ class LoggedDecision:
     deferred: bool
     deadline: float
     schema_version: int = SCHEMA_VERSION
+    undelivered: bool = False  # the caller was gone before the reply: never learned with the default reward
 
     @property
     def chosen_item_ids(self) -> tuple[str, ...]:
@@ -107,6 +108,7 @@ def decision_from_json(
     model_version: str,
     deferred: bool,
     deadline: float,
+    undelivered: bool = False,
 ) -> LoggedDecision:
     data = json.loads(record)
     if data["schema_version"] != SCHEMA_VERSION:
@@ -122,6 +124,7 @@ def decision_from_json(
         model_version=model_version,
         deferred=deferred,
         deadline=deadline,
+        undelivered=undelivered,
     )
 
 

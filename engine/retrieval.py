@@ -115,6 +115,11 @@ class LiveEmbeddings:
         if self.current is not None:
             self.current.embeddings.delete_items(item_ids)
 
+    def forget_user(self, user_id: str) -> bool:
+        """Remove the user's identity from the embeddings in use; whether they held one."""
+        current = self.current
+        return current is not None and current.embeddings.forget_user(user_id)
+
     # -- the manifest watch -------------------------------------------------------------------------
 
     def watch(self, poll_interval: float) -> None:

@@ -7,13 +7,29 @@ Every check raises :class:`~engine.errors.InvalidRequest` naming the field and t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
-from engine.errors import InvalidRequest
+from engine.errors import InvalidRequest, shown
 from engine.types import Candidate, DecisionRequest, Features, Item, RewardReport
 
 Checked = Callable[[Candidate | Item], bool]
+
+
+class _SizedDecisionRequest(Protocol):
+    user_id: str
+    event_id: str
+    num_results: int
+
+    @property
+    def user_features(self) -> Sized: ...
+    @property
+    def context(self) -> Sized: ...
+    @property
+    def candidates(self) -> Sized: ...
+    @property
+    def exclude_item_ids(self) -> Sized: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +57,13 @@ def check_id(field: str, value: str, limits: Limits, *, required: bool = True) -
         raise InvalidRequest(field, f"must be at most {limits.max_id_length} characters, got {len(value)}")
 
 
+def check_count(field: str, count: int, maximum: int) -> None:
+    if count > maximum:
+        raise InvalidRequest(field, f"must have at most {maximum} entries, got {count}")
+
+
 def check_features(field: str, features: Features, limits: Limits) -> None:
-    if len(features) > limits.max_features:
-        raise InvalidRequest(field, f"must have at most {limits.max_features} entries, got {len(features)}")
+    check_count(field, len(features), limits.max_features)
     for name, value in features.items():
         if not name:
             raise InvalidRequest(field, "feature names must not be empty")
@@ -51,7 +71,7 @@ def check_features(field: str, features: Features, limits: Limits) -> None:
             raise InvalidRequest(
                 field, f"feature names must be at most {limits.max_feature_name_length} characters"
             )
-        _check_value(f"{field}[{name!r}]", value, limits)
+        _check_value(f"{field}[{shown(name)}]", value, limits)
 
 
 def _check_value(field: str, value: object, limits: Limits) -> None:
@@ -84,7 +104,7 @@ def check_candidates(
     for i, candidate in enumerate(candidates):
         item_id = candidate.item_id
         if item_id in seen:
-            raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {item_id!r}")
+            raise InvalidRequest(f"{field}[{i}].item_id", f"duplicate item_id {shown(item_id)}")
         seen.add(item_id)
         if checked is not None and checked(candidate):
             continue  # its id and features passed these checks before
@@ -94,23 +114,30 @@ def check_candidates(
 
 def check_decision_request(request: DecisionRequest, limits: Limits, checked: Checked | None = None) -> None:
     """Check everything about a Recommend request that does not need the catalog."""
-    check_id("user_id", request.user_id, limits)
-    check_id("event_id", request.event_id, limits, required=False)
+    check_decision_sizes(request, limits)
     check_features("user_features", request.user_features, limits)
     check_features("context", request.context, limits)
+    check_candidates("candidates", request.candidates, limits, checked)
+    for i, item_id in enumerate(request.exclude_item_ids):
+        check_id(f"exclude_item_ids[{i}]", item_id, limits)
+
+
+def check_decision_sizes(request: _SizedDecisionRequest, limits: Limits) -> None:
+    """The counts and top-level sizes of a Recommend request: a few ``len`` calls.
+
+    ``request`` is a :class:`~engine.types.DecisionRequest` or the raw message it is made from
+    (the same field names), so the server checks these before converting anything.
+    """
+    check_id("user_id", request.user_id, limits)
+    check_id("event_id", request.event_id, limits, required=False)
+    check_count("user_features", len(request.user_features), limits.max_features)
+    check_count("context", len(request.context), limits.max_features)
     if request.num_results < 0:
         raise InvalidRequest("num_results", f"must be >= 0 (0 means 1), got {request.num_results}")
     if request.num_results > limits.max_num_results:
         raise InvalidRequest("num_results", f"must be at most {limits.max_num_results}, got {request.num_results}")
-    if len(request.candidates) > limits.max_candidates:
-        raise InvalidRequest(
-            "candidates", f"must have at most {limits.max_candidates} entries, got {len(request.candidates)}"
-        )
-    check_candidates("candidates", request.candidates, limits, checked)
-    if len(request.exclude_item_ids) > limits.max_excluded_items:
-        raise InvalidRequest("exclude_item_ids", f"must have at most {limits.max_excluded_items} entries")
-    for i, item_id in enumerate(request.exclude_item_ids):
-        check_id(f"exclude_item_ids[{i}]", item_id, limits)
+    check_count("candidates", len(request.candidates), limits.max_candidates)
+    check_count("exclude_item_ids", len(request.exclude_item_ids), limits.max_excluded_items)
 
 
 def check_reward_report(report: RewardReport, limits: Limits) -> None:
@@ -127,6 +154,5 @@ def check_reward_report(report: RewardReport, limits: Limits) -> None:
 
 
 def check_items(field: str, items: list[Item], limits: Limits) -> None:
-    if len(items) > limits.max_items_per_call:
-        raise InvalidRequest(field, f"must have at most {limits.max_items_per_call} entries, got {len(items)}")
+    check_count(field, len(items), limits.max_items_per_call)
     check_candidates(field, items, limits)

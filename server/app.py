@@ -29,10 +29,12 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.core import Engine
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
+from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
+from server.edge import add_services
 from server.servicers import AdminServicer, CatalogServicer, RecommenderServicer
 from server.settings import Settings
+from server.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,38 @@ T = TypeVar("T")
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
 
 
+@dataclass(frozen=True)
+class Edge:
+    """What the edge needs before a server is built: TLS credentials (None: plaintext) and the tokens
+    (None: no authentication). Read first, so that a bad setting is refused before the engine starts."""
+
+    credentials: grpc.ServerCredentials | None = None
+    tokens: Tokens | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Edge:
+        return cls(server_credentials(settings), Tokens(settings.auth_tokens) if settings.auth_tokens else None)
+
+
 async def build_server(
-    settings: Settings, engine: Engine, champion: ChampionFollower | None = None
+    settings: Settings, engine: Engine, champion: ChampionFollower | None = None, edge: Edge = Edge()
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-    """The ``grpc.aio`` server with every service, bound but not started (call on its event loop)."""
-    server = grpc.aio.server()
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(engine), server)
-    pb_grpc.add_CatalogServicer_to_server(CatalogServicer(engine), server)
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(engine, champion), server)
+    """The ``grpc.aio`` server with every service, bound but not started (call on its event loop).
+
+    The edge's rules (:mod:`server.transport`, :mod:`server.auth`, :mod:`server.edge`) apply
+    before any servicer runs: TLS, tokens and roles, the size of a message, calls in flight.
+    """
+    credentials = edge.credentials
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(edge.tokens)] if edge.tokens is not None else None,
+        options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_in_flight,
+    )
+    add_services(server, {
+        "Recommender": RecommenderServicer(engine),
+        "Catalog": CatalogServicer(engine),
+        "Admin": AdminServicer(engine, champion),
+    })
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -55,9 +81,10 @@ async def build_server(
     if settings.reflection:
         names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        raise OSError(f"cannot bind {address}: the address is in use or not this machine's")
     return server, port, health_servicer
 
 
@@ -95,6 +122,7 @@ class RunningServer:
     engine: Engine
     loop: EventLoopThread
     champion: ChampionFollower | None = None
+    tokens: Tokens | None = None
 
     def stop(self, grace: float) -> None:
         """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, then close the engine."""
@@ -111,6 +139,7 @@ class RunningServer:
 
 
 def start(settings: Settings) -> RunningServer:
+    edge = Edge.from_settings(settings)
     engine = Engine(settings.engine_config())
     champion = None
     if settings.policy_registry:
@@ -119,10 +148,9 @@ def start(settings: Settings) -> RunningServer:
     loop = EventLoopThread(settings.workers)
 
     async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-        server, port, health_servicer = await build_server(settings, engine, champion)
+        server, port, health_servicer = await build_server(settings, engine, champion, edge)
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await _set_health(health_servicer, serving=True)
         return server, port, health_servicer
 
     try:
@@ -133,7 +161,19 @@ def start(settings: Settings) -> RunningServer:
         raise
     if champion is not None:
         champion.start()
-    return RunningServer(server, port, health_servicer, engine, loop, champion)
+
+    def on_storage(healthy: bool) -> None:  # from the log's writer thread
+        asyncio.run_coroutine_threadsafe(_set_health(health_servicer, serving=healthy), loop.loop)
+
+    engine.watch_storage(on_storage)
+    return RunningServer(server, port, health_servicer, engine, loop, champion, edge.tokens)
+
+
+async def _set_health(health: health_aio.HealthServicer, *, serving: bool) -> None:
+    """Every service SERVING, or NOT_SERVING (while the event log cannot be written)."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, status)
 
 
 def serve(settings: Settings) -> None:
@@ -142,6 +182,9 @@ def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     running = start(settings)
+    if running.tokens is not None:
+        tokens = running.tokens
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tokens.reload, name="tokens-reload").start())
     info = running.engine.model_info()
     print(
         f"recbandit listening on {settings.host}:{running.port} "

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.core import ModelInfo, RegisteredPolicy
-from engine.errors import InvalidRequest
+from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
+from engine.errors import InvalidRequest, shown
 from engine.features import frozen_features
 from engine.records import LoggedDecision
 from engine.retrieval import EmbeddingsInfo
 from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
+from engine.validation import Limits, check_count, check_decision_sizes, check_features, check_id
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 
 
@@ -29,7 +30,7 @@ def features_to_domain(field: str, features: Mapping[str, pb.FeatureValue]) -> d
             out[name] = tuple(value.list_value.values)
         else:
             raise InvalidRequest(
-                f"{field}[{name!r}]", "must set one of string_value, number_value, bool_value, list_value"
+                f"{field}[{shown(name)}]", "must set one of string_value, number_value, bool_value, list_value"
             )
     return out
 
@@ -46,42 +47,69 @@ def features_to_proto(features: Features, target: MutableMapping[str, pb.Feature
             target[name].list_value.values.extend(value)
 
 
-_CANDIDATE_CACHE_SIZE = 1 << 15
-_candidates: dict[bytes, Candidate] = {}
-
-
-def candidate_to_domain(field: str, candidate: pb.Candidate) -> Candidate:
-    """A request's candidate with read-only features; the same wire bytes give the same object.
+class CandidateCache:
+    """Request candidates converted once, found again by their wire bytes, at most ``max_bytes`` of them.
 
     Storefronts send the same items with the same features again and again, so a candidate
     converted once is found again by its serialised bytes (equal bytes always parse to an equal
-    message). Its features are a read-only view, which lets the engine keep its encoded forms too.
+    message). Only candidates that passed every limit are kept, and the cache forgets everything
+    when its keys would pass ``max_bytes`` (each entry's objects are counted as twice its key).
     """
-    key = candidate.SerializeToString()
-    found = _candidates.get(key)
-    if found is None:
-        found = Candidate(candidate.item_id, frozen_features(features_to_domain(f"{field}.features", candidate.features)))
-        if len(_candidates) >= _CANDIDATE_CACHE_SIZE:
-            _candidates.clear()
-        _candidates[key] = found
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: dict[bytes, Candidate] = {}
+        self._bytes = 0
+        self.get = self._entries.get
+
+    def put(self, key: bytes, candidate: Candidate) -> None:
+        cost = 3 * len(key)
+        if self._bytes + cost > self.max_bytes:
+            self._entries.clear()
+            self._bytes = 0
+        self._entries[key] = candidate
+        self._bytes += cost
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+
+_candidates = CandidateCache()
+
+
+def candidate_to_domain(field: str, candidate: pb.Candidate, limits: Limits, key: bytes | None = None) -> Candidate:
+    """A request's candidate with read-only features, checked against ``limits`` before it is kept.
+
+    Its features are a read-only view, which lets the engine keep its encoded forms too.
+    """
+    check_id(f"{field}.item_id", candidate.item_id, limits)
+    check_count(f"{field}.features", len(candidate.features), limits.max_features)
+    features = features_to_domain(f"{field}.features", candidate.features)
+    check_features(f"{field}.features", features, limits)
+    found = Candidate(candidate.item_id, frozen_features(features))
+    _candidates.put(candidate.SerializeToString() if key is None else key, found)
     return found
 
 
-def _candidates_to_domain(candidates: Iterable[pb.Candidate]) -> tuple[Candidate, ...]:
+def _candidates_to_domain(candidates: Iterable[pb.Candidate], limits: Limits) -> tuple[Candidate, ...]:
     out = []
     get = _candidates.get
     for c in candidates:
-        found = get(c.SerializeToString())
-        out.append(found if found is not None else candidate_to_domain(f"candidates[{len(out)}]", c))
+        key = c.SerializeToString()
+        found = get(key)
+        out.append(found if found is not None else candidate_to_domain(f"candidates[{len(out)}]", c, limits, key))
     return tuple(out)
 
 
-def recommend_request_to_domain(request: pb.RecommendRequest) -> DecisionRequest:
+def recommend_request_to_domain(request: pb.RecommendRequest, limits: Limits) -> DecisionRequest:
+    """The request as the engine takes it; its counts and sizes are checked first, on the raw message."""
+    check_decision_sizes(request, limits)
     return DecisionRequest(
         user_id=request.user_id,
         user_features=features_to_domain("user_features", request.user_features),
         context=features_to_domain("context", request.context),
-        candidates=_candidates_to_domain(request.candidates),
+        candidates=_candidates_to_domain(request.candidates, limits),
         num_results=request.num_results,
         exclude_item_ids=tuple(request.exclude_item_ids),
         defer_activation=request.defer_activation,
@@ -109,6 +137,12 @@ def feedback_status_to_proto(status: Status) -> pb.FeedbackResponse:
 
 def activate_status_to_proto(status: Status) -> pb.ActivateResponse:
     return pb.ActivateResponse(status=pb.ActivateResponse.Status.Value(status.name))
+
+
+def items_to_domain(items: Sequence[pb.Item], limits: Limits) -> list[Item]:
+    """UpsertItems' items, their count checked on the raw message first."""
+    check_count("items", len(items), limits.max_items_per_call)
+    return [item_to_domain(f"items[{i}]", item) for i, item in enumerate(items)]
 
 
 def item_to_domain(field: str, item: pb.Item) -> Item:
@@ -156,3 +190,12 @@ def registered_policy_to_proto(policy: RegisteredPolicy | None) -> pb.Registered
     if policy is None:
         return None
     return pb.RegisteredPolicy(model_name=policy.model_name, version=policy.version, alias=policy.alias)
+
+
+def forgotten_user_to_proto(forgotten: ForgottenUser) -> pb.ForgetUserResponse:
+    return pb.ForgetUserResponse(
+        decisions_deleted=len(forgotten.log.event_ids),
+        rewards_deleted=forgotten.log.rewards,
+        outcomes_deleted=forgotten.log.outcomes,
+        embedding_removed=forgotten.embedding_removed,
+    )

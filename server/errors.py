@@ -15,8 +15,10 @@ from engine.errors import (
     ModelNotReady,
     PreconditionFailed,
     RecbanditError,
+    StorageUnavailable,
     UnknownEvent,
 )
+from server.edge import Undecodable
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +28,49 @@ STATUS_CODES: dict[type[RecbanditError], grpc.StatusCode] = {
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     EventConflict: grpc.StatusCode.ALREADY_EXISTS,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+MAX_MESSAGE_LENGTH = 512
+"""Error messages are cut to this many characters: they travel in metadata, which is bounded."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def status_code(error: RecbanditError) -> grpc.StatusCode | None:
+    """The status of ``error``'s nearest class in :data:`STATUS_CODES`; None if it has none."""
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return None
+
+
 def rpc(method: F) -> F:
-    """Run a servicer coroutine; turn domain errors into their status, anything else into INTERNAL."""
+    """Run a servicer coroutine at the edge's rules.
+
+    - Bytes that did not decode (:class:`~server.edge.Undecodable`): ``INVALID_ARGUMENT``.
+    - A call whose deadline passed before it started: ``DEADLINE_EXCEEDED``, and no work.
+    - Domain errors: their status, with a message cut to :data:`MAX_MESSAGE_LENGTH`.
+    - Anything else, a domain error without a status included: logged with its traceback,
+      ``INTERNAL`` with a generic message.
+    """
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if type(request) is Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request could not be decoded as {request.message_name}")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started")
         try:
             return await method(self, request, context)
-        except RecbanditError as error:
-            await context.abort(STATUS_CODES.get(type(error), grpc.StatusCode.INVALID_ARGUMENT), str(error))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        except Exception as error:
+            code = status_code(error) if isinstance(error, RecbanditError) else None
+            if code is None:
+                log.exception("%s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            await context.abort(code, str(error)[:MAX_MESSAGE_LENGTH])
 
     return wrapper  # type: ignore[return-value]

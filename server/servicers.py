@@ -2,7 +2,8 @@
 
 They are coroutines on the server's event loop. Recommend and Feedback await the engine's
 ``*_async`` calls, so the loop serves other calls while a decision or reward commits; the rarer
-calls that block (catalog writes, Activate, checkpoints) run in a worker thread.
+calls that block (catalog writes, Activate, checkpoints, ForgetUser) run in a worker thread, and
+so does every step of a Recommend larger than :data:`LARGE_REQUEST_BYTES`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from server.errors import rpc
 
 Context = grpc.aio.ServicerContext
 
+LARGE_REQUEST_BYTES = 64 << 10
+"""A Recommend this large is converted and prepared in a worker thread, off the event loop."""
+
+
+def caller_gone(context: Context) -> bool:
+    """Whether the caller cancelled or its deadline passed: a reply would reach nobody."""
+    remaining = context.time_remaining()
+    return context.cancelled() or (remaining is not None and remaining <= 0)
+
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(self, engine: Engine) -> None:
@@ -28,7 +38,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @rpc
     async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
-        decision = await self._engine.decide_async(converters.recommend_request_to_domain(request))
+        limits = self._engine.config.limits
+        if request.ByteSize() > LARGE_REQUEST_BYTES:
+            asked = await asyncio.to_thread(converters.recommend_request_to_domain, request, limits)
+            decision = await self._engine.decide_async(asked, prepare_in_thread=True)
+        else:
+            decision = await self._engine.decide_async(converters.recommend_request_to_domain(request, limits))
+        if caller_gone(context):
+            await self._engine.mark_undelivered(decision.event_id)
         return converters.decision_to_proto(decision)
 
     @rpc
@@ -48,7 +65,7 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context: Context) -> pb.UpsertItemsResponse:
-        items = [converters.item_to_domain(f"items[{i}]", item) for i, item in enumerate(request.items)]
+        items = converters.items_to_domain(request.items, self._engine.config.limits)
         return pb.UpsertItemsResponse(upserted=await asyncio.to_thread(self._engine.upsert_items, items))
 
     @rpc
@@ -90,3 +107,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             raise PreconditionFailed("policy_registry", "not set: start the server with --policy-registry URI")
         changed, policy = await asyncio.to_thread(self._champion.reload)
         return pb.ReloadPolicyResponse(changed=changed, registered_policy=converters.registered_policy_to_proto(policy))
+
+    @rpc
+    async def ForgetUser(self, request: pb.ForgetUserRequest, context: Context) -> pb.ForgetUserResponse:
+        return converters.forgotten_user_to_proto(await asyncio.to_thread(self._engine.forget_user, request.user_id))

@@ -16,6 +16,7 @@ from typing import Any
 from engine.bandit import BanditConfig
 from engine.core import EngineConfig
 from engine.errors import InvalidRequest
+from engine.privacy import read_key
 from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.validation import Limits
 
@@ -47,6 +48,15 @@ class Settings:
     embeddings_poll_interval: float = 5.0
     policy_registry: str = ""
     policy_poll_interval: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    allow_insecure: bool = False
+    auth_tokens: str = ""
+    max_in_flight: int = 256
+    max_request_bytes: int = 1 << 20
+    pseudonymize_user_ids: str = ""
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -89,6 +99,7 @@ class Settings:
             checkpoint_interval=self.checkpoint_interval,
             retrieval_top_n=self.retrieval_top_n,
             embeddings_poll_interval=self.embeddings_poll_interval,
+            user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
         )
 
     def reward_range_warning(self) -> str | None:

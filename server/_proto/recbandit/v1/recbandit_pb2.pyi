@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -9,6 +10,19 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_STOREFRONT: _ClassVar[Role]
+    ROLE_CATALOG: _ClassVar[Role]
+    ROLE_ADMIN: _ClassVar[Role]
+ROLE_UNSPECIFIED: Role
+ROLE_STOREFRONT: Role
+ROLE_CATALOG: Role
+ROLE_ADMIN: Role
+REQUIRED_ROLE_FIELD_NUMBER: _ClassVar[int]
+required_role: _descriptor.FieldDescriptor
 
 class FeatureValue(_message.Message):
     __slots__ = ("string_value", "number_value", "bool_value", "list_value")
@@ -297,3 +311,21 @@ class ReloadPolicyResponse(_message.Message):
     changed: bool
     registered_policy: RegisteredPolicy
     def __init__(self, changed: _Optional[bool] = ..., registered_policy: _Optional[_Union[RegisteredPolicy, _Mapping]] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("decisions_deleted", "rewards_deleted", "outcomes_deleted", "embedding_removed")
+    DECISIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    decisions_deleted: int
+    rewards_deleted: int
+    outcomes_deleted: int
+    embedding_removed: bool
+    def __init__(self, decisions_deleted: _Optional[int] = ..., rewards_deleted: _Optional[int] = ..., outcomes_deleted: _Optional[int] = ..., embedding_removed: _Optional[bool] = ...) -> None: ...

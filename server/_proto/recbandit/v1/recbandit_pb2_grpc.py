@@ -397,6 +397,11 @@ class AdminStub:
                 request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recbandit.v1.Admin/ForgetUser',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -434,6 +439,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetUser(self, request, context):
+        """Delete everything the event log and the server's memory hold about one user: decisions,
+        rewards, final outcomes not yet learned, and the user's embedding. Models trained afterwards
+        no longer see the user. With --pseudonymize-user-ids, send the raw user_id as Recommend did.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +470,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +588,33 @@ class Admin:
             '/recbandit.v1.Admin/ReloadPolicy',
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyRequest.SerializeToString,
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/ForgetUser',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

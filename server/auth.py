@@ -1,0 +1,168 @@
+"""Bearer tokens and roles: who may call which RPC.
+
+``--auth-tokens FILE`` names a file with one ``ROLE TOKEN`` per line (``#`` starts a comment).
+The roles are ordered, ``storefront < catalog < admin``, and every RPC of the proto declares the
+least role that may call it (the method option ``required_role``), so the rule for a new RPC is
+written where the RPC is. Clients send ``authorization: Bearer TOKEN``:
+
+- no token, or one the file does not hold: ``UNAUTHENTICATED``;
+- a valid token below the RPC's role: ``PERMISSION_DENIED``;
+- Health is open to everyone; reflection, and any other service, needs a valid token.
+
+The check runs in an interceptor, before the request is decoded, so a refused call costs no
+parsing. Tokens are kept as SHA-256 digests and compared with :func:`hmac.compare_digest`
+against every entry, and are never logged. :meth:`Tokens.reload` re-reads the file (on SIGHUP);
+a file that does not read keeps the tokens in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import stat
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ROLES = {"storefront": pb.ROLE_STOREFRONT, "catalog": pb.ROLE_CATALOG, "admin": pb.ROLE_ADMIN}
+ROLE_NAMES = {role: name for name, role in ROLES.items()}
+MIN_TOKEN_LENGTH = 16
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+STREAMING_PREFIXES = ("/grpc.reflection.",)
+
+
+class TokenFileError(ValueError):
+    """The tokens file breaks its format; the message names the line, never the token."""
+
+
+def method_roles() -> dict[str, int]:
+    """``/recbandit.v1.Recommender/Recommend`` → the least role that may call it, from the proto."""
+    roles = {}
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            role = method.GetOptions().Extensions[pb.required_role]
+            if role == pb.ROLE_UNSPECIFIED:
+                raise TypeError(f"{method.full_name} declares no required_role in the proto")
+            roles[f"/{service.full_name}/{method.name}"] = role
+    return roles
+
+
+def read_tokens(path: Path) -> list[tuple[bytes, int]]:
+    """The tokens of ``path`` as (SHA-256 digest, role) pairs."""
+    entries: list[tuple[bytes, int]] = []
+    seen: set[bytes] = set()
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"{path}, line {number}"
+        if len(words) != 2:
+            raise TokenFileError(f"{where}: must be 'ROLE TOKEN', got {len(words)} words")
+        role_name, token = words
+        if role_name not in ROLES:
+            raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}, got {role_name[:20]!r}")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenFileError(f"{where}: the token must have at least {MIN_TOKEN_LENGTH} characters")
+        digest = _digest(token)
+        if digest in seen:
+            raise TokenFileError(f"{where}: the same token is given twice")
+        seen.add(digest)
+        entries.append((digest, ROLES[role_name]))
+    if not entries:
+        raise TokenFileError(f"{path}: holds no tokens")
+    return entries
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Tokens:
+    """The tokens of a file and their roles; :meth:`reload` swaps in the file's current content."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._entries = read_tokens(self.path)
+        self._lock = threading.Lock()
+        if self.path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the tokens file %s can be read by other users; chmod 600 it", self.path)
+
+    def reload(self) -> bool:
+        """Read the file again; on an error keep the tokens in force and log why (never a token)."""
+        try:
+            entries = read_tokens(self.path)
+        except (OSError, UnicodeDecodeError, TokenFileError) as error:
+            log.error("tokens not reloaded, the previous ones stay in force: %s", error)
+            return False
+        with self._lock:
+            self._entries = entries
+        log.info("reloaded %d token(s) from %s", len(entries), self.path)
+        return True
+
+    def role_of(self, token: str) -> int | None:
+        """The role of ``token``, or None; the time taken does not depend on which entry matches."""
+        digest = _digest(token)
+        role = None
+        for known, known_role in self._entries:
+            if hmac.compare_digest(known, digest):
+                role = known_role
+        return role
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Lets a call through only with a token whose role may call its method."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+        self._roles = method_roles()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        if method.startswith(OPEN_PREFIXES):
+            return await continuation(details)
+        token = _bearer(details.invocation_metadata)
+        role = self._tokens.role_of(token) if token else None
+        if role is None:
+            return _refusal(method, grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or unknown token: send the metadata 'authorization: Bearer TOKEN'")
+        required = self._roles.get(method, pb.ROLE_STOREFRONT)  # reflection and the rest: any valid token
+        if role < required:
+            return _refusal(method, grpc.StatusCode.PERMISSION_DENIED,
+                            f"the {ROLE_NAMES[role]} role may not call {method}; it needs {ROLE_NAMES[required]}")
+        return await continuation(details)
+
+
+def _bearer(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _refusal(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler that answers ``code`` without reading the request."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if method.startswith(STREAMING_PREFIXES):
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata a client sends: ``(("authorization", "Bearer TOKEN"),)``."""
+    return (("authorization", f"Bearer {token}"),)

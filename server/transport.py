@@ -1,0 +1,72 @@
+"""How the server listens: TLS (and mTLS), who may listen in plaintext, and the channel's own bounds.
+
+- ``--tls-cert PEM --tls-key PEM`` serve TLS; adding ``--tls-client-ca PEM`` requires client
+  certificates signed by that CA (mTLS).
+- Plaintext is allowed on a loopback host (127.0.0.0/8, ::1, localhost). Any other ``--host``
+  needs TLS, or ``--allow-insecure`` to say that something else (a mesh, a tunnel) encrypts.
+- gRPC refuses a message over ``--max-request-bytes`` (``RESOURCE_EXHAUSTED``) before Python sees
+  it, refuses calls past ``--max-in-flight`` at once (``RESOURCE_EXHAUSTED``), and never shares a
+  port with another server unless ``--reuse-port`` asks for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from engine.errors import InvalidRequest
+from server.settings import Settings
+
+MAX_RESPONSE_BYTES = 16 << 20
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: only localhost is known to be local
+        return False
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings, or None for plaintext where plaintext is allowed."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise InvalidRequest("tls_cert", "--tls-cert and --tls-key go together: give both or neither")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise InvalidRequest("tls_client_ca", "needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+    if not settings.tls_cert:
+        if not (is_loopback(settings.host) or settings.allow_insecure):
+            raise InvalidRequest(
+                "host", f"{settings.host} is not a loopback address: serve TLS (--tls-cert, --tls-key) "
+                "or say --allow-insecure"
+            )
+        return None
+    key_pair = (_read_pem("tls_key", settings.tls_key), _read_pem("tls_cert", settings.tls_cert))
+    client_ca = _read_pem("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def _read_pem(setting: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidRequest(setting, f"cannot read {path}: {error.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise InvalidRequest(setting, f"{path} is not a PEM file")
+    return data
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    if settings.max_request_bytes < 1024:
+        raise InvalidRequest("max_request_bytes", f"must be at least 1024, got {settings.max_request_bytes}")
+    if settings.max_in_flight < 1:
+        raise InvalidRequest("max_in_flight", f"must be at least 1, got {settings.max_in_flight}")
+    return [
+        ("grpc.so_reuseport", int(settings.reuse_port)),
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+    ]
