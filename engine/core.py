@@ -124,12 +124,17 @@ class Engine:
                 await self.log.mark_delivery_async(prepared.event_id, delivered=True)
                 return dataclasses.replace(prepared, undelivered=False)
             return prepared
-        logged = await self.log.append_decision_async(prepared.decision, prepared.record)
+        try:
+            logged = await self.log.append_decision_async(prepared.decision, prepared.record)
+        except asyncio.CancelledError:  # the caller is gone; the insert is queued and will commit
+            self.log.post_undelivered(prepared.decision.event_id)
+            raise
         return self._decided(prepared, logged)
 
     async def mark_undelivered(self, event_id: str) -> None:
         """The caller of this decision was gone before the reply: never learn it with the default reward.
 
+        :meth:`decide_async` marks it itself when it is cancelled while the decision commits.
         A reward reported for it later is still learned, and a retried Recommend with the same
         ``event_id`` marks it delivered again.
         """

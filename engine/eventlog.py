@@ -243,11 +243,12 @@ class SQLiteEventLog:
 
     async def mark_delivery_async(self, event_id: str, delivered: bool) -> None:
         """Mark whether the decision reached its caller; an undelivered one gets no default reward."""
+        await self._writer.submit_async(_MarkDelivery(event_id, delivered))
 
-        def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ?", (int(not delivered), event_id))
-
-        await self._writer.submit_async(update)
+    def post_undelivered(self, event_id: str) -> None:
+        """:meth:`mark_delivery_async` as undelivered, from a coroutine that cannot wait (it is being
+        cancelled): the mark commits after the decision's own insert, queued before it."""
+        self._writer.post(_MarkDelivery(event_id, delivered=False))
 
     # -- privacy ---------------------------------------------------------------------------------
 
@@ -393,6 +394,17 @@ class _InsertDecision:
             if cursor.rowcount != len(chunk):
                 raise _EventIdTaken()
         return [None] * len(inserts)
+
+
+class _MarkDelivery:
+    __slots__ = ("event_id", "delivered")
+
+    def __init__(self, event_id: str, delivered: bool) -> None:
+        self.event_id = event_id
+        self.delivered = delivered
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ?", (int(not self.delivered), self.event_id))
 
 
 class _InsertReward:

@@ -102,6 +102,15 @@ class GroupCommitWriter:
         self._enqueue(_Pending(operation, future))
         return await future
 
+    def post(self, operation: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``operation`` in a coming transaction, after every operation submitted before it; nobody waits.
+
+        A failure is logged; the caller has gone on.
+        """
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_log_failure)
+        self._enqueue(_Pending(operation, future))
+
     def _enqueue(self, pending: _Pending) -> None:
         with self._ready:
             if self._closed:
@@ -213,6 +222,11 @@ class GroupCommitWriter:
                 conn.execute("ROLLBACK TO op")
                 pending.result, pending.error = None, error
             conn.execute("RELEASE op")
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a posted event log write failed: %s", future.exception())
 
 
 def _resolve(batch: list[_Pending]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,3 +82,29 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[RunningServer, 
 @pytest.fixture
 def server(start_server: Callable[..., tuple[RunningServer, SimpleNamespace]]) -> tuple[RunningServer, SimpleNamespace]:
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *key, "-subj", "/CN=recbandit-test-ca", "-days", "2", "-keyout", "ca.key", "-out", "ca.pem")
+    for name, san in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "subjectAltName=DNS:storefront")):
+        openssl("req", *key, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (folder / f"{name}.ext").write_text(san + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return SimpleNamespace(**{f"{n}_{part}": folder / f"{n}.{ext}" for n in ("ca", "server", "client")
+                              for part, ext in (("cert", "pem"), ("key", "key"))})
+
+
+def write_tokens(path: Path, tokens: dict[str, str]) -> Path:
+    """A tokens file with one ``ROLE TOKEN`` line per role."""
+    path.write_text("".join(f"{role} {token}\n" for role, token in tokens.items()))
+    path.chmod(0o600)
+    return path
