@@ -4,15 +4,23 @@
 model includes. Both are written to a temporary name, fsynced and renamed, the manifest last, so a
 crash at any point leaves the previous checkpoint intact. On start the engine loads the model and
 re-learns the outcomes after ``learned_seq`` from the log, so no learning is lost.
+
+The manifest also records the sha256 of the model file and the id of the event log it learned
+from. A checkpoint is refused (:class:`~engine.errors.StartupRefused`) when its model file is
+missing or differs, or when it does not fit the log: another log, or a log that ends before
+``learned_seq``. The log is the source of truth: ``recbandit rebuild-model`` relearns it whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from engine.errors import CorruptCheckpoint, StartupRefused, rebuild_advice
 
 MANIFEST = "checkpoint.json"
 
@@ -26,12 +34,16 @@ class Checkpoint:
     ts: float
     bandit: dict[str, object]
     policy: dict[str, str] | None = None  # the registered policy (model_name, version, alias) it came from
+    checksums: dict[str, str] = field(default_factory=dict)  # file name → sha256 (hex) of every file it names
+    log_id: str | None = None  # the event log it learned from (``SQLiteEventLog.log_id``); None: written before ids
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then rename it over ``path`` and fsync the folder."""
+    """Call ``write(tmp_path)`` on a private file (0600), fsync it, rename it over ``path`` and fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     write(str(tmp))
+    os.chmod(tmp, 0o600)  # a writer that replaced the file created it with the umask's mode
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -42,8 +54,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.close(directory)
 
 
-def write_checkpoint(directory: Path, save_model: Callable[[str], None], checkpoint: Checkpoint) -> None:
-    atomic_write(directory / checkpoint.model_file, save_model)
+def write_checkpoint(directory: Path, save_model: Callable[[str], None], checkpoint: Checkpoint) -> Checkpoint:
+    """Write the model file, then the manifest with the model file's sha256; return the checkpoint written."""
+    model = directory / checkpoint.model_file
+    atomic_write(model, save_model)
+    checkpoint = replace(checkpoint, checksums={checkpoint.model_file: sha256_of(model)})
 
     def write_manifest(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(asdict(checkpoint), indent=2))
@@ -52,11 +67,55 @@ def write_checkpoint(directory: Path, save_model: Callable[[str], None], checkpo
     for old in directory.glob("model-*.vw"):
         if old.name != checkpoint.model_file:
             old.unlink(missing_ok=True)
+    return checkpoint
 
 
 def read_checkpoint(directory: Path) -> Checkpoint | None:
-    manifest = directory / MANIFEST
-    if not manifest.exists():
+    """The checkpoint in ``directory``, None when there is none; refuse one whose model file is missing or differs."""
+    checkpoint = read_manifest(directory)
+    if checkpoint is None:
         return None
-    data = json.loads(manifest.read_text())
-    return Checkpoint(**data)
+    model = directory / checkpoint.model_file
+    if not model.is_file():
+        raise CorruptCheckpoint(directory, f"the checkpoint's model file {model} is missing")
+    expected = checkpoint.checksums.get(checkpoint.model_file)
+    if expected is not None and sha256_of(model) != expected:
+        raise CorruptCheckpoint(
+            directory, f"the checkpoint's model file {model} does not match its sha256 in {MANIFEST} (truncated or damaged?)"
+        )
+    return checkpoint
+
+
+def read_manifest(directory: Path) -> Checkpoint | None:
+    """The manifest in ``directory`` without looking at the files it names; refuse one that cannot be read."""
+    manifest = directory / MANIFEST
+    try:
+        data = json.loads(manifest.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise CorruptCheckpoint(directory, f"the checkpoint manifest {manifest} is not valid JSON ({error})") from None
+    try:
+        return Checkpoint(**data)
+    except TypeError as error:
+        raise CorruptCheckpoint(directory, f"the checkpoint manifest {manifest} is not a checkpoint ({error})") from None
+
+
+def check_fits_log(checkpoint: Checkpoint, directory: Path, log_id: str, last_assigned_seq: int) -> None:
+    """Refuse a checkpoint learned from another event log, or from outcomes this log never had."""
+    if checkpoint.log_id is not None and checkpoint.log_id != log_id:
+        raise StartupRefused(
+            f"the checkpoint in {directory} belongs to another event log (the log was replaced or deleted?): "
+            f"restore the events.db it learned from, or {rebuild_advice(directory)}"
+        )
+    if checkpoint.learned_seq > last_assigned_seq:
+        raise StartupRefused(
+            f"the checkpoint in {directory} has learned outcomes up to {checkpoint.learned_seq} but the event log "
+            f"ends at {last_assigned_seq} (restored from an older backup?): restore the matching events.db, "
+            f"or {rebuild_advice(directory)}"
+        )
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -19,12 +19,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
 from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
+from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady
 from engine.eventlog import Forgotten, SQLiteEventLog
@@ -72,8 +74,17 @@ class Engine:
         config.rewards.validate()
         self.config = config
         self._dir = Path(config.data_dir)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
+        with ExitStack() as undo:  # a failed start leaves the log closed and the directory unlocked
+            self._data_dir_lock = lock_data_dir(self._dir)
+            undo.callback(self._data_dir_lock.release)
+            self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
+            undo.callback(self.log.close)
+            self._start()
+            undo.pop_all()
+
+    def _start(self) -> None:
+        """The catalog, embeddings and model over the open log; re-learn what the log holds beyond the checkpoint."""
+        config = self.config
         catalog_lock = threading.Lock()
         self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.items.values(), catalog_lock)
         self._catalog = Catalog(self.log, config.limits, catalog_lock, self.embeddings)
@@ -320,6 +331,7 @@ class Engine:
         self._learner.learn_pending()
         self._learner.checkpoint()
         self.log.close()
+        self._data_dir_lock.release()
 
 
 @dataclass(frozen=True, slots=True)

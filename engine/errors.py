@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 SHOWN_CHARACTERS = 40
 """At most this many characters of a client's value are echoed in an error message."""
 
@@ -64,3 +66,19 @@ class StorageUnavailable(RecbanditError):
 
     def __init__(self) -> None:
         super().__init__("the event log cannot be written now; retry later (the server log has the cause)")
+
+
+class StartupRefused(RecbanditError):
+    """The engine will not start on this data directory as it is; the message says why and the way out."""
+
+
+class CorruptCheckpoint(StartupRefused):
+    """The checkpoint's manifest or model file is unreadable or not what it recorded."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], problem: str) -> None:
+        super().__init__(f"{problem}; {rebuild_advice(data_dir)}")
+
+
+def rebuild_advice(data_dir: str | os.PathLike[str]) -> str:
+    """The way out of a checkpoint that cannot be trusted: the log is the source of truth."""
+    return f"run `recbandit rebuild-model --data-dir {data_dir}` to rebuild the model from the event log"

@@ -12,6 +12,7 @@ what the bandit learns, in that order, exactly once) and ``items`` (the catalog)
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, UnknownEvent, shown
+from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, StartupRefused, UnknownEvent, shown
 from engine.groupcommit import GroupCommitWriter, Rejected
 from engine.records import (
     LoggedDecision,
@@ -90,8 +91,10 @@ class SQLiteEventLog:
     def __init__(self, path: str | Path, rules: RewardRules) -> None:
         self.path = str(path)
         self.rules = rules
+        _create_private(self.path)
         writer = self._connect()
         self._migrate(writer)
+        self._name_new_log(writer)
         self._writer = GroupCommitWriter(writer)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = [writer]
@@ -110,13 +113,18 @@ class SQLiteEventLog:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         found = int(row[0]) if row else None
         if found is not None and found > LOG_SCHEMA_VERSION:
-            raise RuntimeError(f"the event log's schema version is {found}, newer than the {LOG_SCHEMA_VERSION} "
-                               "this recbandit reads: upgrade recbandit")
+            raise StartupRefused(f"the event log's schema version is {found}, newer than the {LOG_SCHEMA_VERSION} "
+                                 "this recbandit reads: upgrade recbandit")
         script = "BEGIN;"
         if found is not None:
             script += "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION))
         script += _SCHEMA + f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{LOG_SCHEMA_VERSION}');COMMIT;"
         conn.executescript(script)
+
+    @staticmethod
+    def _name_new_log(conn: sqlite3.Connection) -> None:
+        """Give a new log its random :meth:`log_id`; a log that has one keeps it."""
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (os.urandom(16).hex(),))
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -296,6 +304,17 @@ class SQLiteEventLog:
     def last_outcome_seq(self) -> int:
         (seq,) = self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()
         return int(seq)
+
+    def last_assigned_seq(self) -> int:
+        """The highest outcome ``seq`` ever assigned: unlike :meth:`last_outcome_seq`, deleting outcomes
+        never lowers it, so a checkpoint that learned beyond it was learned from another copy of the log."""
+        row = self._reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'outcomes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def log_id(self) -> str:
+        """This log's random id, given when it was created: a checkpoint records the log it learned from."""
+        (value,) = self._reader().execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        return str(value)
 
     def counts(self) -> dict[str, int]:
         conn = self._reader()
@@ -500,6 +519,16 @@ def _reward_target(
     if deferred and activated_ts is None:
         raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
     return item_id, chosen.index(item_id)
+
+
+def _create_private(path: str) -> None:
+    """Make the log file readable by its owner alone (a new one is created so); SQLite gives its -wal and
+    -shm files the same mode when it creates them."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if os.stat(path).st_uid == os.getuid():
+            os.chmod(path, 0o600)
 
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:

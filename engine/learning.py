@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
-from engine.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.eventlog import SQLiteEventLog
 from engine.records import LoggedDecision, Outcome
 
@@ -67,7 +67,8 @@ class Learner:
     data_dir:
         Where checkpoints are written and read.
     log:
-        The event log the outcomes are learned from.
+        The event log the outcomes are learned from; a checkpoint that does not fit it is refused
+        (:func:`engine.checkpoint.check_fits_log`).
     bandit:
         The policy to start when ``data_dir`` holds no checkpoint.
     stopping:
@@ -108,6 +109,7 @@ class Learner:
             self.learned_seq = self.examples_learned = 0
             self.last_checkpoint: float | None = None
             return
+        check_fits_log(checkpoint, self.data_dir, self.log.log_id(), self.log.last_assigned_seq())
         saved = BanditConfig.from_dict(checkpoint.bandit)
         if saved != bandit:
             log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
@@ -221,8 +223,9 @@ class Learner:
                 ts=time.time(),
                 bandit=asdict(served.bandit.config),
                 policy=asdict(served.registered_policy) if served.registered_policy else None,
+                log_id=self.log.log_id(),
             )
-            write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
+            checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
             self.last_checkpoint = checkpoint.ts
         return checkpoint
 

@@ -32,9 +32,10 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
 from server.edge import add_services
+from server.errors import InFlight
 from server.servicers import AdminServicer, CatalogServicer, RecommenderServicer
 from server.settings import Settings
-from server.transport import server_credentials, server_options
+from server.transport import refuse_address_in_use, server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ async def build_server(
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(edge.tokens)] if edge.tokens is not None else None,
         options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_in_flight,
     )
+    in_flight = InFlight(settings.max_in_flight)  # one bound for every service
     add_services(server, {
-        "Recommender": RecommenderServicer(engine),
-        "Catalog": CatalogServicer(engine),
-        "Admin": AdminServicer(engine, champion),
+        "Recommender": RecommenderServicer(engine, in_flight),
+        "Catalog": CatalogServicer(engine, in_flight),
+        "Admin": AdminServicer(engine, champion, in_flight),
     })
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -82,7 +83,12 @@ async def build_server(
         names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    if not settings.reuse_port:
+        refuse_address_in_use(settings.host, settings.port)
+    try:
+        port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc raises this, rather than return 0, when it cannot bind
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: the address is in use or not this machine's")
     return server, port, health_servicer
@@ -186,9 +192,11 @@ def serve(settings: Settings) -> None:
         tokens = running.tokens
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tokens.reload, name="tokens-reload").start())
     info = running.engine.model_info()
+    transport = "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
     print(
         f"recbandit listening on {settings.host}:{running.port} "
-        f"(data {settings.data_dir}, model {info.model_version}, exploration {info.bandit.exploration})",
+        f"({transport}, {'tokens' if running.tokens else 'no tokens'}; data {settings.data_dir}, "
+        f"model {info.model_version}, exploration {info.bandit.exploration})",
         flush=True,
     )
     stop.wait()

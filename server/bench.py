@@ -14,6 +14,11 @@ Operations, each at every ``--concurrency`` (concurrent in-flight calls on one c
 ``Recommend``
     20 candidates (category, brand, price), 10 user features, 5 context features,
     ``num_results=1``; requests vary over seeded users, contexts and candidate sets.
+``Recommend over TLS with a token``
+    the same Recommend requests at the same concurrency, measured right after plaintext Recommend,
+    from a second client process to a second server in the parent that serves TLS (a throwaway
+    self-signed RSA 2048 certificate made with ``openssl``) and checks a storefront bearer token on
+    every call. Its throughput is reported as a ratio to plaintext Recommend's, not the ceiling's.
 ``Feedback``
     reward 1.0, label ``click``, one call per event created by Recommend, so every reward is new
     and committed durably before the reply. The events of the Recommend rows are used first, then
@@ -36,13 +41,17 @@ import multiprocessing
 import os
 import platform
 import random
+import secrets
+import subprocess
 import tempfile
 import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
@@ -51,11 +60,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import RunningServer, start
+from server.auth import auth_metadata
 from server.servicers import RecommenderServicer
 from server.settings import Settings
 
 HOST = "127.0.0.1"
 HEALTH, RECOMMEND, FEEDBACK, CREATE_EVENTS = "Health/Check", "Recommend", "Feedback", "create events"
+RECOMMEND_TLS = "Recommend over TLS with a token"
+BASELINES = {RECOMMEND: HEALTH, FEEDBACK: HEALTH, RECOMMEND_TLS: RECOMMEND}
+"""The row each operation's throughput is divided by in the report, at the same concurrency."""
 
 NUM_ITEMS = 500
 NUM_USERS = 2000
@@ -87,6 +100,15 @@ class Job:
     seconds: float = 0.0
     warmup: float = 0.0
     count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the client process calls: a port on :data:`HOST`; for TLS, the server's certificate and a token."""
+
+    port: int
+    root_certificates: bytes | None = None
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +247,9 @@ def make_recommend_requests(seed: int, count: int = REQUEST_POOL) -> list[pb.Rec
 class BenchClient:
     """Runs :class:`Job` s over one ``grpc.aio`` channel and keeps the events Recommend created."""
 
-    def __init__(self, channel: grpc.aio.Channel, seed: int) -> None:
+    def __init__(self, channel: grpc.aio.Channel, seed: int, token: str = "") -> None:
         recommender = pb_grpc.RecommenderStub(channel)
+        self._metadata = auth_metadata(token) if token else None
         self._recommend = recommender.Recommend
         self._feedback = recommender.Feedback
         self._check = health_pb2_grpc.HealthStub(channel).Check
@@ -238,16 +261,17 @@ class BenchClient:
     async def call(self, operation: str) -> bool:
         """Make one call of ``operation``; False when Feedback has no unrewarded event left."""
         if operation == HEALTH:
-            await self._check(self._health_request)
+            await self._check(self._health_request, metadata=self._metadata)
         elif operation == FEEDBACK:
             if not self._events:
                 return False
             event_id = self._events.popleft()
-            await self._feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0, label="click"))
+            await self._feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0, label="click"),
+                                 metadata=self._metadata)
         else:
             request = self._requests[self._next_request % len(self._requests)]
             self._next_request += 1
-            self._events.append((await self._recommend(request)).event_id)
+            self._events.append((await self._recommend(request, metadata=self._metadata)).event_id)
         return True
 
     async def _worker(self, operation: str, deadline: float, latencies: list[float]) -> bool:
@@ -291,12 +315,19 @@ class BenchClient:
         return summarise(job, latencies, elapsed, ran_out, warmup_calls + len(latencies), cpu)
 
 
-async def serve_jobs(conn: Connection, port: int, seed: int) -> None:
+def open_channel(target: Target) -> grpc.aio.Channel:
+    address = f"{HOST}:{target.port}"
+    if target.root_certificates is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=target.root_certificates))
+
+
+async def serve_jobs(conn: Connection, target: Target, seed: int) -> None:
     """Answer each :class:`Job` received on ``conn`` until ``None``; report failures as text."""
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+    async with open_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        client = BenchClient(channel, seed)
+        client = BenchClient(channel, seed, target.token)
         conn.send("ready")
         while (job := await loop.run_in_executor(None, conn.recv)) is not None:
             try:
@@ -305,10 +336,10 @@ async def serve_jobs(conn: Connection, port: int, seed: int) -> None:
                 conn.send(f"{job.operation} at concurrency {job.concurrency} failed:\n{traceback.format_exc()}")
 
 
-def client_main(conn: Connection, port: int, seed: int) -> None:
+def client_main(conn: Connection, target: Target, seed: int) -> None:
     """Entry point of the spawned client process."""
     try:
-        asyncio.run(serve_jobs(conn, port, seed))
+        asyncio.run(serve_jobs(conn, target, seed))
     finally:
         conn.close()
 
@@ -319,10 +350,10 @@ def client_main(conn: Connection, port: int, seed: int) -> None:
 class ClientProcess:
     """The spawned client process and the pipe that carries its jobs and results."""
 
-    def __init__(self, port: int, seed: int) -> None:
+    def __init__(self, target: Target, seed: int) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=client_main, args=(child_conn, port, seed), name="bench-client")
+        self._process = context.Process(target=client_main, args=(child_conn, target, seed), name="bench-client")
         self._process.daemon = True
         self._process.start()
         child_conn.close()
@@ -378,6 +409,20 @@ def measure(running: RunningServer, client: ClientProcess, job: Job) -> Result:
     return result
 
 
+class InProcessContext:
+    """The little of a call's context the servicers read, for calls made in this process: no deadline, never
+    cancelled, and an abort that raises."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise RuntimeError(f"{code.name}: {details}")
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerResult:
     """The servicer's own work for ``calls`` calls, without gRPC: throughput and CPU per call."""
@@ -424,13 +469,14 @@ def measure_handlers(running: RunningServer, seed: int, seconds: float) -> list[
     the transport's.
     """
     servicer = RecommenderServicer(running.engine)
+    context = InProcessContext()
     event_ids: list[str] = []
 
     async def recommend(request: Message) -> None:
-        event_ids.append((await servicer.Recommend(request, None)).event_id)  # type: ignore[arg-type]
+        event_ids.append((await servicer.Recommend(request, context)).event_id)  # type: ignore[arg-type]
 
     async def feedback(request: Message) -> None:
-        await servicer.Feedback(request, None)  # type: ignore[arg-type]
+        await servicer.Feedback(request, context)  # type: ignore[arg-type]
 
     def run(operation: str, call: Callable[[Message], Awaitable[object]], requests: Iterator[Message]) -> HandlerResult:
         running.engine.wait_until_learned(timeout=LEARN_TIMEOUT)
@@ -452,14 +498,16 @@ def measure_handlers(running: RunningServer, seed: int, seconds: float) -> list[
     ]
 
 
-def run_benchmark(running: RunningServer, args: argparse.Namespace) -> list[Result]:
-    """Ceiling and Recommend at each concurrency, then Feedback over the events Recommend made."""
-    client = ClientProcess(running.port, args.seed)
-    try:
+def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target,
+                  args: argparse.Namespace) -> list[Result]:
+    """Ceiling, Recommend and Recommend over TLS at each concurrency, then Feedback over Recommend's events."""
+    with (closing(ClientProcess(Target(running.port), args.seed)) as client,
+          closing(ClientProcess(tls_target, args.seed)) as tls_client):
         results: list[Result] = []
         for concurrency in args.concurrency:
             for operation in (HEALTH, RECOMMEND):
                 results.append(measure(running, client, Job(operation, concurrency, args.seconds, args.warmup)))
+            results.append(measure(tls, tls_client, Job(RECOMMEND_TLS, concurrency, args.seconds, args.warmup)))
         ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
         for concurrency in args.concurrency:
             needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
@@ -467,27 +515,32 @@ def run_benchmark(running: RunningServer, args: argparse.Namespace) -> list[Resu
             client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), seconds=budget, count=needed))
             results.append(measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup)))
         return results
-    finally:
-        client.close()
+
+
+def throughput_ratio(result: Result, results: Sequence[Result]) -> float | None:
+    """``result``'s throughput over its :data:`BASELINES` row's at the same concurrency; None without one."""
+    baseline = BASELINES.get(result.operation, result.operation)
+    rates = [r.rate for r in results if r.operation == baseline and r.concurrency == result.concurrency]
+    return result.rate / rates[0] if rates and rates[0] else None
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """The Markdown table of every row, with throughput relative to the ceiling's."""
-    ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
+    """The Markdown table of every row, with throughput relative to its baseline's (mostly the ceiling)."""
     lines = [
-        "| operation | concurrency | calls | calls/s | p50 ms | p99 ms | throughput / ceiling"
+        "| operation | concurrency | calls | calls/s | p50 ms | p99 ms | throughput / baseline"
         " | server CPU µs/call | client CPU µs/call | cores busy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = {HEALTH: 0, RECOMMEND: 1, FEEDBACK: 2}
+    order = {HEALTH: 0, RECOMMEND: 1, RECOMMEND_TLS: 2, FEEDBACK: 3}
     for r in sorted(results, key=lambda r: (order[r.operation], r.concurrency)):
         name = f"{r.operation} (ceiling)" if r.operation == HEALTH else r.operation
-        ceiling = ceilings.get(r.concurrency, 0.0)
-        ratio = f"{r.rate / ceiling:.2f}" if ceiling else "n/a"
+        ratio = throughput_ratio(r, results)
         note = " (ran out of events)" if r.ran_out_of_events else ""
         cells = (name + note, str(r.concurrency), f"{r.calls:,}", f"{r.rate:,.0f}")
         cpu = (f"{r.server_cpu_us:,.0f}", f"{r.client_cpu_us:,.0f}", f"{r.cores_busy:.2f}")
-        lines.append("| " + " | ".join((*cells, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratio, *cpu)) + " |")
+        latency_and_ratio = (f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", "n/a" if ratio is None else f"{ratio:.2f}")
+        lines.append("| " + " | ".join((*cells, *latency_and_ratio, *cpu)) + " |")
+    lines += ["", f"Baseline: the ceiling at the same concurrency; for {RECOMMEND_TLS}, plaintext {RECOMMEND}."]
     return "\n".join(lines)
 
 
@@ -591,25 +644,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@contextmanager
+def serving(settings: Settings) -> Iterator[RunningServer]:
+    """A server started on ``settings``, stopped on leaving the block."""
+    running = start(settings)
+    try:
+        yield running
+    finally:
+        running.stop(grace=1.0)
+
+
+def tls_settings_and_token(folder: Path) -> tuple[Settings, str]:
+    """Settings for a server that serves TLS with a throwaway self-signed certificate for :data:`HOST`
+    and takes one storefront token, all made in ``folder``; and the token."""
+    folder.mkdir()
+    cert, key, tokens = folder / "cert.pem", folder / "key.pem", folder / "tokens"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    token = secrets.token_urlsafe(24)
+    tokens.write_text(f"storefront {token}\n")
+    tokens.chmod(0o600)
+    settings = Settings(port=0, host=HOST, data_dir=str(folder / "data"), tls_cert=str(cert), tls_key=str(key),
+                        auth_tokens=str(tokens))
+    return settings, token
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Start a server on a temporary data directory, benchmark it, print the report."""
+    """Start a plaintext and a TLS server on temporary data directories, benchmark them, print the report."""
     args = parse_args(argv)
     began = time.perf_counter()
     print(f"recbandit bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"{args.warmup:g} s warm-up + {args.seconds:g} s per row", flush=True)
-    with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as data_dir:
-        settings = Settings(port=0, host=HOST, data_dir=data_dir)
-        running = start(settings)
-        try:
-            results = run_benchmark(running, args)
+    with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as workdir:
+        tls_settings, token = tls_settings_and_token(Path(workdir) / "tls")
+        with (serving(Settings(port=0, host=HOST, data_dir=str(Path(workdir) / "data"))) as running,
+              serving(tls_settings) as tls):
+            tls_target = Target(tls.port, Path(tls_settings.tls_cert).read_bytes(), token)
+            results = run_benchmark(running, tls, tls_target, args)
             try:
                 handlers = measure_handlers(running, args.seed, args.seconds)
             except Exception:  # the gRPC rows are measured: report them anyway
                 print(f"the servicers-alone phase failed:\n{traceback.format_exc()}", flush=True)
                 handlers = []
-        finally:
-            running.stop(grace=1.0)
     print()
     print(format_table(results))
     print()

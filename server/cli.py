@@ -1,18 +1,26 @@
-"""The ``recbandit`` command: serve, export-log, demo, import-obd, train-embeddings, evaluate, promote."""
+"""The ``recbandit`` command: serve, rebuild-model, export-log, demo, import-obd, train-embeddings, evaluate, promote."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
+from engine.errors import InvalidRequest, RecbanditError
 from server.settings import Settings
 
+REBUILD_SETTINGS = ("data_dir", "exploration", "exploration_parameter", "interactions", "learning_rate", "reward_range")
+"""The settings ``rebuild-model`` reads: where the log is, and the policy of a model started afresh."""
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: Collection[str] | None = None) -> None:
     for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -29,8 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve Recommend/Feedback over gRPC")
     _add_settings_flags(serve)
 
+    rebuild = commands.add_parser(
+        "rebuild-model", help="relearn the model from the event log, when its checkpoint cannot be trusted",
+        description="Learn every final outcome in the event log into a fresh model with the checkpoint's policy "
+                    "(or, when its manifest is unreadable, the flags') and checkpoint it. Stop the server first.",
+    )
+    _add_settings_flags(rebuild, REBUILD_SETTINGS)
+
     export = commands.add_parser("export-log", help="write the joined event log as JSON Lines or Parquet")
-    export.add_argument("--data-dir", default=Settings.data_dir)
+    export.add_argument("--data-dir", default=Settings().data_dir)
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: by --out suffix")
 
@@ -64,11 +79,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rebuild_model(args: argparse.Namespace) -> int:
+    from engine.rebuild import rebuild_model
+
+    try:
+        config = Settings.from_env(**{name: getattr(args, name) for name in REBUILD_SETTINGS}).engine_config()
+    except (InvalidRequest, ValueError) as error:
+        print(f"rebuild-model: {error}", file=sys.stderr)
+        return 2
+    try:
+        rebuilt = rebuild_model(config)
+    except (RecbanditError, sqlite3.DatabaseError, OSError) as error:
+        print(f"rebuild-model: {_why_not_started(error, str(config.data_dir))}", file=sys.stderr)
+        return 2
+    print(f"rebuild-model: learned {rebuilt.outcomes_learned} outcomes from {rebuilt.event_log}; "
+          f"the model is now {rebuilt.model_version} (exploration {rebuilt.bandit.exploration})")
+    return 0
+
+
+def _why_not_started(error: Exception, data_dir: str) -> str:
+    """One line for a refused start: the error's own message, or what a damaged event log means."""
+    if isinstance(error, sqlite3.OperationalError):
+        return f"the event log {Path(data_dir) / 'events.db'} cannot be used ({error})"
+    if isinstance(error, sqlite3.DatabaseError):
+        return f"the event log {Path(data_dir) / 'events.db'} is not a readable SQLite database ({error})"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
-        from engine.errors import InvalidRequest
         from server.app import serve
 
         overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
@@ -82,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("recbandit.serve").warning(warning)
         try:
             serve(settings)
-        except InvalidRequest as error:  # a setting the engine rejects when it starts
-            print(f"serve: {error}", file=sys.stderr)
+        except (RecbanditError, sqlite3.DatabaseError, OSError) as error:  # refused at start: one line, no traceback
+            print(f"serve: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
             return 2
+    elif args.command == "rebuild-model":
+        return _rebuild_model(args)
     elif args.command == "export-log":
         from engine.eventlog import SQLiteEventLog
         from engine.export import export_jsonl, export_parquet
@@ -118,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"import-obd: {error}", file=sys.stderr)
             return 2
     elif args.command == "train-embeddings":
-        from engine.errors import InvalidRequest
         from training.embeddings import run as train_embeddings
 
         try:
@@ -127,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train-embeddings: {error}", file=sys.stderr)
             return 2
     elif args.command in ("evaluate", "promote"):
-        from engine.errors import InvalidRequest
         from training.evaluate import run as run_evaluate
         from training.registry import run_promote
 

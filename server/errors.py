@@ -37,6 +37,24 @@ MAX_MESSAGE_LENGTH = 512
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class InFlight:
+    """How many calls the servicers are serving now, and how many they may (``--max-in-flight``).
+
+    Counted here, on the event loop, rather than by grpc's ``maximum_concurrent_rpcs``, whose
+    asyncio form lets calls past the limit through or cancels them. Health is not counted, so
+    probes still answer when the server sheds load.
+    """
+
+    __slots__ = ("limit", "count")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+
+UNLIMITED = InFlight(1 << 62)
+
+
 def status_code(error: RecbanditError) -> grpc.StatusCode | None:
     """The status of ``error``'s nearest class in :data:`STATUS_CODES`; None if it has none."""
     for cls in type(error).__mro__:
@@ -50,6 +68,7 @@ def rpc(method: F) -> F:
     """Run a servicer coroutine at the edge's rules.
 
     - Bytes that did not decode (:class:`~server.edge.Undecodable`): ``INVALID_ARGUMENT``.
+    - Past the servicer's :class:`InFlight` limit (``self.in_flight``): ``RESOURCE_EXHAUSTED`` at once.
     - A call whose deadline passed before it started: ``DEADLINE_EXCEEDED``, and no work.
     - Domain errors: their status, with a message cut to :data:`MAX_MESSAGE_LENGTH`.
     - Anything else, a domain error without a status included: logged with its traceback,
@@ -61,9 +80,14 @@ def rpc(method: F) -> F:
         if type(request) is Undecodable:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"request could not be decoded as {request.message_name}")
+        in_flight: InFlight = self.in_flight
+        if in_flight.count >= in_flight.limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the server is serving its limit of {in_flight.limit} calls; retry with backoff")
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started")
+        in_flight.count += 1
         try:
             return await method(self, request, context)
         except Exception as error:
@@ -72,5 +96,7 @@ def rpc(method: F) -> F:
                 log.exception("%s failed", method.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
             await context.abort(code, str(error)[:MAX_MESSAGE_LENGTH])
+        finally:
+            in_flight.count -= 1
 
     return wrapper  # type: ignore[return-value]

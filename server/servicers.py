@@ -18,7 +18,7 @@ from server import converters
 from server.champion import ChampionFollower
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
-from server.errors import rpc
+from server.errors import UNLIMITED, InFlight, rpc
 
 Context = grpc.aio.ServicerContext
 
@@ -33,8 +33,9 @@ def caller_gone(context: Context) -> bool:
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight = UNLIMITED) -> None:
         self._engine = engine
+        self.in_flight = in_flight
 
     @rpc
     async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
@@ -60,8 +61,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight = UNLIMITED) -> None:
         self._engine = engine
+        self.in_flight = in_flight
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context: Context) -> pb.UpsertItemsResponse:
@@ -80,9 +82,10 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine, champion: ChampionFollower | None = None) -> None:
+    def __init__(self, engine: Engine, champion: ChampionFollower | None = None, in_flight: InFlight = UNLIMITED) -> None:
         self._engine = engine
         self._champion = champion
+        self.in_flight = in_flight
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:

@@ -5,13 +5,15 @@
 - Plaintext is allowed on a loopback host (127.0.0.0/8, ::1, localhost). Any other ``--host``
   needs TLS, or ``--allow-insecure`` to say that something else (a mesh, a tunnel) encrypts.
 - gRPC refuses a message over ``--max-request-bytes`` (``RESOURCE_EXHAUSTED``) before Python sees
-  it, refuses calls past ``--max-in-flight`` at once (``RESOURCE_EXHAUSTED``), and never shares a
-  port with another server unless ``--reuse-port`` asks for it.
+  it, and never shares a port with another server unless ``--reuse-port`` asks for it.
+  (Calls past ``--max-in-flight`` are refused by :class:`server.errors.InFlight`.)
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ from engine.errors import InvalidRequest
 from server.settings import Settings
 
 MAX_RESPONSE_BYTES = 16 << 20
+MAX_PENDING_CALLS = 10_000
+"""Calls gRPC's core may hold before the event loop takes them. Its defaults (1,000, then 3,000)
+cancel the calls of a burst with a bare ``CANCELLED`` (a tenth of 2,000 sent at once) before any
+servicer sees them; held, each call's buffered bytes are bounded by HTTP/2 flow control, and
+recbandit sheds with ``RESOURCE_EXHAUSTED`` (:class:`server.errors.InFlight`) or refuses calls
+whose deadline passed while they waited."""
 
 
 def is_loopback(host: str) -> bool:
@@ -69,4 +77,25 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", int(settings.reuse_port)),
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
+
+
+def refuse_address_in_use(host: str, port: int) -> None:
+    """OSError when another process listens on ``host:port``, checked before gRPC binds (gRPC would
+    log its own error line first). Port 0 is always free; other bind errors are left to gRPC."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no listener
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot bind {host}:{port}: the address is in use") from None

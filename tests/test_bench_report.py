@@ -10,18 +10,22 @@ from server.bench import (
     FEEDBACK,
     HEALTH,
     RECOMMEND,
+    RECOMMEND_TLS,
     HandlerResult,
     Result,
     format_breakdown,
+    format_table,
     ratio_bound,
     percentile,
     target_checks,
+    throughput_ratio,
 )
 
 
-def row(operation: str, rate: float, *, client_us: float, server_us: float, p99_ms: float = 1.0) -> Result:
+def row(operation: str, rate: float, *, client_us: float, server_us: float, p99_ms: float = 1.0,
+        concurrency: int = 16) -> Result:
     calls = int(rate * 4)
-    return Result(operation, 16, calls, 4.0, 0.5, p99_ms, all_calls=calls,
+    return Result(operation, concurrency, calls, 4.0, 0.5, p99_ms, all_calls=calls,
                   client_cpu_seconds=calls * client_us / 1e6, server_cpu_seconds=calls * server_us / 1e6,
                   wall_seconds=4.0)
 
@@ -70,3 +74,18 @@ def test_targets_are_judged_at_concurrency_16() -> None:
         "Recommend p99 <= 5 ms": True,
         "Feedback >= 3,000 calls/s": False,
     }
+
+
+def test_recommend_over_tls_is_a_ratio_to_plaintext_recommend_at_the_same_concurrency() -> None:
+    results = [row(HEALTH, 2000, client_us=1, server_us=1), row(RECOMMEND, 800, client_us=1, server_us=1),
+               row(RECOMMEND_TLS, 720, client_us=1, server_us=1),
+               row(RECOMMEND, 500, client_us=1, server_us=1, concurrency=1),
+               row(RECOMMEND_TLS, 400, client_us=1, server_us=1, concurrency=1)]
+    assert throughput_ratio(results[0], results) == pytest.approx(1.0)
+    assert throughput_ratio(results[1], results) == pytest.approx(0.4)
+    assert throughput_ratio(results[2], results) == pytest.approx(0.9)
+    assert throughput_ratio(results[4], results) == pytest.approx(0.8)
+    assert throughput_ratio(results[3], results) is None  # no ceiling measured at concurrency 1
+    table = format_table(results)
+    assert "| Recommend over TLS with a token | 16 | 2,880 | 720 | 0.50 | 1.00 | 0.90 |" in table
+    assert "| Recommend | 1 | 2,000 | 500 | 0.50 | 1.00 | n/a |" in table

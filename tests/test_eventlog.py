@@ -125,3 +125,35 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_duration_names_the_setting() -> None:
     with pytest.raises(InvalidRequest, match="reward_window: not a duration"):
         parse_duration("ten minutes")
+
+
+def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tmp_path: Path) -> None:
+    import sqlite3
+
+    log = open_log(tmp_path)
+    log.append_decision(decision("old", time.time()))
+    log.close()
+    with sqlite3.connect(tmp_path / "events.db") as conn:  # make it the version-1 layout
+        conn.execute("DROP INDEX decisions_user")
+        conn.execute("ALTER TABLE decisions DROP COLUMN undelivered")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    log = open_log(tmp_path)
+    try:
+        old = log.get_decision("old")
+        assert old == decision("old", old.ts) and not old.undelivered
+        (version,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == "2"
+    finally:
+        log.close()
+
+
+def test_a_log_of_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    from engine.errors import StartupRefused
+
+    open_log(tmp_path).close()
+    with sqlite3.connect(tmp_path / "events.db") as conn:
+        conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 2 this recbandit reads"):
+        open_log(tmp_path)

@@ -25,6 +25,7 @@ from training.replay import (
     PolicyCandidate,
     ReplayResult,
     SlotExample,
+    event_log_path,
     load_joined,
     replay_fast,
     replay_python,
@@ -257,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
     began = time.perf_counter()
     source = args.log or args.data_dir
+    event_log_path(source)  # no log: refuse before the tracking store (and its folder) is created
     uri = args.tracking_uri or default_tracking_uri(args.data_dir)
     if args.no_register:
         evaluation = evaluate(source, config)

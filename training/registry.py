@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from engine.bandit import BanditConfig
 from engine.ope import Estimate
 from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
-from training.replay import PolicyCandidate
+from training.replay import PolicyCandidate, event_log_path
 from training.tracking import data_tags, log_evaluation, tracking_client
 
 if TYPE_CHECKING:
@@ -67,6 +67,20 @@ def champion_version(client: MlflowClient) -> ModelVersion | None:
         return client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except MlflowException:
         return None
+
+
+def registered_version(client: MlflowClient, version: str) -> ModelVersion:
+    """Version ``version`` of ``recbandit-policy``; ValueError when there is no such version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(MODEL_NAME, version)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ValueError(f"version {version} of {MODEL_NAME} does not exist") from None
+        if err.error_code == "INVALID_PARAMETER_VALUE":
+            raise ValueError(f"version: must be a version number, got {version!r}") from None
+        raise
 
 
 def candidate_of(version: ModelVersion) -> PolicyCandidate:
@@ -158,7 +172,7 @@ def promote(
     if source is None and not force:
         raise ValueError("source: an event log to compare on is required unless force is set")
     client = tracking_client(tracking_uri)
-    target = client.get_model_version(MODEL_NAME, str(version))
+    target = registered_version(client, str(version))
     champion = champion_version(client)
     current = str(champion.version) if champion else None
     if force:
@@ -222,9 +236,23 @@ def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
 def run_promote(args: argparse.Namespace) -> int:
     from training.tracking import default_tracking_uri
 
+    source = args.log or args.data_dir
+    if not args.force:
+        event_log_path(source)  # refused before anything is created
     uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    _check_registry_exists(uri)
     config = EvaluationConfig(primary_estimator=args.estimator)
-    promotion = promote(uri, args.version, force=args.force, source=args.log or args.data_dir, config=config)
+    promotion = promote(uri, args.version, force=args.force, source=source, config=config)
     verdict = "is now champion" if promotion.promoted else "not promoted"
     print(f"recbandit-policy version {promotion.version} {verdict}: {promotion.reason}")
     return 0 if promotion.promoted else 1
+
+
+def _check_registry_exists(tracking_uri: str) -> None:
+    """Refuse a local registry that does not exist, rather than create an empty one (and its folder)."""
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not store.exists():
+            raise FileNotFoundError(
+                f"no policy registry at {store}: nothing is registered yet (run `recbandit evaluate` first)"
+            )

@@ -98,11 +98,7 @@ class ReplayResult:
 
 def load_joined(source: str | Path) -> list[dict[str, object]]:
     """Joined events from a data directory or ``events.db``, an exported ``.jsonl`` or ``.parquet``."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "events.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no event log at {path}")
+    path = event_log_path(source)
     if path.suffix == ".jsonl":
         with open(path) as lines:
             return [json.loads(line) for line in lines if line.strip()]
@@ -116,6 +112,17 @@ def load_joined(source: str | Path) -> list[dict[str, object]]:
         return list(log.joined())
     finally:
         log.close()
+
+
+def event_log_path(source: str | Path) -> Path:
+    """The log file of ``source``: a data directory's ``events.db`` (a path without a suffix is a
+    directory, present or not), or the file itself; FileNotFoundError when it does not exist."""
+    path = Path(source)
+    if path.is_dir() or not path.suffix:
+        path = path / "events.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no event log at {path}")
+    return path
 
 
 def _records_from_parquet(path: Path) -> list[dict[str, object]]:

@@ -1,0 +1,200 @@
+"""The ``recbandit`` command: every failure to start is one line on stderr and exit code 2, and the
+flags mean what they say."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoint import read_checkpoint
+from engine.core import Engine, EngineConfig
+from engine.datadir import unusable
+from engine.types import Candidate, DecisionRequest, RewardReport
+from server.cli import main
+from training.registry import MODEL_NAME
+from training.tracking import default_tracking_uri, tracking_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recbandit(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command to its end; one that serves instead of failing times out."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused command printed on stderr (and exited 2 with)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (result.returncode, len(result.stderr.splitlines())) == (2, 1), result.stderr
+    return result.stderr.strip()
+
+
+def serve(data: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return recbandit("serve", "--port", "0", "--data-dir", str(data), *flags)
+
+
+def logged(data: Path, events: int = 3) -> None:
+    """A data directory with ``events`` decisions, each rewarded, learned and checkpointed."""
+    engine = Engine(EngineConfig(data_dir=data))
+    try:
+        for i in range(events):
+            decision = engine.decide(DecisionRequest(user_id=f"u{i}", candidates=[Candidate("a"), Candidate("b")]))
+            engine.record_reward(RewardReport(decision.event_id, 1.0))
+        assert engine.wait_until_learned()
+    finally:
+        engine.close()
+
+
+# -- serve: startup failures -----------------------------------------------------------------------
+
+
+def test_serve_on_an_event_log_that_is_not_sqlite_prints_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").write_bytes(b"not a database, " * 512)
+    assert refused(serve(data)) == (
+        f"serve: the event log {data / 'events.db'} is not a readable SQLite database (file is not a database)"
+    )
+
+
+def test_serve_on_a_data_directory_in_use_prints_the_holders_pid(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    engine = Engine(EngineConfig(data_dir=data))
+    try:
+        assert refused(serve(data)) == (
+            f"serve: data directory {data} is in use by pid {os.getpid()} (another recbandit server?)"
+        )
+    finally:
+        engine.close()
+
+
+def test_serve_with_a_damaged_model_file_prints_the_way_out(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    logged(data)
+    checkpoint = read_checkpoint(data)
+    assert checkpoint is not None
+    model = data / checkpoint.model_file
+    model.write_bytes(model.read_bytes()[:-10])
+    line = refused(serve(data))
+    assert line.startswith(f"serve: the checkpoint's model file {model} does not match its sha256")
+    assert line.endswith(f"run `recbandit rebuild-model --data-dir {data}` to rebuild the model from the event log")
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare: a private mount namespace for a read-only tmpfs")
+def test_serve_on_a_read_only_file_system_says_read_only(tmp_path: Path) -> None:
+    """A read-only tmpfs in a mount namespace of its own: root ignores mode bits, not a read-only mount."""
+    mount_point = tmp_path / "readonly"
+    mount_point.mkdir()
+    data = mount_point / "data"
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"', str(mount_point),
+         sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert refused(result) == f"serve: data directory {data} is on a read-only file system"
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.EROFS, "is on a read-only file system"),
+        (errno.EACCES, "is not writable by this user (Permission denied: d/LOCK)"),
+        (errno.EPERM, "is not writable by this user (Operation not permitted: d/LOCK)"),
+        (errno.ENOSPC, "cannot be used (No space left on device: d/LOCK)"),
+    ],
+)
+def test_why_a_data_directory_cannot_be_used(code: int, says: str) -> None:
+    assert str(unusable(Path("d"), OSError(code, os.strerror(code), "d/LOCK"))) == f"data directory d {says}"
+
+
+def test_a_second_server_on_a_port_in_use_is_refused(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first, _ = start_server()
+    with pytest.raises(OSError, match=rf"cannot bind 127\.0\.0\.1:{first.port}: the address is in use"):
+        start_server(port=first.port, data_dir=str(tmp_path / "second"))
+    line = refused(recbandit("serve", "--port", str(first.port), "--data-dir", str(tmp_path / "third")))
+    assert line.startswith(f"serve: cannot bind 127.0.0.1:{first.port}: the address is in use")
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_refuses_a_port_outside_0_to_65535(tmp_path: Path, port: str) -> None:
+    data = tmp_path / "data"
+    assert refused(recbandit("serve", "--port", port, "--data-dir", str(data))) == (
+        f"serve: port: must be within 0..65535, got {port}"
+    )
+    assert not data.exists()
+
+
+# -- export-log, evaluate, promote -----------------------------------------------------------------
+
+
+def test_export_log_reads_the_default_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    logged(tmp_path / "recbandit-data", events=2)
+    assert main(["export-log", "--out", "events.jsonl"]) == 0
+    assert capsys.readouterr().out == "wrote 2 events to events.jsonl\n"
+    assert [len(json.loads(line)["slots"]) for line in (tmp_path / "events.jsonl").read_text().splitlines()] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["evaluate", "--no-register"], "evaluate: no event log at {data}/events.db"),
+        (["evaluate"], "evaluate: no event log at {data}/events.db"),
+        (["promote", "--version", "1"], "promote: no event log at {data}/events.db"),
+        (["promote", "--version", "1", "--force"],
+         "promote: no policy registry at {data}/mlflow.db: nothing is registered yet (run `recbandit evaluate` first)"),
+    ],
+    ids=["evaluate-no-register", "evaluate", "promote", "promote-force"],
+)
+def test_evaluate_and_promote_on_a_missing_data_directory_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str], says: str
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "missing"
+    assert main([*command, "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err == says.format(data=data) + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["forced", "compared"])
+def test_promote_of_a_version_that_does_not_exist_prints_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    logged(data)
+    tracking_client(default_tracking_uri(data)).create_registered_model(MODEL_NAME)
+    result = recbandit("promote", "--version", "99", "--data-dir", str(data), *(["--force"] if force else []))
+    assert refused(result) == f"promote: version 99 of {MODEL_NAME} does not exist"
+
+
+def test_rebuild_model_refuses_a_data_directory_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    engine = Engine(EngineConfig(data_dir=data))
+    try:
+        assert main(["rebuild-model", "--data-dir", str(data)]) == 2
+        assert capsys.readouterr().err == (
+            f"rebuild-model: data directory {data} is in use by pid {os.getpid()} (another recbandit server?)\n"
+        )
+    finally:
+        engine.close()

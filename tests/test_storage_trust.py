@@ -1,0 +1,219 @@
+"""Storage you can trust: one engine per data directory, private files, and no checkpoint that does
+not match its model file or its event log; ``rebuild-model`` is the way back from a refused one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoint import MANIFEST, read_checkpoint
+from engine.core import Engine, EngineConfig
+from engine.errors import CorruptCheckpoint, StartupRefused
+from engine.eventlog import SQLiteEventLog
+from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.rewards import RewardRules
+from engine.types import Candidate
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.cli import main
+
+WAY_OUT = r"run `recbandit rebuild-model --data-dir .*` to rebuild the model from the event log"
+
+
+def play(client, count: int, offset: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """``count`` Recommend calls over six candidates, each clicked or not through Feedback."""
+    for i in range(offset, offset + count):
+        request = pb.RecommendRequest(user_id=f"u{i % 5}", candidates=[pb.Candidate(item_id=f"i{j}") for j in range(6)])
+        request.user_features["segment"].string_value = f"s{i % 3}"
+        event_id = client.recommender.Recommend(request).event_id
+        client.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, reward=float(i % 2)))
+
+
+def learned_and_stopped(start_server: Callable, count: int = 30, offset: int = 0) -> None:  # type: ignore[type-arg]
+    """Start a server on the test's data directory, play ``count`` visits, learn them and stop (checkpoint)."""
+    running, client = start_server()
+    play(client, count, offset)
+    assert running.engine.wait_until_learned()
+    client.channel.close()
+    running.stop(grace=1.0)
+
+
+# -- 7a: one engine per data directory -------------------------------------------------------------
+
+
+def test_a_second_engine_or_server_on_a_data_directory_in_use_is_refused_naming_the_holder(
+    start_server, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    running, client = start_server()
+    data = tmp_path / "data"
+    assert (data / "LOCK").read_text().strip() == str(os.getpid())
+    in_use = rf"data directory {data} is in use by pid {os.getpid()} \(another recbandit server\?\)"
+    with pytest.raises(StartupRefused, match=in_use):
+        Engine(EngineConfig(data_dir=data))
+    with pytest.raises(StartupRefused, match=in_use):
+        start_server()
+    play(client, 3)  # the first server is untouched by the refusals
+    client.channel.close()
+    running.stop(grace=1.0)
+    Engine(EngineConfig(data_dir=data)).close()  # released on close
+
+
+# -- 7b: private files -----------------------------------------------------------------------------
+
+
+def test_the_data_directory_and_every_file_in_it_are_private(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    umask = os.umask(0o022)
+    try:
+        running, client = start_server()
+        play(client, 10)
+        assert running.engine.wait_until_learned()
+        running.engine.checkpoint()
+        files = [p for p in data.rglob("*") if p.is_file()]
+        assert {"events.db", "events.db-wal", "LOCK", MANIFEST} <= {p.name for p in files}
+        assert any(p.suffix == ".vw" for p in files)
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files if p.stat().st_mode & 0o077} == {}
+        client.channel.close()
+    finally:
+        os.umask(umask)
+
+
+# -- 7c: the model file must be the one the manifest names ------------------------------------------
+
+
+def _truncate(fraction: float) -> Callable[[Path], None]:
+    def damage(model: Path) -> None:
+        data = model.read_bytes()
+        model.write_bytes(data[: int(len(data) * fraction)])
+
+    return damage
+
+
+def _flip_one_byte(model: Path) -> None:
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_truncate(0.5), "does not match its sha256"),
+        (_truncate(0.9), "does not match its sha256"),
+        (_flip_one_byte, "does not match its sha256"),
+        (Path.unlink, "is missing"),
+    ],
+    ids=["truncated-to-50%", "truncated-to-90%", "one-byte-flipped", "deleted"],
+)
+def test_a_damaged_model_file_is_refused_with_the_way_out(
+    start_server, tmp_path: Path, damage: Callable[[Path], None], problem: str  # type: ignore[no-untyped-def]
+) -> None:
+    learned_and_stopped(start_server)
+    data = tmp_path / "data"
+    checkpoint = read_checkpoint(data)
+    assert checkpoint is not None and set(checkpoint.checksums) == {checkpoint.model_file}
+    damage(data / checkpoint.model_file)
+    with pytest.raises(CorruptCheckpoint, match=f"model file {data / checkpoint.model_file} {problem}.*; {WAY_OUT}"):
+        start_server()
+
+
+def test_a_manifest_that_is_not_json_is_refused_with_the_way_out(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    learned_and_stopped(start_server)
+    manifest = tmp_path / "data" / MANIFEST
+    manifest.write_text(manifest.read_text()[:40])
+    with pytest.raises(CorruptCheckpoint, match=f"{manifest} is not valid JSON .*; {WAY_OUT}") as refused:
+        start_server()
+    assert "\n" not in str(refused.value)
+
+
+# -- 7d: the checkpoint must belong to the log, and not be ahead of it -------------------------------
+
+
+def _remove_log(data: Path) -> None:
+    for name in ("events.db", "events.db-wal", "events.db-shm"):
+        (data / name).unlink(missing_ok=True)
+
+
+def test_a_checkpoint_whose_event_log_was_deleted_is_refused(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    learned_and_stopped(start_server)
+    _remove_log(tmp_path / "data")
+    with pytest.raises(StartupRefused, match=r"belongs to another event log \(the log was replaced or deleted\?\)"
+                                             rf".*restore the events\.db .*or {WAY_OUT}"):
+        start_server()
+
+
+def test_a_checkpoint_ahead_of_an_older_copy_of_its_log_is_refused(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data, backup = tmp_path / "data", tmp_path / "backup"
+    learned_and_stopped(start_server, 20)
+    backup.mkdir()
+    for name in ("events.db", "events.db-wal", "events.db-shm"):
+        if (data / name).exists():
+            shutil.copy2(data / name, backup / name)
+    learned_and_stopped(start_server, 20, offset=20)
+    _remove_log(data)
+    for copy in backup.iterdir():
+        shutil.copy2(copy, data / copy.name)
+    with pytest.raises(StartupRefused, match=r"has learned outcomes up to 40 but the event log ends at 20 "
+                                             rf"\(restored from an older backup\?\).*{WAY_OUT}"):
+        start_server()
+
+
+def _decision(event_id: str, user_id: str) -> LoggedDecision:
+    ts = time.time()
+    return LoggedDecision(event_id, ts, user_id, {}, {}, (Candidate("a"), Candidate("b")),
+                          (SlotChoice("a", 0.5, (0.5, 0.5)),), "vw-test@0", deferred=False, deadline=ts + 60)
+
+
+def test_the_log_keeps_its_id_and_its_last_assigned_seq_when_outcomes_are_deleted(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log_id = log.log_id()
+    assert len(log_id) == 32 and log.last_assigned_seq() == 0
+    for i, user in enumerate(("kept", "forgotten", "forgotten")):
+        log.append_decision(_decision(f"e{i}", user))
+        log.append_reward(Reward(f"e{i}", "", "click", 1.0, time.time()))
+    log.forget_user("forgotten")
+    assert (log.last_outcome_seq(), log.last_assigned_seq()) == (1, 3)
+    log.close()
+    reopened = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    assert (reopened.log_id(), reopened.last_assigned_seq()) == (log_id, 3)
+    reopened.close()
+    assert SQLiteEventLog(tmp_path / "other.db", RewardRules()).log_id() != log_id
+
+
+# -- 7e: rebuild-model -----------------------------------------------------------------------------
+
+
+def test_rebuild_model_replays_the_log_after_a_refused_model_and_the_server_starts_again(
+    start_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    learned_and_stopped(start_server, 40)
+    data = tmp_path / "data"
+    checkpoint = read_checkpoint(data)
+    assert checkpoint is not None
+    _truncate(0.5)(data / checkpoint.model_file)
+    with pytest.raises(CorruptCheckpoint):
+        start_server()
+    capsys.readouterr()
+
+    assert main(["rebuild-model", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rebuilt = read_checkpoint(data)
+    assert rebuilt is not None and rebuilt.model_id != checkpoint.model_id
+    assert out == [f"rebuild-model: learned 40 outcomes from {data / 'events.db'}; "
+                   f"the model is now {rebuilt.model_id}@40 (exploration squarecb)"]
+    assert [p.name.startswith(f"{MANIFEST}.bad-") for p in data.glob(f"{MANIFEST}.bad-*")] == [True]
+
+    running, client = start_server()
+    outcomes = running.engine.log.counts()["outcomes"]
+    info = client.admin.GetModelInfo(pb.GetModelInfoRequest())
+    assert (info.examples_learned, info.examples_pending) == (outcomes, 0) == (40, 0)
+    play(client, 5, offset=40)
+    assert running.engine.wait_until_learned()
+    assert running.engine.model_info().examples_learned == 45
