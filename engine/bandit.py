@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.cache import BoundedCache
 from engine.errors import InvalidRequest
 from engine.types import Features
 
@@ -133,8 +134,7 @@ def affinity_segment(affinity: Features) -> str:
     return "|Affinity " + " ".join(_token(name, value) for name, value in affinity.items())
 
 
-_TOKEN_CACHE_SIZE = 1 << 16
-_tokens: dict[tuple[object, ...], str] = {}
+_tokens: BoundedCache[tuple[object, ...], str] = BoundedCache(max_entries=1 << 16, max_bytes=32 << 20)
 
 
 def _encode(features: Features) -> str:
@@ -147,9 +147,7 @@ def _encode(features: Features) -> str:
         token = tokens.get(key)
         if token is None:
             token = _token(name, value)
-            if len(tokens) >= _TOKEN_CACHE_SIZE:
-                tokens.clear()
-            tokens[key] = token
+            tokens.put(key, token, 3 * len(token))  # the key holds the name and value again
         out.append(token)
     return " ".join(out)
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from engine.bandit import action_line
+from engine.cache import BoundedCache
 from engine.records import candidate_to_json
 from engine.types import Candidate, Features, FeatureValue
 
@@ -44,12 +45,12 @@ class EncodedCandidates:
     converters and the catalog make them) are remembered, keyed by item id and the identity of
     that view. An entry holds the view itself, so its identity cannot pass to another object
     while the entry lives, and a view that nobody can change always encodes the same way. Other
-    candidates are encoded on every call. The cache forgets everything when full.
+    candidates are encoded on every call. The cache is bounded in entries and bytes, and forgets
+    everything when full.
     """
 
-    def __init__(self, capacity: int = 1 << 15) -> None:
-        self._capacity = capacity
-        self._entries: dict[tuple[str, int], tuple[Features, str, str]] = {}
+    def __init__(self, max_entries: int = 1 << 15, max_bytes: int = 64 << 20) -> None:
+        self._entries: BoundedCache[tuple[str, int], tuple[Features, str, str]] = BoundedCache(max_entries, max_bytes)
 
     def known(self, candidate: Candidate) -> bool:
         """Whether ``candidate`` was encoded before (so its features passed validation then)."""
@@ -65,7 +66,5 @@ class EncodedCandidates:
             return entry[1], entry[2]
         line, record = action_line(candidate.item_id, features), candidate_to_json(candidate)
         if type(features) is MappingProxyType:
-            if len(self._entries) >= self._capacity:
-                self._entries.clear()
-            self._entries[key] = (features, line, record)
+            self._entries.put(key, (features, line, record), 2 * (len(line) + len(record)))
         return line, record

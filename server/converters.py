@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from engine.cache import BoundedCache
 from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
 from engine.errors import InvalidRequest, shown
 from engine.features import frozen_features
@@ -47,35 +48,10 @@ def features_to_proto(features: Features, target: MutableMapping[str, pb.Feature
             target[name].list_value.values.extend(value)
 
 
-class CandidateCache:
-    """Request candidates converted once, found again by their wire bytes, at most ``max_bytes`` of them.
-
-    Storefronts send the same items with the same features again and again, so a candidate
-    converted once is found again by its serialised bytes (equal bytes always parse to an equal
-    message). Only candidates that passed every limit are kept, and the cache forgets everything
-    when its keys would pass ``max_bytes`` (each entry's objects are counted as twice its key).
-    """
-
-    def __init__(self, max_bytes: int = 32 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._entries: dict[bytes, Candidate] = {}
-        self._bytes = 0
-        self.get = self._entries.get
-
-    def put(self, key: bytes, candidate: Candidate) -> None:
-        cost = 3 * len(key)
-        if self._bytes + cost > self.max_bytes:
-            self._entries.clear()
-            self._bytes = 0
-        self._entries[key] = candidate
-        self._bytes += cost
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
-
-_candidates = CandidateCache()
+_candidates: BoundedCache[bytes, Candidate] = BoundedCache(max_entries=1 << 15, max_bytes=32 << 20)
+"""Request candidates converted once, found again by their wire bytes (equal bytes always parse to an
+equal message): storefronts send the same items with the same features again and again. Only
+candidates that passed every limit are kept; an entry costs about three times its key."""
 
 
 def candidate_to_domain(field: str, candidate: pb.Candidate, limits: Limits, key: bytes | None = None) -> Candidate:
@@ -88,7 +64,8 @@ def candidate_to_domain(field: str, candidate: pb.Candidate, limits: Limits, key
     features = features_to_domain(f"{field}.features", candidate.features)
     check_features(f"{field}.features", features, limits)
     found = Candidate(candidate.item_id, frozen_features(features))
-    _candidates.put(candidate.SerializeToString() if key is None else key, found)
+    key = candidate.SerializeToString() if key is None else key
+    _candidates.put(key, found, 3 * len(key))
     return found
 
 

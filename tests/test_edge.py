@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from engine.cache import BoundedCache
 from server import converters
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.edge import undecodable
@@ -67,8 +68,7 @@ def test_undecodable_bytes_get_invalid_argument_without_a_traceback(server, capl
 
 def test_oversized_requests_are_refused_and_nothing_is_cached(server) -> None:  # type: ignore[no-untyped-def]
     running, client = server
-    converters._candidates._entries.clear()
-    converters._candidates._bytes = 0
+    converters._candidates.clear()
     long_id = recommend_request()
     long_id.candidates[0].item_id = "x" * 1_000_000
     for call in range(350):
@@ -98,12 +98,18 @@ def test_echoed_names_and_ids_are_cut_short(server) -> None:  # type: ignore[no-
     assert code == grpc.StatusCode.NOT_FOUND and len(details) < 120 and "(200 characters)" in details
 
 
-def test_the_candidate_cache_is_bounded_in_bytes() -> None:
-    cache = converters.CandidateCache(max_bytes=3000)
+def test_caches_are_bounded_in_entries_and_bytes() -> None:
+    cache: BoundedCache[int, str] = BoundedCache(max_entries=50, max_bytes=3000)
     for j in range(100):
-        cache.put(bytes(100) + j.to_bytes(2, "big"), object())  # type: ignore[arg-type]
-        assert cache.bytes <= 3000
-    assert cache.get(bytes(100) + (99).to_bytes(2, "big")) is not None
+        cache.put(j, "x" * 100, 306)
+        assert cache.bytes <= 3000 and len(cache) <= 9
+    assert cache.get(99) == "x" * 100 and cache.get(0) is None
+    cache.put(100, "y", 3001)  # one entry over the bound is kept alone, and the next starts over
+    assert len(cache) == 1 and cache.get(100) == "y"
+    counted: BoundedCache[int, int] = BoundedCache(max_entries=3, max_bytes=1 << 20)
+    for j in range(7):
+        counted.put(j, j, 1)
+    assert len(counted) == 1 and counted.get(6) == 6
 
 
 def test_event_ids_are_random_and_a_reused_id_reveals_nothing(server) -> None:  # type: ignore[no-untyped-def]
