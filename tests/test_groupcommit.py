@@ -126,7 +126,7 @@ def test_records_built_from_cached_candidate_json_read_back_equal(tmp_path: Path
 
 
 def test_encoded_candidates_are_remembered_only_for_read_only_features() -> None:
-    cache = EncodedCandidates(capacity=4)
+    cache = EncodedCandidates(max_entries=4)
     frozen = Candidate("a", frozen_features({"price": 1.0, "flag": True}))
     assert isinstance(frozen.features, MappingProxyType)
     assert not cache.known(frozen)
