@@ -35,7 +35,10 @@ class Pseudonymizer:
 
 def read_key(path: str | Path) -> bytes:
     """The key in ``path``: its bytes without surrounding whitespace (e.g. ``openssl rand -hex 32 > KEYFILE``)."""
-    key = Path(path).read_bytes().strip()
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the pseudonymisation key ({error.strerror})") from None
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"{path}: the pseudonymisation key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
     return key

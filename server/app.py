@@ -45,19 +45,22 @@ SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by
 
 @dataclass(frozen=True)
 class Edge:
-    """What the edge needs before a server is built: TLS credentials (None: plaintext) and the tokens
-    (None: no authentication). Read first, so that a bad setting is refused before the engine starts."""
+    """What the edge needs before a server is built: gRPC's options, TLS credentials (None: plaintext)
+    and the tokens (None: no authentication). Read first, so that a bad setting is refused before
+    the engine starts."""
 
-    credentials: grpc.ServerCredentials | None = None
-    tokens: Tokens | None = None
+    options: tuple[tuple[str, Any], ...]
+    credentials: grpc.ServerCredentials | None
+    tokens: Tokens | None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Edge:
-        return cls(server_credentials(settings), Tokens(settings.auth_tokens) if settings.auth_tokens else None)
+        return cls(tuple(server_options(settings)), server_credentials(settings),
+                   Tokens(settings.auth_tokens) if settings.auth_tokens else None)
 
 
 async def build_server(
-    settings: Settings, engine: Engine, champion: ChampionFollower | None = None, edge: Edge = Edge()
+    settings: Settings, engine: Engine, edge: Edge, champion: ChampionFollower | None = None
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
     """The ``grpc.aio`` server with every service, bound but not started (call on its event loop).
 
@@ -67,7 +70,7 @@ async def build_server(
     credentials = edge.credentials
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(edge.tokens)] if edge.tokens is not None else None,
-        options=server_options(settings),
+        options=edge.options,
     )
     in_flight = InFlight(settings.max_in_flight)  # one bound for every service
     add_services(server, {
@@ -154,7 +157,7 @@ def start(settings: Settings) -> RunningServer:
     loop = EventLoopThread(settings.workers)
 
     async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-        server, port, health_servicer = await build_server(settings, engine, champion, edge)
+        server, port, health_servicer = await build_server(settings, engine, edge, champion)
         await server.start()
         await _set_health(health_servicer, serving=True)
         return server, port, health_servicer

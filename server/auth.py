@@ -59,7 +59,11 @@ def read_tokens(path: Path) -> list[tuple[bytes, int]]:
     """The tokens of ``path`` as (SHA-256 digest, role) pairs."""
     entries: list[tuple[bytes, int]] = []
     seen: set[bytes] = set()
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TokenFileError(f"{path}: cannot read the tokens ({getattr(error, 'strerror', None) or 'not text'})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         words = line.split("#", 1)[0].split()
         if not words:
             continue
@@ -99,7 +103,7 @@ class Tokens:
         """Read the file again; on an error keep the tokens in force and log why (never a token)."""
         try:
             entries = read_tokens(self.path)
-        except (OSError, UnicodeDecodeError, TokenFileError) as error:
+        except TokenFileError as error:
             log.error("tokens not reloaded, the previous ones stay in force: %s", error)
             return False
         with self._lock:

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("recbandit.serve").warning(warning)
         try:
             serve(settings)
-        except (RecbanditError, sqlite3.DatabaseError, OSError) as error:  # refused at start: one line, no traceback
+        except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:  # refused at start: one line
             print(f"serve: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
             return 2
     elif args.command == "rebuild-model":

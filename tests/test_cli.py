@@ -142,6 +142,23 @@ def test_serve_refuses_a_port_outside_0_to_65535(tmp_path: Path, port: str) -> N
     assert not data.exists()
 
 
+def test_serve_refuses_bad_edge_settings_in_one_line(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("root 0123456789abcdef0123\n")
+    data = tmp_path / "data"
+    assert refused(serve(data, "--auth-tokens", str(tokens))) == (
+        f"serve: {tokens}, line 1: role must be one of storefront, catalog, admin, got 'root'")
+    assert refused(serve(data, "--auth-tokens", str(tmp_path / "none.txt"))) == (
+        f"serve: {tmp_path / 'none.txt'}: cannot read the tokens (No such file or directory)")
+    assert refused(serve(data, "--pseudonymize-user-ids", str(tmp_path / "none.key"))) == (
+        f"serve: {tmp_path / 'none.key'}: cannot read the pseudonymisation key (No such file or directory)")
+    assert refused(serve(data, "--host", "0.0.0.0")) == (
+        "serve: host: 0.0.0.0 is not a loopback address: serve TLS (--tls-cert, --tls-key) or say --allow-insecure")
+    assert refused(serve(data, "--max-in-flight", "0")) == "serve: max_in_flight: must be at least 1, got 0"
+    assert "0123456789abcdef" not in str(list(tmp_path.rglob("*")))
+    assert not data.exists()
+
+
 # -- export-log, evaluate, promote -----------------------------------------------------------------
 
 
