@@ -131,7 +131,8 @@ def test_calls_past_max_in_flight_are_refused_at_once(start_server) -> None:  # 
         calls = [pool.submit(client.recommender.Recommend.future, recommend_request(event_id=f"e{j}"), timeout=30)
                  for j in range(12)]
         pending = [c.result() for c in calls]
-        time.sleep(0.5)
+        _wait_for(lambda: sum(c.done() for c in pending) >= 8, timeout=20)
+        time.sleep(0.3)
         refused = [c for c in pending if c.done()]
         assert len(refused) == 8  # the other four wait for the log
         assert {c.code() for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -142,7 +143,14 @@ def test_calls_past_max_in_flight_are_refused_at_once(start_server) -> None:  # 
 
 def test_a_call_whose_deadline_passed_is_not_started(server) -> None:  # type: ignore[no-untyped-def]
     running, client = server
-    running.loop.loop.call_soon_threadsafe(time.sleep, 0.6)  # the server is busy for 0.6 s
+    busy = threading.Event()
+
+    def hold_the_loop() -> None:
+        busy.set()
+        time.sleep(0.6)
+
+    running.loop.loop.call_soon_threadsafe(hold_the_loop)  # the server is busy for 0.6 s
+    assert busy.wait(10)
     calls = [client.recommender.Recommend.future(recommend_request(event_id=f"late-{j}"), timeout=0.2)
              for j in range(20)]
     assert {c.code() for c in calls} == {grpc.StatusCode.DEADLINE_EXCEEDED}
