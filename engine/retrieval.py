@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.embeddings import Embeddings, current_artifact
-from engine.errors import PreconditionFailed
+from engine.embeddings import MANIFEST, Embeddings, current_artifact
+from engine.errors import PreconditionFailed, StartupRefused
 from engine.types import Item
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,17 @@ class LiveEmbeddings:
             return True
 
     def load_if_present(self) -> None:
-        """Load the manifest's artifact when there is one and it is not the one in use."""
-        if current_artifact(self.data_dir) is not None:
-            self.reload()
+        """Load the manifest's artifact when there is one and it is not the one in use (at start:
+        one that does not load refuses the start, rather than serve without the embeddings it names)."""
+        try:
+            path = current_artifact(self.data_dir)
+            if path is not None:
+                self.reload()
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise StartupRefused(
+                f"the embeddings named by {self.data_dir / 'embeddings' / MANIFEST} cannot be loaded ({error}); "
+                "train them again (recbandit train-embeddings) or remove the manifest to serve without them"
+            ) from None
 
     # -- catalog writes (called with the catalog lock held) -----------------------------------------
 

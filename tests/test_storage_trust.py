@@ -217,3 +217,14 @@ def test_rebuild_model_replays_the_log_after_a_refused_model_and_the_server_star
     play(client, 5, offset=40)
     assert running.engine.wait_until_learned()
     assert running.engine.model_info().examples_learned == 45
+
+
+def test_embeddings_that_do_not_load_refuse_the_start_and_free_the_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "embeddings").mkdir(parents=True)
+    (data / "embeddings" / "embeddings.json").write_text('{"artifact": "embeddings-1.npz"}')
+    (data / "embeddings" / "embeddings-1.npz").write_bytes(b"not an artifact")
+    with pytest.raises(StartupRefused, match=r"embeddings\.json cannot be loaded .* remove the manifest"):
+        Engine(EngineConfig(data_dir=data))
+    (data / "embeddings" / "embeddings.json").unlink()
+    Engine(EngineConfig(data_dir=data)).close()  # the failed start left the directory unlocked
