@@ -29,7 +29,7 @@ from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady
-from engine.eventlog import Forgotten, SQLiteEventLog
+from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
@@ -77,7 +77,7 @@ class Engine:
         with ExitStack() as undo:  # a failed start leaves the log closed and the directory unlocked
             self._data_dir_lock = lock_data_dir(self._dir)
             undo.callback(self._data_dir_lock.release)
-            self.log = SQLiteEventLog(self._dir / "events.db", config.rewards)
+            self.log = SQLiteEventLog(self._dir / EVENT_LOG, config.rewards)
             undo.callback(self.log.close)
             self._start()
             undo.pop_all()
@@ -120,36 +120,41 @@ class Engine:
             return prepared
         return self._decided(prepared, self.log.append_decision(prepared.decision, prepared.record))
 
-    async def decide_async(self, request: DecisionRequest, *, prepare_in_thread: bool = False) -> LoggedDecision:
+    async def decide_async(
+        self,
+        request: DecisionRequest,
+        *,
+        prepare_in_thread: bool = False,
+        caller_gone: Callable[[], bool] | None = None,
+    ) -> LoggedDecision:
         """:meth:`decide` for a coroutine: the event loop serves others while the decision commits.
 
         With ``prepare_in_thread`` the work before the commit (validation, features, the model's
         pmf) runs in a worker thread too: for large requests, so that they never hold the loop.
+
+        A decision this call made whose caller is gone before the reply (``caller_gone()`` says so
+        after the commit, or the call is cancelled while it commits) is marked undelivered: never
+        learned with the default reward. A reward reported for it is still learned, and a retried
+        Recommend with the same ``event_id`` gets it and marks it delivered.
         """
         if prepare_in_thread:
             prepared = await asyncio.to_thread(self._prepare_decision, request)
         else:
             prepared = self._prepare_decision(request)
         if isinstance(prepared, LoggedDecision):
-            if prepared.undelivered:  # a retry fetched it: it reached its caller after all
-                await self.log.mark_delivery_async(prepared.event_id, delivered=True)
+            if prepared.undelivered:  # a retry fetched it: it reaches its caller now
+                await self.log.mark_delivery_async(prepared, delivered=True)
                 return dataclasses.replace(prepared, undelivered=False)
             return prepared
         try:
             logged = await self.log.append_decision_async(prepared.decision, prepared.record)
-        except asyncio.CancelledError:  # the caller is gone; the insert is queued and will commit
-            self.log.post_undelivered(prepared.decision.event_id)
+        except asyncio.CancelledError:  # the insert is queued and will commit: mark it after
+            self.log.post_undelivered(prepared.decision)
             raise
-        return self._decided(prepared, logged)
-
-    async def mark_undelivered(self, event_id: str) -> None:
-        """The caller of this decision was gone before the reply: never learn it with the default reward.
-
-        :meth:`decide_async` marks it itself when it is cancelled while the decision commits.
-        A reward reported for it later is still learned, and a retried Recommend with the same
-        ``event_id`` marks it delivered again.
-        """
-        await self.log.mark_delivery_async(event_id, delivered=False)
+        decided = self._decided(prepared, logged)
+        if logged is prepared.decision and caller_gone is not None and caller_gone():
+            await self.log.mark_delivery_async(logged, delivered=False)
+        return decided
 
     def _prepare_decision(self, request: DecisionRequest) -> LoggedDecision | _Prepared:
         """Everything before the commit; an already logged event of ``request.event_id`` is returned as is."""
@@ -326,12 +331,14 @@ class Engine:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self._learner.join()
-        self.embeddings.close()
-        self._learner.learn_pending()
-        self._learner.checkpoint()
-        self.log.close()
-        self._data_dir_lock.release()
+        try:
+            self._learner.join()
+            self.embeddings.close()
+            self._learner.learn_pending()
+            self._learner.checkpoint()
+        finally:  # whatever failed, the next server may open the directory
+            self.log.close()
+            self._data_dir_lock.release()
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,7 +407,7 @@ def write_artifact(data_dir: str | Path, embeddings: Embeddings, *, keep: int = 
     never sees a partial file. The ``keep`` newest artifacts stay; older ones are removed.
     """
     directory = Path(data_dir) / "embeddings"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ts = time.time()
     name = f"embeddings-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ts))}-{int(ts * 1e6) % 1_000_000:06d}.npz"
     arrays = embeddings.arrays()

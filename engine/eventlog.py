@@ -12,9 +12,11 @@ what the bandit learns, in that order, exactly once) and ``items`` (the catalog)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,9 @@ CREATE TABLE IF NOT EXISTS items (
     active INTEGER NOT NULL
 );
 """
+EVENT_LOG = "events.db"
+"""The event log's file name in a data directory."""
+
 LOG_SCHEMA_VERSION = 2
 """The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
 
@@ -84,6 +89,7 @@ _MIGRATIONS = {
        "CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);",
 }
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered"
 
 
@@ -104,6 +110,7 @@ class SQLiteEventLog:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")  # deleted rows (ForgetUser) are zeroed, not left in free pages
         return conn
 
     @staticmethod
@@ -141,6 +148,13 @@ class SQLiteEventLog:
     @property
     def storage_healthy(self) -> bool:
         return self._writer.healthy
+
+    def probe_storage(self) -> None:
+        """Write one row, to learn whether writes succeed again (health turns with it)."""
+        try:
+            self._writer.submit(_probe)
+        except RecbanditError:
+            pass  # still failing: the writer logged it once and health stays NOT_SERVING
 
     def close(self) -> None:
         self._writer.close()
@@ -249,14 +263,15 @@ class SQLiteEventLog:
 
         return self._writer.submit(close)
 
-    async def mark_delivery_async(self, event_id: str, delivered: bool) -> None:
-        """Mark whether the decision reached its caller; an undelivered one gets no default reward."""
-        await self._writer.submit_async(_MarkDelivery(event_id, delivered))
+    async def mark_delivery_async(self, decision: LoggedDecision, delivered: bool) -> None:
+        """Mark whether ``decision`` reached its caller; an undelivered one gets no default reward."""
+        await self._writer.submit_async(_MarkDelivery(decision, delivered))
 
-    def post_undelivered(self, event_id: str) -> None:
-        """:meth:`mark_delivery_async` as undelivered, from a coroutine that cannot wait (it is being
-        cancelled): the mark commits after the decision's own insert, queued before it."""
-        self._writer.post(_MarkDelivery(event_id, delivered=False))
+    def post_undelivered(self, decision: LoggedDecision) -> None:
+        """Mark ``decision`` undelivered from a coroutine that cannot wait (it is being cancelled): the
+        mark commits after the decision's own insert, queued before it, and only if that insert
+        logged this decision rather than found its event id taken."""
+        self._writer.post(_MarkDelivery(decision, delivered=False))
 
     # -- privacy ---------------------------------------------------------------------------------
 
@@ -273,7 +288,16 @@ class SQLiteEventLog:
             conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,))
             return Forgotten(tuple(event_ids), rewards, outcomes)
 
-        return self._writer.submit(forget)
+        forgotten = self._writer.submit(forget)
+        self._checkpoint_wal()
+        return forgotten
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database and empty it, so that deleted rows leave the WAL file too."""
+        busy, _, _ = self._reader().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning("the write-ahead log could not be emptied now (readers or writers busy); "
+                        "the deleted rows leave it at the next checkpoint")
 
     # -- outcomes: what the learner reads ---------------------------------------------------------
 
@@ -415,15 +439,22 @@ class _InsertDecision:
         return [None] * len(inserts)
 
 
-class _MarkDelivery:
-    __slots__ = ("event_id", "delivered")
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('storage_probe', ?)", (str(time.time()),))
 
-    def __init__(self, event_id: str, delivered: bool) -> None:
-        self.event_id = event_id
-        self.delivered = delivered
+
+class _MarkDelivery:
+    """Set a decision's ``undelivered`` flag; the decision is named by its event id and time, so
+    that a mark never lands on another request's decision of the same event id."""
+
+    __slots__ = ("event_id", "ts", "undelivered")
+
+    def __init__(self, decision: LoggedDecision, delivered: bool) -> None:
+        self.event_id, self.ts, self.undelivered = decision.event_id, decision.ts, int(not delivered)
 
     def __call__(self, conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ?", (int(not self.delivered), self.event_id))
+        conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ? AND ts = ?",
+                     (self.undelivered, self.event_id, self.ts))
 
 
 class _InsertReward:
@@ -519,6 +550,17 @@ def _reward_target(
     if deferred and activated_ts is None:
         raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
     return item_id, chosen.index(item_id)
+
+
+def event_log_path(source: str | Path) -> Path:
+    """The log file of ``source``: a data directory's ``events.db`` (a path without a suffix is a
+    directory, present or not), or the file itself; FileNotFoundError when it does not exist."""
+    path = Path(source)
+    if path.is_dir() or not path.suffix:
+        path = path / EVENT_LOG
+    if not path.exists():
+        raise FileNotFoundError(f"no event log at {path}")
+    return path
 
 
 def _create_private(path: str) -> None:

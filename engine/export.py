@@ -7,14 +7,22 @@ candidates as JSON text, which is the shape off-policy evaluation and notebooks 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from engine.eventlog import SQLiteEventLog
 
 
+def _private(path: Path) -> Path:
+    """Create ``path`` empty and readable by its owner alone: the export holds users' ids and features."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
 def export_jsonl(log: SQLiteEventLog, path: Path) -> int:
     count = 0
-    with open(path, "w") as out:
+    with open(_private(path), "w") as out:
         for record in log.joined():
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
             count += 1
@@ -40,5 +48,5 @@ def export_parquet(log: SQLiteEventLog, path: Path) -> int:
         }
         for slot in record["slots"]:  # type: ignore[attr-defined]
             rows.append({**shared, **slot})
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(rows), _private(path))
     return len(rows)

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ from engine.errors import StorageUnavailable
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 log = logging.getLogger(__name__)
+
+
+RECOVERY_HOLD = 2.0
 
 
 def storage_failure(error: BaseException) -> bool:
@@ -82,6 +86,7 @@ class GroupCommitWriter:
         self._ready = threading.Condition(threading.Lock())
         self._closed = False
         self.healthy = True
+        self._failed_at = -RECOVERY_HOLD
         self.on_health_change: Callable[[bool], None] | None = None
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
@@ -140,6 +145,7 @@ class GroupCommitWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         conn = self._connection
+        changes = conn.total_changes
         try:
             if not self._run_plain(conn, batch):
                 self._run_with_savepoints(conn, batch)
@@ -152,7 +158,10 @@ class GroupCommitWriter:
                 pass  # the transaction is gone with the storage; the error below says so
             for pending in batch:
                 pending.result, pending.error = None, error
-        self._note_health(batch)
+        try:
+            self._note_health(batch, wrote=conn.total_changes > changes)
+        except Exception:  # never let health tracking stop the writer: its callers wait on it
+            log.exception("storage health tracking failed")
         waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for pending in batch:
             if pending.done is not None:
@@ -166,15 +175,21 @@ class GroupCommitWriter:
             except RuntimeError:  # the loop has closed: nobody awaits these any more
                 pass
 
-    def _note_health(self, batch: list[_Pending]) -> None:
-        """Turn storage failures into :class:`StorageUnavailable` for their callers, and track health."""
+    def _note_health(self, batch: list[_Pending], *, wrote: bool) -> None:
+        """Turn storage failures into :class:`StorageUnavailable` for their callers, and track health:
+        unhealthy at a failure, healthy again when a batch that wrote something commits
+        :data:`RECOVERY_HOLD` seconds or more after the last failure (so that health does not flap
+        while small writes fit and large ones do not)."""
         failure = None
         for pending in batch:
             if pending.error is not None and storage_failure(pending.error):
                 failure = pending.error
                 pending.error = StorageUnavailable()
+        now = time.monotonic()
+        if failure is not None:
+            self._failed_at = now
         healthy = failure is None
-        if healthy == self.healthy:
+        if healthy == self.healthy or (healthy and not (wrote and now - self._failed_at >= RECOVERY_HOLD)):
             return
         self.healthy = healthy
         if failure is not None:
@@ -207,7 +222,8 @@ class GroupCommitWriter:
                         pending.result, pending.error = result, None
                 i = j
         except Exception:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                conn.execute("ROLLBACK")
             return False
         return True
 

@@ -98,6 +98,8 @@ class Learner:
         self._recent = RecentExamples()
         self._learn_lock = threading.Lock()
         self._load_model(bandit)
+        self._checkpointed: tuple[ServedModel, int] | None = (  # what the checkpoint on disk holds
+            (self.served, self.learned_seq) if self.last_checkpoint is not None else None)
         self._wake = threading.Event()
         self._learned = threading.Condition()
         self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
@@ -148,7 +150,7 @@ class Learner:
     def forget(self, event_ids: Iterable[str]) -> None:
         """Drop the remembered examples of these events (their user was forgotten)."""
         for event_id in event_ids:
-            self._recent.forget(event_id)
+            self._recent.forget(event_id, for_good=True)
 
     def learn_soon(self) -> None:
         """Wake the background thread: a new reward may be final."""
@@ -214,9 +216,9 @@ class Learner:
         with self._learn_lock:
             served = self.served
             checkpoint = Checkpoint(
-                # The model id is in the name: after a policy swap the same learned_seq names another model,
-                # and the manifest must never point at a file that was replaced under it.
-                model_file=f"model-{served.model_id}-{self.learned_seq}.vw",
+                # Every checkpoint writes a file of its own name: the manifest must never point at a file
+                # replaced under it (a crash between the two renames leaves the previous checkpoint whole).
+                model_file=f"model-{served.model_id}-{self.learned_seq}-{time.time_ns()}.vw",
                 model_id=served.model_id,
                 learned_seq=self.learned_seq,
                 examples_learned=self.examples_learned,
@@ -227,7 +229,11 @@ class Learner:
             )
             checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
             self.last_checkpoint = checkpoint.ts
+            self._checkpointed = (served, self.learned_seq)
         return checkpoint
+
+    def _changed_since_checkpoint(self) -> bool:
+        return self._checkpointed != (self.served, self.learned_seq)
 
     def _background(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval
@@ -242,8 +248,11 @@ class Learner:
                     next_close = time.monotonic() + self.maintenance_interval
                 self.learn_pending()
                 if time.monotonic() >= next_checkpoint:
-                    self.checkpoint()
+                    if self._changed_since_checkpoint():
+                        self.checkpoint()
                     next_checkpoint = time.monotonic() + self.checkpoint_interval
+                if not self.log.storage_healthy:  # nothing may be writing while health says NOT_SERVING
+                    self.log.probe_storage()
             except Exception:  # keep serving; the log still holds everything to learn later
                 log.exception("background learning failed; retrying")
                 time.sleep(1.0)
@@ -304,11 +313,14 @@ class RecentExamples:
     def __init__(self) -> None:
         self._examples: OrderedDict[str, _Example] = OrderedDict()
         self._chars = 0  # text held by the remembered examples, counted as if not shared
+        self._forgotten: OrderedDict[str, None] = OrderedDict()  # users' events deleted: never remembered again
         self._lock = threading.Lock()
 
     def remember(self, decision: LoggedDecision, shared: str, actions: list[str]) -> None:
         example = _Example.of(decision, shared, actions)
         with self._lock:
+            if decision.event_id in self._forgotten:  # its user was forgotten while it committed
+                return
             self._examples[decision.event_id] = example
             self._chars += example.chars
             while len(self._examples) > RECENT_DECISIONS or self._chars > RECENT_CHARS:
@@ -324,8 +336,14 @@ class RecentExamples:
                     found[event_id] = example
         return found
 
-    def forget(self, event_id: str) -> None:
+    def forget(self, event_id: str, *, for_good: bool = False) -> None:
+        """Drop the example of ``event_id`` (learned to its last slot); ``for_good``: its user was
+        forgotten, so a decision still committing never adds it back."""
         with self._lock:
             learned = self._examples.pop(event_id, None)
             if learned is not None:
                 self._chars -= learned.chars
+            if for_good:
+                self._forgotten[event_id] = None
+                while len(self._forgotten) > RECENT_DECISIONS:
+                    self._forgotten.popitem(last=False)

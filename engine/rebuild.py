@@ -13,7 +13,7 @@ from engine.checkpoint import MANIFEST, read_manifest
 from engine.core import EngineConfig
 from engine.datadir import lock_data_dir
 from engine.errors import CorruptCheckpoint, StartupRefused
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EVENT_LOG, SQLiteEventLog
 from engine.learning import Learner
 
 
@@ -33,7 +33,7 @@ def rebuild_model(config: EngineConfig) -> RebuiltModel:
     ``config.bandit``. The old manifest is kept beside the new one as ``checkpoint.json.bad-<ts>``.
     """
     directory = Path(config.data_dir)
-    event_log = directory / "events.db"
+    event_log = directory / EVENT_LOG
     if not event_log.is_file():
         raise StartupRefused(f"no event log at {event_log}: nothing to rebuild the model from")
     with ExitStack() as stack:

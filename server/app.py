@@ -131,7 +131,7 @@ class RunningServer:
     engine: Engine
     loop: EventLoopThread
     champion: ChampionFollower | None = None
-    tokens: Tokens | None = None
+    edge: Edge | None = None
 
     def stop(self, grace: float) -> None:
         """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, then close the engine."""
@@ -175,7 +175,15 @@ def start(settings: Settings) -> RunningServer:
         asyncio.run_coroutine_threadsafe(_set_health(health_servicer, serving=healthy), loop.loop)
 
     engine.watch_storage(on_storage)
-    return RunningServer(server, port, health_servicer, engine, loop, champion, edge.tokens)
+    return RunningServer(server, port, health_servicer, engine, loop, champion, edge)
+
+
+def _reload(tokens: Tokens | None) -> None:
+    """SIGHUP: re-read the tokens file (nothing else is reloaded)."""
+    if tokens is None:
+        log.info("SIGHUP: no tokens file to reload (--auth-tokens is not set)")
+    else:
+        tokens.reload()
 
 
 async def _set_health(health: health_aio.HealthServicer, *, serving: bool) -> None:
@@ -191,14 +199,14 @@ def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     running = start(settings)
-    if running.tokens is not None:
-        tokens = running.tokens
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tokens.reload, name="tokens-reload").start())
+    tokens = running.edge.tokens if running.edge else None
+    reloads = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sighup")  # one reload at a time, in order
+    signal.signal(signal.SIGHUP, lambda *_: reloads.submit(_reload, tokens))
     info = running.engine.model_info()
     transport = "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
     print(
         f"recbandit listening on {settings.host}:{running.port} "
-        f"({transport}, {'tokens' if running.tokens else 'no tokens'}; data {settings.data_dir}, "
+        f"({transport}, {'tokens' if tokens else 'no tokens'}; data {settings.data_dir}, "
         f"model {info.model_version}, exploration {info.bandit.exploration})",
         flush=True,
     )

@@ -32,7 +32,7 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-ROLES = {"storefront": pb.ROLE_STOREFRONT, "catalog": pb.ROLE_CATALOG, "admin": pb.ROLE_ADMIN}
+ROLES = {name.removeprefix("ROLE_").lower(): role for name, role in pb.Role.items() if role != pb.ROLE_UNSPECIFIED}
 ROLE_NAMES = {role: name for name, role in ROLES.items()}
 MIN_TOKEN_LENGTH = 16
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -71,8 +71,8 @@ def read_tokens(path: Path) -> list[tuple[bytes, int]]:
         if len(words) != 2:
             raise TokenFileError(f"{where}: must be 'ROLE TOKEN', got {len(words)} words")
         role_name, token = words
-        if role_name not in ROLES:
-            raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}, got {role_name[:20]!r}")
+        if role_name not in ROLES:  # never echo it: a line written "TOKEN ROLE" would show the token
+            raise TokenFileError(f"{where}: must start with a role, one of {', '.join(ROLES)}")
         if len(token) < MIN_TOKEN_LENGTH:
             raise TokenFileError(f"{where}: the token must have at least {MIN_TOKEN_LENGTH} characters")
         digest = _digest(token)
@@ -100,13 +100,17 @@ class Tokens:
             log.warning("the tokens file %s can be read by other users; chmod 600 it", self.path)
 
     def reload(self) -> bool:
-        """Read the file again; on an error keep the tokens in force and log why (never a token)."""
-        try:
-            entries = read_tokens(self.path)
-        except TokenFileError as error:
-            log.error("tokens not reloaded, the previous ones stay in force: %s", error)
-            return False
+        """Read the file again; on an error keep the tokens in force and log why (never a token).
+
+        Reloads take turns (a lock around the read and the swap), so an older read never
+        replaces a newer one; :meth:`role_of` reads whichever list is in force, without a lock.
+        """
         with self._lock:
+            try:
+                entries = read_tokens(self.path)
+            except TokenFileError as error:
+                log.error("tokens not reloaded, the previous ones stay in force: %s", error)
+                return False
             self._entries = entries
         log.info("reloaded %d token(s) from %s", len(entries), self.path)
         return True

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from engine.errors import InvalidRequest, RecbanditError
+from engine.eventlog import EVENT_LOG
 from server.settings import Settings
 
 REBUILD_SETTINGS = ("data_dir", "exploration", "exploration_parameter", "interactions", "learning_rate", "reward_range")
@@ -100,9 +101,9 @@ def _rebuild_model(args: argparse.Namespace) -> int:
 def _why_not_started(error: Exception, data_dir: str) -> str:
     """One line for a refused start: the error's own message, or what a damaged event log means."""
     if isinstance(error, sqlite3.OperationalError):
-        return f"the event log {Path(data_dir) / 'events.db'} cannot be used ({error})"
+        return f"the event log {Path(data_dir) / EVENT_LOG} cannot be used ({error})"
     if isinstance(error, sqlite3.DatabaseError):
-        return f"the event log {Path(data_dir) / 'events.db'} is not a readable SQLite database ({error})"
+        return f"the event log {Path(data_dir) / EVENT_LOG} is not a readable SQLite database ({error})"
     return str(error)
 
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         from engine.export import export_jsonl, export_parquet
         from engine.rewards import RewardRules
 
-        database = Path(args.data_dir) / "events.db"
+        database = Path(args.data_dir) / EVENT_LOG
         if not database.exists():
             print(f"no event log at {database}", file=sys.stderr)
             return 2

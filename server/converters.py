@@ -13,7 +13,7 @@ from engine.features import frozen_features
 from engine.records import LoggedDecision
 from engine.retrieval import EmbeddingsInfo
 from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
-from engine.validation import Limits, check_count, check_decision_sizes, check_features, check_id
+from engine.validation import Limits, check_count, check_features, check_id
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 
 
@@ -79,9 +79,14 @@ def _candidates_to_domain(candidates: Iterable[pb.Candidate], limits: Limits) ->
     return tuple(out)
 
 
+def feature_values(request: pb.RecommendRequest) -> int:
+    """How many feature values a Recommend carries: what converting and deciding it costs."""
+    return len(request.user_features) + len(request.context) + sum(len(c.features) for c in request.candidates)
+
+
 def recommend_request_to_domain(request: pb.RecommendRequest, limits: Limits) -> DecisionRequest:
-    """The request as the engine takes it; its counts and sizes are checked first, on the raw message."""
-    check_decision_sizes(request, limits)
+    """The request as the engine takes it, once :func:`~engine.validation.check_decision_sizes` passed
+    on the raw message: every candidate is checked against ``limits`` before the cache keeps it."""
     return DecisionRequest(
         user_id=request.user_id,
         user_features=features_to_domain("user_features", request.user_features),

@@ -47,12 +47,9 @@ class InFlight:
 
     __slots__ = ("limit", "count")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = 1 << 62) -> None:
         self.limit = limit
         self.count = 0
-
-
-UNLIMITED = InFlight(1 << 62)
 
 
 def status_code(error: RecbanditError) -> grpc.StatusCode | None:

@@ -3,27 +3,30 @@
 They are coroutines on the server's event loop. Recommend and Feedback await the engine's
 ``*_async`` calls, so the loop serves other calls while a decision or reward commits; the rarer
 calls that block (catalog writes, Activate, checkpoints, ForgetUser) run in a worker thread, and
-so does every step of a Recommend larger than :data:`LARGE_REQUEST_BYTES`.
+so does every step of a Recommend larger than :data:`LARGE_REQUEST_FEATURES`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc
 
 from engine.core import Engine
 from engine.errors import PreconditionFailed
+from engine.validation import check_decision_sizes
 from server import converters
 from server.champion import ChampionFollower
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
-from server.errors import UNLIMITED, InFlight, rpc
+from server.errors import InFlight, rpc
 
 Context = grpc.aio.ServicerContext
 
-LARGE_REQUEST_BYTES = 64 << 10
-"""A Recommend this large is converted and prepared in a worker thread, off the event loop."""
+LARGE_REQUEST_FEATURES = 2_000
+"""A Recommend with more feature values than this (over all its candidates) is converted and
+prepared in a worker thread, off the event loop."""
 
 
 def caller_gone(context: Context) -> bool:
@@ -33,20 +36,21 @@ def caller_gone(context: Context) -> bool:
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, engine: Engine, in_flight: InFlight = UNLIMITED) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight | None = None) -> None:
         self._engine = engine
-        self.in_flight = in_flight
+        self.in_flight = in_flight or InFlight()
 
     @rpc
     async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
         limits = self._engine.config.limits
-        if request.ByteSize() > LARGE_REQUEST_BYTES:
+        check_decision_sizes(request, limits)  # a few len() calls, before any work that scales with size
+        gone = functools.partial(caller_gone, context)
+        if converters.feature_values(request) > LARGE_REQUEST_FEATURES:
             asked = await asyncio.to_thread(converters.recommend_request_to_domain, request, limits)
-            decision = await self._engine.decide_async(asked, prepare_in_thread=True)
+            decision = await self._engine.decide_async(asked, prepare_in_thread=True, caller_gone=gone)
         else:
-            decision = await self._engine.decide_async(converters.recommend_request_to_domain(request, limits))
-        if caller_gone(context):
-            await self._engine.mark_undelivered(decision.event_id)
+            asked = converters.recommend_request_to_domain(request, limits)
+            decision = await self._engine.decide_async(asked, caller_gone=gone)
         return converters.decision_to_proto(decision)
 
     @rpc
@@ -61,14 +65,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
-    def __init__(self, engine: Engine, in_flight: InFlight = UNLIMITED) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight | None = None) -> None:
         self._engine = engine
-        self.in_flight = in_flight
+        self.in_flight = in_flight or InFlight()
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context: Context) -> pb.UpsertItemsResponse:
-        items = converters.items_to_domain(request.items, self._engine.config.limits)
-        return pb.UpsertItemsResponse(upserted=await asyncio.to_thread(self._engine.upsert_items, items))
+        def upsert() -> int:  # converting up to max_items_per_call items is work for a thread too
+            return self._engine.upsert_items(converters.items_to_domain(request.items, self._engine.config.limits))
+
+        return pb.UpsertItemsResponse(upserted=await asyncio.to_thread(upsert))
 
     @rpc
     async def DeleteItems(self, request: pb.DeleteItemsRequest, context: Context) -> pb.DeleteItemsResponse:
@@ -82,10 +88,10 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine, champion: ChampionFollower | None = None, in_flight: InFlight = UNLIMITED) -> None:
+    def __init__(self, engine: Engine, champion: ChampionFollower | None = None, in_flight: InFlight | None = None) -> None:
         self._engine = engine
         self._champion = champion
-        self.in_flight = in_flight
+        self.in_flight = in_flight or InFlight()
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:

@@ -71,7 +71,6 @@ class Settings:
         return cls(**values)
 
     def engine_config(self) -> EngineConfig:
-        _check_port(self.port)
         reward_range = _reward_range(self.reward_range)
         low, high = reward_range
         if self.exploration == "regcbopt" and not low <= self.default_reward <= high:
@@ -129,12 +128,6 @@ def _aggregation(value: str) -> Aggregation:
     except ValueError:
         choices = ", ".join(a.value for a in Aggregation)
         raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
-
-
-def _check_port(port: int) -> None:
-    """0 (any free port) to 65535; gRPC would otherwise bind ``port`` modulo 65536."""
-    if not 0 <= port <= 65535:
-        raise InvalidRequest("port", f"must be within 0..65535, got {port}")
 
 
 def _reward_range(text: str) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import ssl
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from engine.errors import InvalidRequest
 from server.settings import Settings
 
 MAX_RESPONSE_BYTES = 16 << 20
+STREAMS_PER_CONNECTION = 1_000
+"""Calls one client connection may have open at once; more wait on the client's side."""
 MAX_PENDING_CALLS = 10_000
 """Calls gRPC's core may hold before the event loop takes them. Its defaults (1,000, then 3,000)
 cancel the calls of a burst with a bare ``CANCELLED`` (a tenth of 2,000 sent at once) before any
@@ -55,7 +58,25 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     key_pair = (_read_pem("tls_key", settings.tls_key), _read_pem("tls_cert", settings.tls_cert))
     client_ca = _read_pem("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    _check_with_openssl(settings)
     return grpc.ssl_server_credentials([key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def _check_with_openssl(settings: Settings) -> None:
+    """Load the files as a TLS server would, so that a key that does not match its certificate is
+    refused here in one line (gRPC would only fail to bind, later, with a misleading message)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as error:
+        raise InvalidRequest("tls_cert", f"{settings.tls_cert} with the key {settings.tls_key} does not load "
+                             f"as a TLS certificate chain and its key ({error.strerror or error})") from None
+    if settings.tls_client_ca:
+        try:
+            context.load_verify_locations(settings.tls_client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise InvalidRequest("tls_client_ca", f"{settings.tls_client_ca} does not load as CA certificates "
+                                 f"({error.strerror or error})") from None
 
 
 def _read_pem(setting: str, path: str) -> bytes:
@@ -69,6 +90,9 @@ def _read_pem(setting: str, path: str) -> bytes:
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """gRPC's options from the settings, each checked (the port too: gRPC would bind it modulo 65536)."""
+    if not 0 <= settings.port <= 65535:
+        raise InvalidRequest("port", f"must be within 0..65535, got {settings.port}")
     if settings.max_request_bytes < 1024:
         raise InvalidRequest("max_request_bytes", f"must be at least 1024, got {settings.max_request_bytes}")
     if settings.max_in_flight < 1:
@@ -77,6 +101,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", int(settings.reuse_port)),
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]

@@ -147,7 +147,7 @@ def test_serve_refuses_bad_edge_settings_in_one_line(tmp_path: Path) -> None:
     tokens.write_text("root 0123456789abcdef0123\n")
     data = tmp_path / "data"
     assert refused(serve(data, "--auth-tokens", str(tokens))) == (
-        f"serve: {tokens}, line 1: role must be one of storefront, catalog, admin, got 'root'")
+        f"serve: {tokens}, line 1: must start with a role, one of storefront, catalog, admin")
     assert refused(serve(data, "--auth-tokens", str(tmp_path / "none.txt"))) == (
         f"serve: {tmp_path / 'none.txt'}: cannot read the tokens (No such file or directory)")
     assert refused(serve(data, "--pseudonymize-user-ids", str(tmp_path / "none.key"))) == (

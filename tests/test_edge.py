@@ -3,6 +3,7 @@ flight, deadlines, undelivered decisions, event ids, and storage failures."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -17,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine.cache import BoundedCache
 from server import converters
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.bench import InProcessContext
 from server.edge import undecodable
+from server.servicers import LARGE_REQUEST_FEATURES, RecommenderServicer
 from tests.test_api import recommend_request, status_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -159,10 +162,23 @@ def test_a_call_whose_deadline_passed_is_not_started(server) -> None:  # type: i
     assert running.engine.log.counts()["decisions"] == 1
 
 
+def test_the_servicer_refuses_a_call_whose_deadline_passed_before_any_work(server) -> None:  # type: ignore[no-untyped-def]
+    running, _ = server
+
+    class Expired(InProcessContext):
+        def time_remaining(self) -> float:
+            return 0.0
+
+    with pytest.raises(RuntimeError, match="^DEADLINE_EXCEEDED: the deadline passed before the call started$"):
+        asyncio.run(RecommenderServicer(running.engine).Recommend(recommend_request(), Expired()))
+    assert running.engine.log.counts()["decisions"] == 0
+
+
 def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server) -> None:  # type: ignore[no-untyped-def]
     running, client = start_server(reward_window="1s", default_reward=0.0)
+    client.catalog.ListItems(pb.ListItemsRequest())  # the channel is ready before the clock matters
     with WriteLock(running):
-        late = client.recommender.Recommend.future(recommend_request(event_id="gone"), timeout=0.3)
+        late = client.recommender.Recommend.future(recommend_request(event_id="gone"), timeout=1.0)
         assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     shown = client.recommender.Recommend(recommend_request(event_id="shown"))
     deadline = time.monotonic() + 10
@@ -181,8 +197,9 @@ def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server)
 
 def test_a_retry_that_fetches_an_undelivered_decision_delivers_it(start_server) -> None:  # type: ignore[no-untyped-def]
     running, client = start_server()
+    client.catalog.ListItems(pb.ListItemsRequest())  # the channel is ready before the clock matters
     with WriteLock(running):
-        late = client.recommender.Recommend.future(recommend_request(event_id="retried"), timeout=0.3)
+        late = client.recommender.Recommend.future(recommend_request(event_id="retried"), timeout=1.0)
         assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     deadline = time.monotonic() + 10
     while not (running.engine.log.get_decision("retried") or _Nothing).undelivered:
@@ -209,9 +226,11 @@ def test_storage_failures_turn_health_not_serving_until_a_write_succeeds(server)
     assert code == grpc.StatusCode.UNAVAILABLE
     assert details == "the event log cannot be written now; retry later (the server log has the cause)"
     _wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == NOT_SERVING)
+    time.sleep(1.2)  # small writes (probes, window closing) fit, but a failure holds health for 2 s
+    assert health.Check(health_pb2.HealthCheckRequest()).status == NOT_SERVING
     writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    _wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == SERVING)  # the probe wrote
     assert client.recommender.Recommend(big).event_id
-    _wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == SERVING)
     assert running.engine.log.counts()["decisions"] == 2
 
 
@@ -222,14 +241,14 @@ def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.02)
 
 
-def test_a_large_request_does_not_hold_the_event_loop(server) -> None:  # type: ignore[no-untyped-def]
-    """A large Recommend is converted and decided in a worker thread: small calls answer meanwhile."""
+def test_a_large_request_is_decided_beside_small_ones(server) -> None:  # type: ignore[no-untyped-def]
+    """A large Recommend goes to a worker thread (what that spares the others is in make bench)."""
     running, client = server
     large = recommend_request(n=450)
     for candidate in large.candidates:
         for k in range(20):
             candidate.features[f"f{k}"].string_value = "v" * 20
-    assert large.ByteSize() > 64 << 10
+    assert converters.feature_values(large) > LARGE_REQUEST_FEATURES
     finished: list[str] = []
     worker = threading.Thread(target=lambda: finished.append(client.recommender.Recommend(large).event_id))
     worker.start()

@@ -57,6 +57,7 @@ def test_forget_user_deletes_the_log_memory_and_embeddings_of_one_user(storefron
     forgotten = client.admin.ForgetUser(pb.ForgetUserRequest(user_id="alice"))
     assert (forgotten.decisions_deleted, forgotten.rewards_deleted, forgotten.outcomes_deleted) == (3, 2, 2)
     assert forgotten.embedding_removed
+    assert running.engine._learner._recent.find(alice_events) == {}  # the unrewarded visit was in memory
     assert not running.engine.embeddings.current.embeddings.is_known_user("alice")
     assert all(record["user_id"] != "alice" for record in running.engine.log.joined())
     assert running.engine.log.counts()["decisions"] == 10

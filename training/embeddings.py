@@ -361,14 +361,14 @@ def load_training_data(
     The Parquet export is refused: its rows keep each slot's final reward but not the labelled
     rewards that interactions are weighted by.
     """
-    from engine.eventlog import SQLiteEventLog
+    from engine.eventlog import EVENT_LOG, SQLiteEventLog
     from engine.rewards import RewardRules
     from training.replay import load_joined
 
     if events is not None and Path(events).suffix == ".parquet":
         raise InvalidRequest("events", f"{events}: the Parquet export has no reward labels; use a JSONL export")
 
-    database = Path(data_dir) / "events.db"
+    database = Path(data_dir) / EVENT_LOG
     log = SQLiteEventLog(database, RewardRules()) if database.exists() else None
     try:
         if events is not None:

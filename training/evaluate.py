@@ -21,11 +21,11 @@ import numpy as np
 
 from engine.bandit import BanditConfig
 from engine.ope import ESTIMATORS, BanditFeedback, Bootstrap, Estimate
+from engine.eventlog import event_log_path
 from training.replay import (
     PolicyCandidate,
     ReplayResult,
     SlotExample,
-    event_log_path,
     load_joined,
     replay_fast,
     replay_python,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from engine.bandit import BanditConfig
 from engine.ope import Estimate
 from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
-from training.replay import PolicyCandidate, event_log_path
+from engine.eventlog import event_log_path
+from training.replay import PolicyCandidate
 from training.tracking import data_tags, log_evaluation, tracking_client
 
 if TYPE_CHECKING:

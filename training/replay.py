@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, action_line, labelled_lines, shared_line
+from engine.eventlog import SQLiteEventLog, event_log_path
 from engine.records import features_from_dict
 
 CB_TYPES = ("ips", "dr", "mtr")
@@ -104,7 +105,6 @@ def load_joined(source: str | Path) -> list[dict[str, object]]:
             return [json.loads(line) for line in lines if line.strip()]
     if path.suffix == ".parquet":
         return _records_from_parquet(path)
-    from engine.eventlog import SQLiteEventLog
     from engine.rewards import RewardRules
 
     log = SQLiteEventLog(path, RewardRules())
@@ -112,17 +112,6 @@ def load_joined(source: str | Path) -> list[dict[str, object]]:
         return list(log.joined())
     finally:
         log.close()
-
-
-def event_log_path(source: str | Path) -> Path:
-    """The log file of ``source``: a data directory's ``events.db`` (a path without a suffix is a
-    directory, present or not), or the file itself; FileNotFoundError when it does not exist."""
-    path = Path(source)
-    if path.is_dir() or not path.suffix:
-        path = path / "events.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no event log at {path}")
-    return path
 
 
 def _records_from_parquet(path: Path) -> list[dict[str, object]]:
