@@ -41,6 +41,10 @@ _ALGORITHM_FLAGS = {
 _TEXT_ESCAPES = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", ":": ";", "|": "/"})
 
 
+MAX_POLICIES = 64
+"""The most policies ``cover`` or ``bag`` may keep: each is a whole model in memory and in every decision."""
+
+
 @dataclass(frozen=True, slots=True)
 class BanditConfig:
     """A policy's hyper-parameters: exploration, interactions and learning rate.
@@ -74,8 +78,9 @@ class BanditConfig:
         p = self.parameter
         if not math.isfinite(p) or p < 0 or (self.exploration == "epsilon" and p > 1):
             raise InvalidRequest("exploration_parameter", f"out of range for {self.exploration}: {p}")
-        if self.exploration in ("cover", "bag") and (p < 1 or p != int(p)):
-            raise InvalidRequest("exploration_parameter", f"{self.exploration} needs a whole number >= 1")
+        if self.exploration in ("cover", "bag") and (p < 1 or p != int(p) or p > MAX_POLICIES):
+            raise InvalidRequest("exploration_parameter",
+                                 f"{self.exploration} needs a whole number from 1 to {MAX_POLICIES}, got {p:g}")
         for pair in self.interactions:
             if len(pair) != 2 or not set(pair) <= {"U", "C", "I"}:
                 raise InvalidRequest("interactions", f"{pair!r}: pairs of U (user), C (context), I (item)")

@@ -41,12 +41,17 @@ class Checkpoint:
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a private file (0600), fsync it, rename it over ``path`` and fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    write(str(tmp))
-    os.chmod(tmp, 0o600)  # a writer that replaced the file created it with the umask's mode
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        write(str(tmp))
+        os.chmod(tmp, 0o600)  # a writer that replaced the file created it with the umask's mode
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".writing")):  # VW's save writes "<path>.writing" first
+            leftover.unlink(missing_ok=True)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -96,9 +101,28 @@ def read_manifest(directory: Path) -> Checkpoint | None:
     except ValueError as error:
         raise CorruptCheckpoint(directory, f"the checkpoint manifest {manifest} is not valid JSON ({error})") from None
     try:
-        return Checkpoint(**data)
+        checkpoint = Checkpoint(**data)
     except TypeError as error:
         raise CorruptCheckpoint(directory, f"the checkpoint manifest {manifest} is not a checkpoint ({error})") from None
+    if problem := _wrong_fields(checkpoint):
+        raise CorruptCheckpoint(directory, f"the checkpoint manifest {manifest} is not a checkpoint ({problem})")
+    return checkpoint
+
+
+_FIELD_TYPES = {"model_file": str, "model_id": str, "learned_seq": int, "examples_learned": int, "ts": (int, float),
+                "bandit": dict, "policy": (dict, type(None)), "checksums": dict, "log_id": (str, type(None))}
+
+
+def _wrong_fields(checkpoint: Checkpoint) -> str | None:
+    """What is wrong with a manifest's fields, or None: each of its type, and a model file of its own
+    directory (a bare ``model-*.vw`` name, never a path)."""
+    for name, kind in _FIELD_TYPES.items():
+        if not isinstance(getattr(checkpoint, name), kind) or isinstance(getattr(checkpoint, name), bool):
+            return f"{name} has the wrong type"
+    name = checkpoint.model_file
+    if Path(name).name != name or not (name.startswith("model-") and name.endswith(".vw")):
+        return f"model_file must be a model-*.vw file of the data directory, got {name[:60]!r}"
+    return None
 
 
 def check_fits_log(checkpoint: Checkpoint, directory: Path, log_id: str, last_assigned_seq: int) -> None:

@@ -118,10 +118,12 @@ class SQLiteEventLog:
         """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one."""
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        found = int(row[0]) if row else None
-        if found is not None and found > LOG_SCHEMA_VERSION:
-            raise StartupRefused(f"the event log's schema version is {found}, newer than the {LOG_SCHEMA_VERSION} "
-                                 "this recbandit reads: upgrade recbandit")
+        found = int(row[0]) if row and str(row[0]).isdigit() else row and row[0]
+        if found is not None and not (isinstance(found, int) and 1 <= found <= LOG_SCHEMA_VERSION):
+            newer = isinstance(found, int) and found > LOG_SCHEMA_VERSION
+            raise StartupRefused(f"the event log's schema version is {found}, " + (
+                f"newer than the {LOG_SCHEMA_VERSION} this recbandit reads: upgrade recbandit" if newer
+                else "which no recbandit wrote: is it a recbandit event log?"))
         script = "BEGIN;"
         if found is not None:
             script += "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION))

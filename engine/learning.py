@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
+from engine.errors import CorruptCheckpoint, RecbanditError, StorageUnavailable
 from engine.eventlog import SQLiteEventLog
 from engine.records import LoggedDecision, Outcome
 
@@ -112,15 +113,17 @@ class Learner:
             self.last_checkpoint: float | None = None
             return
         check_fits_log(checkpoint, self.data_dir, self.log.log_id(), self.log.last_assigned_seq())
-        saved = BanditConfig.from_dict(checkpoint.bandit)
+        try:
+            saved = BanditConfig.from_dict(checkpoint.bandit)
+            saved.validate()
+            policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
+            model = VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file))
+        except (TypeError, ValueError, RuntimeError, RecbanditError) as error:  # VW: RuntimeError
+            raise CorruptCheckpoint(self.data_dir, f"the checkpoint in {self.data_dir} does not load ({error})") from None
         if saved != bandit:
             log.warning("the checkpoint's policy %s differs from the settings %s; the checkpoint's is kept",
                         saved, bandit)
-        self.served = ServedModel(
-            VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file)),
-            checkpoint.model_id,
-            RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None,
-        )
+        self.served = ServedModel(model, checkpoint.model_id, policy)
         self.learned_seq = checkpoint.learned_seq
         self.examples_learned = checkpoint.examples_learned
         self.last_checkpoint = checkpoint.ts
@@ -227,7 +230,11 @@ class Learner:
                 policy=asdict(served.registered_policy) if served.registered_policy else None,
                 log_id=self.log.log_id(),
             )
-            checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
+            try:
+                checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
+            except (OSError, RuntimeError) as error:  # VW reports a failed write as RuntimeError
+                log.error("checkpoint not written (the previous one stays): %s", error)
+                raise StorageUnavailable() from error
             self.last_checkpoint = checkpoint.ts
             self._checkpointed = (served, self.learned_seq)
         return checkpoint
@@ -253,6 +260,8 @@ class Learner:
                     next_checkpoint = time.monotonic() + self.checkpoint_interval
                 if not self.log.storage_healthy:  # nothing may be writing while health says NOT_SERVING
                     self.log.probe_storage()
+            except StorageUnavailable:  # logged once where it failed; health says so
+                time.sleep(1.0)
             except Exception:  # keep serving; the log still holds everything to learn later
                 log.exception("background learning failed; retrying")
                 time.sleep(1.0)

@@ -7,7 +7,8 @@ written where the RPC is. Clients send ``authorization: Bearer TOKEN``:
 
 - no token, or one the file does not hold: ``UNAUTHENTICATED``;
 - a valid token below the RPC's role: ``PERMISSION_DENIED``;
-- Health is open to everyone; reflection, and any other service, needs a valid token.
+- Health's ``Check`` is open to everyone (probes); ``Watch``, reflection and anything else need a
+  valid token.
 
 The check runs in an interceptor, before the request is decoded, so a refused call costs no
 parsing. Tokens are kept as SHA-256 digests and compared with :func:`hmac.compare_digest`
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 ROLES = {name.removeprefix("ROLE_").lower(): role for name, role in pb.Role.items() if role != pb.ROLE_UNSPECIFIED}
 ROLE_NAMES = {role: name for name, role in ROLES.items()}
 MIN_TOKEN_LENGTH = 16
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-STREAMING_PREFIXES = ("/grpc.reflection.",)
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+"""Callable without a token: the probe. (Health's Watch holds a stream open, so it needs a token.)"""
 
 
 class TokenFileError(ValueError):
@@ -138,36 +139,44 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method
-        if method.startswith(OPEN_PREFIXES):
-            return await continuation(details)
+        handler = await continuation(details)
+        if method in OPEN_METHODS:
+            return handler
         token = _bearer(details.invocation_metadata)
         role = self._tokens.role_of(token) if token else None
         if role is None:
-            return _refusal(method, grpc.StatusCode.UNAUTHENTICATED,
-                            "missing or unknown token: send the metadata 'authorization: Bearer TOKEN'")
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                            "missing or unknown token: send the metadata 'authorization: Bearer TOKEN' once")
         required = self._roles.get(method, pb.ROLE_STOREFRONT)  # reflection and the rest: any valid token
         if role < required:
-            return _refusal(method, grpc.StatusCode.PERMISSION_DENIED,
+            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                             f"the {ROLE_NAMES[role]} role may not call {method}; it needs {ROLE_NAMES[required]}")
-        return await continuation(details)
+        return handler
 
 
 def _bearer(metadata: Any) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-    return None
+    """The token of the one ``authorization: Bearer TOKEN`` entry; None for none, another scheme, or two."""
+    values = [str(value) for key, value in metadata or () if key == "authorization"]
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _refusal(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler that answers ``code`` without reading the request."""
+def _refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the method's kind (unary or streaming) that answers ``code`` without reading the request."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    if method.startswith(STREAMING_PREFIXES):
+    streams_in = handler is not None and handler.request_streaming
+    streams_out = handler is not None and handler.response_streaming
+    if streams_in and streams_out:
         return grpc.stream_stream_rpc_method_handler(refuse)
+    if streams_in:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if streams_out:
+        return grpc.unary_stream_rpc_method_handler(refuse)
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 

@@ -98,6 +98,34 @@ def _rebuild_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_log(args: argparse.Namespace) -> int:
+    from engine.eventlog import SQLiteEventLog
+    from engine.export import export_jsonl, export_parquet
+    from engine.rewards import RewardRules
+
+    database = Path(args.data_dir) / EVENT_LOG
+    if not database.exists():
+        print(f"export-log: no event log at {database}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.resolve().parent == database.resolve().parent and out.suffix not in (".jsonl", ".parquet"):
+        print(f"export-log: --out {out} would overwrite a file of the data directory; "
+              "name the export *.jsonl or *.parquet", file=sys.stderr)
+        return 2
+    fmt = args.format or ("parquet" if out.suffix == ".parquet" else "jsonl")
+    try:
+        log = SQLiteEventLog(database, RewardRules())
+        try:
+            count = (export_parquet if fmt == "parquet" else export_jsonl)(log, out)
+        finally:
+            log.close()
+    except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
+        print(f"export-log: {_why_not_started(error, str(args.data_dir))}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {out}")
+    return 0
+
+
 def _why_not_started(error: Exception, data_dir: str) -> str:
     """One line for a refused start: the error's own message, or what a damaged event log means."""
     if isinstance(error, sqlite3.OperationalError):
@@ -130,21 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "rebuild-model":
         return _rebuild_model(args)
     elif args.command == "export-log":
-        from engine.eventlog import SQLiteEventLog
-        from engine.export import export_jsonl, export_parquet
-        from engine.rewards import RewardRules
-
-        database = Path(args.data_dir) / EVENT_LOG
-        if not database.exists():
-            print(f"no event log at {database}", file=sys.stderr)
-            return 2
-        fmt = args.format or ("parquet" if args.out.suffix == ".parquet" else "jsonl")
-        log = SQLiteEventLog(database, RewardRules())
-        try:
-            count = (export_parquet if fmt == "parquet" else export_jsonl)(log, args.out)
-        finally:
-            log.close()
-        print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {args.out}")
+        return _export_log(args)
     elif args.command == "demo":
         from training.demo import run_demo
 

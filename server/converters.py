@@ -79,9 +79,11 @@ def _candidates_to_domain(candidates: Iterable[pb.Candidate], limits: Limits) ->
     return tuple(out)
 
 
-def feature_values(request: pb.RecommendRequest) -> int:
-    """How many feature values a Recommend carries: what converting and deciding it costs."""
-    return len(request.user_features) + len(request.context) + sum(len(c.features) for c in request.candidates)
+def decision_work(request: pb.RecommendRequest) -> int:
+    """What converting and deciding a Recommend costs, in rough units: its feature values (converted
+    and encoded once) plus candidates times slots (each slot scores the candidates left)."""
+    features = len(request.user_features) + len(request.context) + sum(len(c.features) for c in request.candidates)
+    return features + len(request.candidates) * max(1, request.num_results)
 
 
 def recommend_request_to_domain(request: pb.RecommendRequest, limits: Limits) -> DecisionRequest:

@@ -3,7 +3,7 @@
 They are coroutines on the server's event loop. Recommend and Feedback await the engine's
 ``*_async`` calls, so the loop serves other calls while a decision or reward commits; the rarer
 calls that block (catalog writes, Activate, checkpoints, ForgetUser) run in a worker thread, and
-so does every step of a Recommend larger than :data:`LARGE_REQUEST_FEATURES`.
+so does every step of a Recommend larger than :data:`LARGE_REQUEST_WORK`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from server.errors import InFlight, rpc
 
 Context = grpc.aio.ServicerContext
 
-LARGE_REQUEST_FEATURES = 2_000
-"""A Recommend with more feature values than this (over all its candidates) is converted and
-prepared in a worker thread, off the event loop."""
+LARGE_REQUEST_WORK = 2_000
+"""A Recommend whose work (:func:`server.converters.decision_work`) passes this is converted and
+decided in a worker thread, off the event loop."""
 
 
 def caller_gone(context: Context) -> bool:
@@ -45,7 +45,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         limits = self._engine.config.limits
         check_decision_sizes(request, limits)  # a few len() calls, before any work that scales with size
         gone = functools.partial(caller_gone, context)
-        if converters.feature_values(request) > LARGE_REQUEST_FEATURES:
+        if converters.decision_work(request) > LARGE_REQUEST_WORK:
             asked = await asyncio.to_thread(converters.recommend_request_to_domain, request, limits)
             decision = await self._engine.decide_async(asked, prepare_in_thread=True, caller_gone=gone)
         else:

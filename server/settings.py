@@ -71,6 +71,7 @@ class Settings:
         return cls(**values)
 
     def engine_config(self) -> EngineConfig:
+        self._check_ranges()
         reward_range = _reward_range(self.reward_range)
         low, high = reward_range
         if self.exploration == "regcbopt" and not low <= self.default_reward <= high:
@@ -101,6 +102,24 @@ class Settings:
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
         )
+
+    def _check_ranges(self) -> None:
+        """Every number within the range where it means something; a data directory named."""
+        if not self.data_dir.strip():
+            raise InvalidRequest("data_dir", "must name a directory")
+        at_least = {"max_candidates": 1, "retrieval_top_n": 1, "workers": 1, "grace": 0.0,
+                    "embeddings_poll_interval": 0.0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low):
+                raise InvalidRequest(name, f"must be at least {low:g}, got {value:g}")
+        if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval > 0):
+            raise InvalidRequest("checkpoint_interval", f"must be a number of seconds above 0, got {self.checkpoint_interval:g}")
+        if not math.isfinite(self.policy_poll_interval):
+            raise InvalidRequest("policy_poll_interval", f"must be finite (0 or less: only on ReloadPolicy), got {self.policy_poll_interval:g}")
+        if not (math.isfinite(self.min_reward) and math.isfinite(self.max_reward) and self.min_reward < self.max_reward):
+            raise InvalidRequest("min_reward", f"min_reward and max_reward must be finite with min_reward < max_reward, "
+                                 f"got {self.min_reward:g} and {self.max_reward:g}")
 
     def reward_range_warning(self) -> str | None:
         """Why regcbopt may see rewards outside ``reward_range``, or None.

@@ -24,6 +24,7 @@ from engine.errors import InvalidRequest
 from server.settings import Settings
 
 MAX_RESPONSE_BYTES = 16 << 20
+MAX_REQUEST_BYTES = 64 << 20
 STREAMS_PER_CONNECTION = 1_000
 """Calls one client connection may have open at once; more wait on the client's side."""
 MAX_PENDING_CALLS = 10_000
@@ -93,8 +94,9 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """gRPC's options from the settings, each checked (the port too: gRPC would bind it modulo 65536)."""
     if not 0 <= settings.port <= 65535:
         raise InvalidRequest("port", f"must be within 0..65535, got {settings.port}")
-    if settings.max_request_bytes < 1024:
-        raise InvalidRequest("max_request_bytes", f"must be at least 1024, got {settings.max_request_bytes}")
+    if not 1024 <= settings.max_request_bytes <= MAX_REQUEST_BYTES:
+        raise InvalidRequest("max_request_bytes",
+                             f"must be within 1024..{MAX_REQUEST_BYTES}, got {settings.max_request_bytes}")
     if settings.max_in_flight < 1:
         raise InvalidRequest("max_in_flight", f"must be at least 1, got {settings.max_in_flight}")
     return [

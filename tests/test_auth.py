@@ -79,6 +79,8 @@ def test_each_role_calls_its_services_and_is_denied_the_rest(authed, caplog) -> 
         assert code_of(lambda: call(client, auth_metadata("x" * 32))) == grpc.StatusCode.UNAUTHENTICATED
         assert code_of(lambda: call(client, (("authorization", "Basic " + TOKENS["admin"]),))) == \
             grpc.StatusCode.UNAUTHENTICATED
+        twice = (*auth_metadata(TOKENS["storefront"]), *auth_metadata(TOKENS["admin"]))
+        assert code_of(lambda: call(client, twice)) == grpc.StatusCode.UNAUTHENTICATED
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert not any(token in logged for token in TOKENS.values())
 
@@ -92,10 +94,15 @@ def test_a_denied_call_says_which_role_it_needs(authed) -> None:  # type: ignore
                                      "it needs catalog")
 
 
-def test_health_is_open_and_reflection_needs_a_token(authed) -> None:  # type: ignore[no-untyped-def]
+def test_health_check_is_open_and_watch_and_reflection_need_a_token(authed) -> None:  # type: ignore[no-untyped-def]
     _, client = authed
     health = health_pb2_grpc.HealthStub(client.channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == SERVING
+    assert code_of(lambda: next(health.Watch(health_pb2.HealthCheckRequest(), timeout=5))) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    watched = health.Watch(health_pb2.HealthCheckRequest(), metadata=auth_metadata(TOKENS["storefront"]), timeout=5)
+    assert next(watched).status == SERVING
+    watched.cancel()
     reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel)
 
     def list_services(metadata):  # type: ignore[no-untyped-def]

@@ -159,6 +159,31 @@ def test_serve_refuses_bad_edge_settings_in_one_line(tmp_path: Path) -> None:
     assert not data.exists()
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--grace", "-5"], "grace: must be at least 0, got -5"),
+    (["--max-candidates", "0"], "max_candidates: must be at least 1, got 0"),
+    (["--checkpoint-interval", "nan"], "checkpoint_interval: must be a number of seconds above 0, got nan"),
+    (["--min-reward", "5", "--max-reward", "1"], "min_reward: min_reward and max_reward must be finite"),
+    (["--exploration", "bag", "--exploration-parameter", "1e9"], "bag needs a whole number from 1 to 64"),
+    (["--max-request-bytes", "99999999999"], "max_request_bytes: must be within 1024..67108864"),
+])
+def test_serve_refuses_settings_out_of_range_before_creating_anything(tmp_path: Path, flags: list[str], says: str) -> None:
+    data = tmp_path / "data"
+    assert says in refused(serve(data, *flags))
+    assert not data.exists()
+
+
+def test_export_log_refuses_to_overwrite_the_event_log(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    logged(data)
+    before = (data / "events.db").read_bytes()
+    assert refused(recbandit("export-log", "--data-dir", str(data), "--out", str(data / "events.db"))) == (
+        f"export-log: --out {data / 'events.db'} would overwrite a file of the data directory; "
+        "name the export *.jsonl or *.parquet")
+    assert (data / "events.db").read_bytes() == before
+    assert refused(recbandit("export-log", "--data-dir", str(data), "--out", str(tmp_path / "no" / "x.jsonl")))
+
+
 # -- export-log, evaluate, promote -----------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from server import converters
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.bench import InProcessContext
 from server.edge import undecodable
-from server.servicers import LARGE_REQUEST_FEATURES, RecommenderServicer
+from server.servicers import LARGE_REQUEST_WORK, RecommenderServicer
 from tests.test_api import recommend_request, status_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -248,7 +248,7 @@ def test_a_large_request_is_decided_beside_small_ones(server) -> None:  # type: 
     for candidate in large.candidates:
         for k in range(20):
             candidate.features[f"f{k}"].string_value = "v" * 20
-    assert converters.feature_values(large) > LARGE_REQUEST_FEATURES
+    assert converters.decision_work(large) > LARGE_REQUEST_WORK
     finished: list[str] = []
     worker = threading.Thread(target=lambda: finished.append(client.recommender.Recommend(large).event_id))
     worker.start()

@@ -133,6 +133,28 @@ def test_a_manifest_that_is_not_json_is_refused_with_the_way_out(start_server, t
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize("field, value, says", [
+    ("learned_seq", "abc", "learned_seq has the wrong type"),
+    ("bandit", None, "bandit has the wrong type"),
+    ("model_file", "../outside.vw", "model_file must be a model-\\*.vw file of the data directory"),
+    ("policy", {"x": 1}, "does not load"),
+    ("bandit", {"exploration": "bag", "exploration_parameter": 1e9}, "does not load"),
+])
+def test_a_manifest_with_wrong_fields_is_refused_with_the_way_out(  # type: ignore[no-untyped-def]
+    start_server, tmp_path: Path, field: str, value: object, says: str
+) -> None:
+    import json
+
+    learned_and_stopped(start_server)
+    manifest = tmp_path / "data" / MANIFEST
+    data = json.loads(manifest.read_text())
+    data[field] = value
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptCheckpoint, match=f"{says}.*{WAY_OUT}") as refused:
+        start_server()
+    assert "\n" not in str(refused.value)
+
+
 # -- 7d: the checkpoint must belong to the log, and not be ahead of it -------------------------------
 
 
