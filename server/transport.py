@@ -25,8 +25,6 @@ from server.settings import Settings
 
 MAX_RESPONSE_BYTES = 16 << 20
 MAX_REQUEST_BYTES = 64 << 20
-STREAMS_PER_CONNECTION = 1_000
-"""Calls one client connection may have open at once; more wait on the client's side."""
 MAX_PENDING_CALLS = 10_000
 """Calls gRPC's core may hold before the event loop takes them. Its defaults (1,000, then 3,000)
 cancel the calls of a burst with a bare ``CANCELLED`` (a tenth of 2,000 sent at once) before any
@@ -103,7 +101,6 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", int(settings.reuse_port)),
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
-        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
         ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
