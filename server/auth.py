@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.logs import access
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +146,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         token = _bearer(details.invocation_metadata)
         role = self._tokens.role_of(token) if token else None
         if role is None:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+            return _refusal(handler, method, grpc.StatusCode.UNAUTHENTICATED,
                             "missing or unknown token: send the metadata 'authorization: Bearer TOKEN' once")
         required = self._roles.get(method, pb.ROLE_STOREFRONT)  # reflection and the rest: any valid token
         if role < required:
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+            return _refusal(handler, method, grpc.StatusCode.PERMISSION_DENIED,
                             f"the {ROLE_NAMES[role]} role may not call {method}; it needs {ROLE_NAMES[required]}")
         return handler
 
@@ -163,10 +164,14 @@ def _bearer(metadata: Any) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the method's kind (unary or streaming) that answers ``code`` without reading the request."""
+def _refusal(
+    handler: grpc.RpcMethodHandler | None, method: str, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the method's kind (unary or streaming) that answers ``code`` without reading the
+    request, and writes the call's access line."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        access(method.rsplit("/", 1)[-1], code.name, 0.0, "")
         await context.abort(code, message)
 
     streams_in = handler is not None and handler.request_streaming

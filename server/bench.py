@@ -61,6 +61,7 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import RunningServer, start
 from server.auth import auth_metadata
+from server.logs import configure as configure_logs
 from server.servicers import RecommenderServicer
 from server.settings import Settings
 
@@ -677,7 +678,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"recbandit bench: grpcio {grpc.__version__}, Python {platform.python_version()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
           f"{args.warmup:g} s warm-up + {args.seconds:g} s per row", flush=True)
-    with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="recbandit-bench-") as workdir, \
+            open(Path(workdir) / "server.log", "w") as server_log:
+        configure_logs("INFO", "text", access_log=True, stream=server_log)  # as `recbandit serve` logs
         tls_settings, token = tls_settings_and_token(Path(workdir) / "tls")
         with (serving(Settings(port=0, host=HOST, data_dir=str(Path(workdir) / "data"))) as running,
               serving(tls_settings) as tls):
@@ -694,7 +697,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_breakdown(results, handlers))
     print()
     print(format_targets(results))
-    print(f"\nServer: grpc.aio on one event loop thread, data dir on {tempfile.gettempdir()}; "
+    print(f"\nServer: grpc.aio on one event loop thread, access lines on (text, to a file), "
+          f"data dir on {tempfile.gettempdir()}; "
           f"client: grpc.aio in a spawned process. Total {time.perf_counter() - began:.1f} s.")
 
 

@@ -35,6 +35,7 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import start
 from server.bench import HOST, make_recommend_requests, percentile
+from server.logs import configure as configure_logs
 from server.settings import Settings
 
 
@@ -135,8 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-request-bytes", type=int, default=Settings().max_request_bytes)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="recbandit-bench-edge-") as data_dir:
-        running = start(Settings(host=HOST, port=0, data_dir=data_dir, max_in_flight=args.max_in_flight,
+    with tempfile.TemporaryDirectory(prefix="recbandit-bench-edge-") as workdir, \
+            open(Path(workdir) / "server.log", "w") as server_log:
+        configure_logs("INFO", "text", access_log=True, stream=server_log)  # as `recbandit serve` logs
+        running = start(Settings(host=HOST, port=0, data_dir=f"{workdir}/data", max_in_flight=args.max_in_flight,
                                  max_request_bytes=args.max_request_bytes))
         try:
             rss_before = resident_mb()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine.errors import InvalidRequest, RecbanditError
 from engine.eventlog import EVENT_LOG
+from server.logs import configure as configure_logs
 from server.settings import Settings
 
 REBUILD_SETTINGS = ("data_dir", "exploration", "exploration_parameter", "interactions", "learning_rate", "reward_range")
@@ -137,7 +138,7 @@ def _why_not_started(error: Exception, data_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_level, "text", access_log=False)  # serve reads its own settings below
     if args.command == "serve":
         from server.app import serve
 
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = Settings.from_env(**overrides)
             settings.engine_config()  # reads every setting before anything starts
+            configure_logs(args.log_level, settings.log_format, access_log=settings.access_log)
         except (InvalidRequest, ValueError) as error:
             print(f"serve: {error}", file=sys.stderr)
             return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from engine.errors import (
     UnknownEvent,
 )
 from server.edge import Undecodable
+from server.logs import access
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def status_code(error: RecbanditError) -> grpc.StatusCode | None:
 
 
 def rpc(method: F) -> F:
-    """Run a servicer coroutine at the edge's rules.
+    """Run a servicer coroutine at the edge's rules, and write its access line (:mod:`server.logs`).
 
     - Bytes that did not decode (:class:`~server.edge.Undecodable`): ``INVALID_ARGUMENT``.
     - Past the servicer's :class:`InFlight` limit (``self.in_flight``): ``RESOURCE_EXHAUSTED`` at once.
@@ -71,29 +73,56 @@ def rpc(method: F) -> F:
     - Anything else, a domain error without a status included: logged with its traceback,
       ``INTERNAL`` with a generic message.
     """
+    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if type(request) is Undecodable:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request could not be decoded as {request.message_name}")
-        in_flight: InFlight = self.in_flight
-        if in_flight.count >= in_flight.limit:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the server is serving its limit of {in_flight.limit} calls; retry with backoff")
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started")
-        in_flight.count += 1
+        began = time.perf_counter()
+        outcome = _Outcome()
         try:
-            return await method(self, request, context)
-        except Exception as error:
-            code = status_code(error) if isinstance(error, RecbanditError) else None
-            if code is None:
-                log.exception("%s failed", method.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-            await context.abort(code, str(error)[:MAX_MESSAGE_LENGTH])
+            return await _serve(method, self, request, context, outcome)
         finally:
-            in_flight.count -= 1
+            access(name, outcome.code.name, time.perf_counter() - began,
+                   getattr(outcome.response, "event_id", "") or getattr(request, "event_id", ""))
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Outcome:
+    """What the access line says of a call: its status and its response."""
+
+    __slots__ = ("code", "response")
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.response: Any = None
+
+
+async def _serve(method: Callable[..., Any], servicer: Any, request: Any, context: grpc.aio.ServicerContext,
+                 outcome: _Outcome) -> Any:
+    async def refuse(code: grpc.StatusCode, message: str) -> None:
+        outcome.code = code
+        await context.abort(code, message)
+
+    if type(request) is Undecodable:
+        await refuse(grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded as {request.message_name}")
+    in_flight: InFlight = servicer.in_flight
+    if in_flight.count >= in_flight.limit:
+        await refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"the server is serving its limit of {in_flight.limit} calls; retry with backoff")
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        await refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call started")
+    in_flight.count += 1
+    try:
+        outcome.response = await method(servicer, request, context)
+        return outcome.response
+    except Exception as error:
+        code = status_code(error) if isinstance(error, RecbanditError) else None
+        if code is None:
+            log.exception("%s failed", method.__name__)
+            await refuse(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        else:
+            await refuse(code, str(error)[:MAX_MESSAGE_LENGTH])
+    finally:
+        in_flight.count -= 1

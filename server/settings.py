@@ -57,6 +57,8 @@ class Settings:
     max_request_bytes: int = 1 << 20
     pseudonymize_user_ids: str = ""
     reuse_port: bool = False
+    log_format: str = "text"
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
