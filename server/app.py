@@ -33,6 +33,7 @@ from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
 from server.edge import add_services
 from server.errors import InFlight
+from server.metrics import Metrics
 from server.servicers import AdminServicer, CatalogServicer, RecommenderServicer
 from server.settings import Settings
 from server.transport import refuse_address_in_use, server_credentials, server_options
@@ -61,8 +62,9 @@ class Edge:
 
 async def build_server(
     settings: Settings, engine: Engine, edge: Edge, champion: ChampionFollower | None = None
-) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-    """The ``grpc.aio`` server with every service, bound but not started (call on its event loop).
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, Metrics | None]:
+    """The ``grpc.aio`` server with every service, bound but not started (call on its event loop), and
+    its metrics when ``--metrics-port`` asks for them.
 
     The edge's rules (:mod:`server.transport`, :mod:`server.auth`, :mod:`server.edge`) apply
     before any servicer runs: TLS, tokens and roles, the size of a message, calls in flight.
@@ -73,10 +75,11 @@ async def build_server(
         options=edge.options,
     )
     in_flight = InFlight(settings.max_in_flight)  # one bound for every service
+    metrics = Metrics(engine, in_flight) if settings.metrics_port else None
     add_services(server, {
-        "Recommender": RecommenderServicer(engine, in_flight),
-        "Catalog": CatalogServicer(engine, in_flight),
-        "Admin": AdminServicer(engine, champion, in_flight),
+        "Recommender": RecommenderServicer(engine, in_flight, metrics),
+        "Catalog": CatalogServicer(engine, in_flight, metrics),
+        "Admin": AdminServicer(engine, champion, in_flight, metrics),
     })
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -94,7 +97,7 @@ async def build_server(
         port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}: the address is in use or not this machine's")
-    return server, port, health_servicer
+    return server, port, health_servicer, metrics
 
 
 class EventLoopThread:
@@ -132,6 +135,7 @@ class RunningServer:
     loop: EventLoopThread
     champion: ChampionFollower | None = None
     edge: Edge | None = None
+    metrics_endpoint: Any = None  # the HTTP server of /metrics, when on
 
     def stop(self, grace: float) -> None:
         """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, then close the engine."""
@@ -141,6 +145,9 @@ class RunningServer:
             await self.server.stop(grace)
 
         self.loop.run(stop_serving())
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.shutdown()
+            self.metrics_endpoint.server_close()
         if self.champion is not None:
             self.champion.close()
         self.engine.close()
@@ -156,14 +163,15 @@ def start(settings: Settings) -> RunningServer:
         champion = ChampionFollower(engine, settings.policy_registry, settings.policy_poll_interval, download_dir)
     loop = EventLoopThread(settings.workers)
 
-    async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-        server, port, health_servicer = await build_server(settings, engine, edge, champion)
+    async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, Any]:
+        server, port, health_servicer, metrics = await build_server(settings, engine, edge, champion)
+        endpoint = _serve_metrics(metrics, settings) if metrics is not None else None
         await server.start()
         await _set_health(health_servicer, serving=True)
-        return server, port, health_servicer
+        return server, port, health_servicer, endpoint
 
     try:
-        server, port, health_servicer = loop.run(start_serving())
+        server, port, health_servicer, endpoint = loop.run(start_serving())
     except BaseException:
         loop.close()
         engine.close()
@@ -175,7 +183,15 @@ def start(settings: Settings) -> RunningServer:
         asyncio.run_coroutine_threadsafe(_set_health(health_servicer, serving=healthy), loop.loop)
 
     engine.watch_storage(on_storage)
-    return RunningServer(server, port, health_servicer, engine, loop, champion, edge)
+    return RunningServer(server, port, health_servicer, engine, loop, champion, edge, endpoint)
+
+
+def _serve_metrics(metrics: Metrics, settings: Settings) -> Any:
+    try:
+        return metrics.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        raise OSError(f"cannot bind the metrics endpoint {settings.metrics_host}:{settings.metrics_port}: "
+                      f"{error.strerror}") from None
 
 
 def _reload(tokens: Tokens | None) -> None:

@@ -82,8 +82,11 @@ def rpc(method: F) -> F:
         try:
             return await _serve(method, self, request, context, outcome)
         finally:
-            access(name, outcome.code.name, time.perf_counter() - began,
+            seconds = time.perf_counter() - began
+            access(name, outcome.code.name, seconds,
                    getattr(outcome.response, "event_id", "") or getattr(request, "event_id", ""))
+            if (metrics := getattr(self, "metrics", None)) is not None:
+                metrics.observe(name, outcome.code.name, seconds)
 
     return wrapper  # type: ignore[return-value]
 

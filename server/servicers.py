@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from typing import TYPE_CHECKING
 
 import grpc
 
 from engine.core import Engine
 from engine.errors import PreconditionFailed
+from engine.types import Status
 from engine.validation import check_decision_sizes
 from server import converters
 from server.champion import ChampionFollower
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.errors import InFlight, rpc
+
+if TYPE_CHECKING:
+    from server.metrics import Metrics
 
 Context = grpc.aio.ServicerContext
 
@@ -36,9 +41,10 @@ def caller_gone(context: Context) -> bool:
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, engine: Engine, in_flight: InFlight | None = None) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight | None = None, metrics: Metrics | None = None) -> None:
         self._engine = engine
         self.in_flight = in_flight or InFlight()
+        self.metrics = metrics
 
     @rpc
     async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
@@ -51,11 +57,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         else:
             asked = converters.recommend_request_to_domain(request, limits)
             decision = await self._engine.decide_async(asked, caller_gone=gone)
+        if self.metrics is not None:
+            self.metrics.decided(decision.model_version)
         return converters.decision_to_proto(decision)
 
     @rpc
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
         status = await self._engine.record_reward_async(converters.feedback_request_to_domain(request))
+        if self.metrics is not None and status is Status.NEW:
+            self.metrics.rewarded(request.label)
         return converters.feedback_status_to_proto(status)
 
     @rpc
@@ -65,9 +75,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 class CatalogServicer(pb_grpc.CatalogServicer):
-    def __init__(self, engine: Engine, in_flight: InFlight | None = None) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight | None = None, metrics: Metrics | None = None) -> None:
         self._engine = engine
         self.in_flight = in_flight or InFlight()
+        self.metrics = metrics
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context: Context) -> pb.UpsertItemsResponse:
@@ -88,10 +99,12 @@ class CatalogServicer(pb_grpc.CatalogServicer):
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, engine: Engine, champion: ChampionFollower | None = None, in_flight: InFlight | None = None) -> None:
+    def __init__(self, engine: Engine, champion: ChampionFollower | None = None, in_flight: InFlight | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._engine = engine
         self._champion = champion
         self.in_flight = in_flight or InFlight()
+        self.metrics = metrics
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:

@@ -59,6 +59,8 @@ class Settings:
     reuse_port: bool = False
     log_format: str = "text"
     access_log: bool = True
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -90,8 +90,9 @@ def _read_pem(setting: str, path: str) -> bytes:
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """gRPC's options from the settings, each checked (the port too: gRPC would bind it modulo 65536)."""
-    if not 0 <= settings.port <= 65535:
-        raise InvalidRequest("port", f"must be within 0..65535, got {settings.port}")
+    for name in ("port", "metrics_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            raise InvalidRequest(name, f"must be within 0..65535, got {getattr(settings, name)}")
     if not 1024 <= settings.max_request_bytes <= MAX_REQUEST_BYTES:
         raise InvalidRequest("max_request_bytes",
                              f"must be within 1024..{MAX_REQUEST_BYTES}, got {settings.max_request_bytes}")
