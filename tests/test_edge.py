@@ -19,19 +19,13 @@ from engine.cache import BoundedCache
 from server import converters
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.bench import InProcessContext
+from server.bench_edge import resident_mb
 from server.edge import undecodable
 from server.servicers import LARGE_REQUEST_WORK, RecommenderServicer
 from tests.test_api import recommend_request, status_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def raw_call(client, method: str, data: bytes, **kwargs):  # type: ignore[no-untyped-def]
@@ -76,12 +70,12 @@ def test_oversized_requests_are_refused_and_nothing_is_cached(server) -> None:  
     long_id.candidates[0].item_id = "x" * 1_000_000
     for call in range(350):
         if call == 50:  # by now the allocators' pools for megabyte messages are warm
-            before = rss_mb()
+            before = resident_mb()
         code, details = status_of(client.recommender.Recommend, long_id)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details == "candidates[0].item_id: must be at most 256 characters, got 1000000"
     assert converters._candidates.bytes == 0  # refused candidates never enter the cache
-    assert rss_mb() - before < 150  # each kept would be 300 MB; the allocators alone swing by tens of MB
+    assert resident_mb() - before < 150  # each kept would be 300 MB; the allocators alone swing by tens of MB
     many = pb.RecommendRequest(user_id="u", candidates=[pb.Candidate(item_id=f"i{j}") for j in range(80_000)])
     assert status_of(client.recommender.Recommend, many) == (
         grpc.StatusCode.INVALID_ARGUMENT, "candidates: must have at most 500 entries, got 80000")

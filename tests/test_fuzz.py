@@ -34,12 +34,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.bench_edge import resident_mb
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.app import RunningServer
 from server.edge import undecodable
 from server.errors import MAX_MESSAGE_LENGTH
 from tests.test_api import recommend_request
-from tests.test_edge import rss_mb
 
 pytestmark = pytest.mark.slow
 
@@ -306,11 +306,11 @@ def test_fuzzed_requests_get_a_caller_error_and_leave_the_server_serving(
     _, client = start_server()
     storefront = open_storefront(client)
     caplog.set_level(logging.WARNING)
-    undecodable_before, rss_before, began = undecodable.total, rss_mb(), time.perf_counter()
+    undecodable_before, rss_before, began = undecodable.total, resident_mb(), time.perf_counter()
 
     answers = fuzz(client.channel, random.Random(SEED), storefront)
 
-    elapsed, rss_after = time.perf_counter() - began, rss_mb()
+    elapsed, rss_after = time.perf_counter() - began, resident_mb()
     print(f"\nfuzz seed {SEED}: {len(answers):,} calls in {elapsed:.1f} s, "
           f"RSS {rss_before:.0f} → {rss_after:.0f} MB\n{counts_by_code(answers)}")
     assert len(answers) >= 2000
