@@ -115,12 +115,16 @@ def feedback_request_to_domain(request: pb.FeedbackRequest) -> RewardReport:
     return RewardReport(event_id=request.event_id, reward=request.reward, item_id=request.item_id, label=request.label)
 
 
+def record_status_to_proto(status: Status) -> pb.RecordStatus.ValueType:
+    return pb.RecordStatus.Value("RECORD_STATUS_" + status.name)
+
+
 def feedback_status_to_proto(status: Status) -> pb.FeedbackResponse:
-    return pb.FeedbackResponse(status=pb.FeedbackResponse.Status.Value(status.name))
+    return pb.FeedbackResponse(status=record_status_to_proto(status))
 
 
 def activate_status_to_proto(status: Status) -> pb.ActivateResponse:
-    return pb.ActivateResponse(status=pb.ActivateResponse.Status.Value(status.name))
+    return pb.ActivateResponse(status=record_status_to_proto(status))
 
 
 def items_to_domain(items: Sequence[pb.Item], limits: Limits) -> list[Item]:

@@ -79,10 +79,10 @@ def test_feedback_is_idempotent_and_learned_once(server) -> None:  # type: ignor
     response = client.recommender.Recommend(recommend_request(num_results=2))
     second = response.items[1].item_id
     send = client.recommender.Feedback
-    assert send(pb.FeedbackRequest(event_id=response.event_id, reward=1.0, label="click")).status == pb.FeedbackResponse.NEW
-    assert send(pb.FeedbackRequest(event_id=response.event_id, reward=1.0, label="click")).status == pb.FeedbackResponse.DUPLICATE
+    assert send(pb.FeedbackRequest(event_id=response.event_id, reward=1.0, label="click")).status == pb.RECORD_STATUS_NEW
+    assert send(pb.FeedbackRequest(event_id=response.event_id, reward=1.0, label="click")).status == pb.RECORD_STATUS_DUPLICATE
     assert send(pb.FeedbackRequest(event_id=response.event_id, item_id=second, reward=25.0,
-                                   label="purchase")).status == pb.FeedbackResponse.NEW
+                                   label="purchase")).status == pb.RECORD_STATUS_NEW
     assert running.engine.wait_until_learned()
     info = client.admin.GetModelInfo(pb.GetModelInfoRequest())
     assert info.examples_learned == 2 and info.examples_pending == 0
@@ -107,8 +107,8 @@ def test_deferred_decisions_are_activated(start_server) -> None:  # type: ignore
     never = client.recommender.Recommend(recommend_request(defer_activation=True)).event_id
     code, _ = status_of(client.recommender.Feedback, pb.FeedbackRequest(event_id=shown, reward=1.0))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.ActivateResponse.NEW
-    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.ActivateResponse.DUPLICATE
+    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.RECORD_STATUS_NEW
+    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.RECORD_STATUS_DUPLICATE
     client.recommender.Feedback(pb.FeedbackRequest(event_id=shown, reward=1.0))
     time.sleep(0.6)
     code, details = status_of(client.recommender.Activate, pb.ActivateRequest(event_id=never))

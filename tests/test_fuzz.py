@@ -326,4 +326,4 @@ def test_fuzzed_requests_get_a_caller_error_and_leave_the_server_serving(
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     decision = client.recommender.Recommend(recommend_request(num_results=2), timeout=CALL_TIMEOUT)
     feedback = pb.FeedbackRequest(event_id=decision.event_id, item_id=decision.items[0].item_id, reward=1.0)
-    assert client.recommender.Feedback(feedback, timeout=CALL_TIMEOUT).status == pb.FeedbackResponse.NEW
+    assert client.recommender.Feedback(feedback, timeout=CALL_TIMEOUT).status == pb.RECORD_STATUS_NEW

@@ -17,10 +17,32 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_STOREFRONT: _ClassVar[Role]
     ROLE_CATALOG: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
+
+class RecordStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORD_STATUS_UNSPECIFIED: _ClassVar[RecordStatus]
+    RECORD_STATUS_NEW: _ClassVar[RecordStatus]
+    RECORD_STATUS_DUPLICATE: _ClassVar[RecordStatus]
+
+class LearningVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEARNING_VERDICT_UNSPECIFIED: _ClassVar[LearningVerdict]
+    LEARNING_VERDICT_LEARNING: _ClassVar[LearningVerdict]
+    LEARNING_VERDICT_NOT_YET_DISTINGUISHABLE: _ClassVar[LearningVerdict]
+    LEARNING_VERDICT_WORSE_THAN_RANDOM: _ClassVar[LearningVerdict]
+    LEARNING_VERDICT_NO_DATA: _ClassVar[LearningVerdict]
 ROLE_UNSPECIFIED: Role
 ROLE_STOREFRONT: Role
 ROLE_CATALOG: Role
 ROLE_ADMIN: Role
+RECORD_STATUS_UNSPECIFIED: RecordStatus
+RECORD_STATUS_NEW: RecordStatus
+RECORD_STATUS_DUPLICATE: RecordStatus
+LEARNING_VERDICT_UNSPECIFIED: LearningVerdict
+LEARNING_VERDICT_LEARNING: LearningVerdict
+LEARNING_VERDICT_NOT_YET_DISTINGUISHABLE: LearningVerdict
+LEARNING_VERDICT_WORSE_THAN_RANDOM: LearningVerdict
+LEARNING_VERDICT_NO_DATA: LearningVerdict
 REQUIRED_ROLE_FIELD_NUMBER: _ClassVar[int]
 required_role: _descriptor.FieldDescriptor
 
@@ -125,17 +147,9 @@ class FeedbackRequest(_message.Message):
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("status",)
-    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        STATUS_UNSPECIFIED: _ClassVar[FeedbackResponse.Status]
-        NEW: _ClassVar[FeedbackResponse.Status]
-        DUPLICATE: _ClassVar[FeedbackResponse.Status]
-    STATUS_UNSPECIFIED: FeedbackResponse.Status
-    NEW: FeedbackResponse.Status
-    DUPLICATE: FeedbackResponse.Status
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    status: FeedbackResponse.Status
-    def __init__(self, status: _Optional[_Union[FeedbackResponse.Status, str]] = ...) -> None: ...
+    status: RecordStatus
+    def __init__(self, status: _Optional[_Union[RecordStatus, str]] = ...) -> None: ...
 
 class ActivateRequest(_message.Message):
     __slots__ = ("event_id",)
@@ -145,17 +159,9 @@ class ActivateRequest(_message.Message):
 
 class ActivateResponse(_message.Message):
     __slots__ = ("status",)
-    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        STATUS_UNSPECIFIED: _ClassVar[ActivateResponse.Status]
-        NEW: _ClassVar[ActivateResponse.Status]
-        DUPLICATE: _ClassVar[ActivateResponse.Status]
-    STATUS_UNSPECIFIED: ActivateResponse.Status
-    NEW: ActivateResponse.Status
-    DUPLICATE: ActivateResponse.Status
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    status: ActivateResponse.Status
-    def __init__(self, status: _Optional[_Union[ActivateResponse.Status, str]] = ...) -> None: ...
+    status: RecordStatus
+    def __init__(self, status: _Optional[_Union[RecordStatus, str]] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("item_id", "features", "active")
@@ -329,3 +335,121 @@ class ForgetUserResponse(_message.Message):
     outcomes_deleted: int
     embedding_removed: bool
     def __init__(self, decisions_deleted: _Optional[int] = ..., rewards_deleted: _Optional[int] = ..., outcomes_deleted: _Optional[int] = ..., embedding_removed: _Optional[bool] = ...) -> None: ...
+
+class GetLearningReportRequest(_message.Message):
+    __slots__ = ("window_seconds", "max_decisions")
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    window_seconds: float
+    max_decisions: int
+    def __init__(self, window_seconds: _Optional[float] = ..., max_decisions: _Optional[int] = ...) -> None: ...
+
+class PolicyEstimate(_message.Message):
+    __slots__ = ("policy", "estimator", "value", "ci_low", "ci_high", "effective_sample_size")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    effective_sample_size: float
+    def __init__(self, policy: _Optional[str] = ..., estimator: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., effective_sample_size: _Optional[float] = ...) -> None: ...
+
+class ModelVersionReport(_message.Message):
+    __slots__ = ("model_version", "decisions", "observed_reward", "observed_ci_low", "observed_ci_high", "estimates", "lift_over_random", "lift_ci_low", "lift_ci_high", "verdict", "summary", "more_decisions_needed")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_REWARD_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATES_FIELD_NUMBER: _ClassVar[int]
+    LIFT_OVER_RANDOM_FIELD_NUMBER: _ClassVar[int]
+    LIFT_CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    LIFT_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    MORE_DECISIONS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    decisions: int
+    observed_reward: float
+    observed_ci_low: float
+    observed_ci_high: float
+    estimates: _containers.RepeatedCompositeFieldContainer[PolicyEstimate]
+    lift_over_random: float
+    lift_ci_low: float
+    lift_ci_high: float
+    verdict: LearningVerdict
+    summary: str
+    more_decisions_needed: int
+    def __init__(self, model_version: _Optional[str] = ..., decisions: _Optional[int] = ..., observed_reward: _Optional[float] = ..., observed_ci_low: _Optional[float] = ..., observed_ci_high: _Optional[float] = ..., estimates: _Optional[_Iterable[_Union[PolicyEstimate, _Mapping]]] = ..., lift_over_random: _Optional[float] = ..., lift_ci_low: _Optional[float] = ..., lift_ci_high: _Optional[float] = ..., verdict: _Optional[_Union[LearningVerdict, str]] = ..., summary: _Optional[str] = ..., more_decisions_needed: _Optional[int] = ...) -> None: ...
+
+class GetLearningReportResponse(_message.Message):
+    __slots__ = ("window_start", "window_end", "overall", "versions", "model_version")
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    OVERALL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    window_start: _timestamp_pb2.Timestamp
+    window_end: _timestamp_pb2.Timestamp
+    overall: ModelVersionReport
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersionReport]
+    model_version: str
+    def __init__(self, window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., overall: _Optional[_Union[ModelVersionReport, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[ModelVersionReport, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("event_id", "item_id", "max_features")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    item_id: str
+    max_features: int
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., max_features: _Optional[int] = ...) -> None: ...
+
+class FeatureContribution(_message.Message):
+    __slots__ = ("feature", "value", "weight", "contribution")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    weight: float
+    contribution: float
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., contribution: _Optional[float] = ...) -> None: ...
+
+class ItemProbability(_message.Message):
+    __slots__ = ("item_id", "probability")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    probability: float
+    def __init__(self, item_id: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("event_id", "item_id", "slot", "model_version", "pmf", "probability", "score", "explaining_model_version", "contributions")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PMF_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    item_id: str
+    slot: int
+    model_version: str
+    pmf: _containers.RepeatedCompositeFieldContainer[ItemProbability]
+    probability: float
+    score: float
+    explaining_model_version: str
+    contributions: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., slot: _Optional[int] = ..., model_version: _Optional[str] = ..., pmf: _Optional[_Iterable[_Union[ItemProbability, _Mapping]]] = ..., probability: _Optional[float] = ..., score: _Optional[float] = ..., explaining_model_version: _Optional[str] = ..., contributions: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...

@@ -402,6 +402,16 @@ class AdminStub:
                 request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.FromString,
                 _registered_method=True)
+        self.GetLearningReport = channel.unary_unary(
+                '/recbandit.v1.Admin/GetLearningReport',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportResponse.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/recbandit.v1.Admin/Explain',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -411,7 +421,8 @@ class AdminServicer:
     """
 
     def GetModelInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The live model: its version, what it has learned, its exploration, embeddings and policy.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -448,6 +459,24 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLearningReport(self, request, context):
+        """"Is it learning?" Over the recent decisions whose rewards are final: for each model version,
+        the reward the served policy earned, off-policy estimates from the same log of uniform random,
+        of the storefront's own order and of the current model's greedy choice, and a verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """"Why this item?" For one item of one logged decision: the distribution it was drawn from,
+        the model version that decided, and the features that contribute most to its score.
+        NOT_FOUND for an unknown event_id or an item that was not a candidate of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -475,6 +504,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ForgetUser,
                     request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.FromString,
                     response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.SerializeToString,
+            ),
+            'GetLearningReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLearningReport,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +654,60 @@ class Admin:
             '/recbandit.v1.Admin/ForgetUser',
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserRequest.SerializeToString,
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ForgetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLearningReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/GetLearningReport',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetLearningReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/Explain',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
