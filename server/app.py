@@ -220,13 +220,17 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGHUP, lambda *_: reloads.submit(_reload, tokens))
     info = running.engine.model_info()
     transport = "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
-    print(
-        f"recbandit listening on {settings.host}:{running.port} "
-        f"({transport}, {'tokens' if tokens else 'no tokens'}; data {settings.data_dir}, "
-        f"model {info.model_version}, exploration {info.bandit.exploration})",
-        flush=True,
+    log.info(
+        "listening on %s:%d (%s, %s; data %s, model %s, exploration %s%s)",
+        settings.host, running.port, transport, "tokens" if tokens else "no tokens", settings.data_dir,
+        info.model_version, info.bandit.exploration,
+        f"; metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "",
+        extra={"port": running.port},
     )
-    stop.wait()
+    # A signal may be delivered to any thread; Python runs its handler only when the main thread
+    # runs, so the main thread wakes up often rather than sleeping in one long wait.
+    while not stop.wait(0.2):
+        pass
     log.info("stopping: draining RPCs for up to %.1fs, then checkpointing", settings.grace)
     running.stop(settings.grace)
-    print("recbandit stopped; model checkpointed", flush=True)
+    log.info("stopped; model checkpointed")

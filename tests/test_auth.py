@@ -22,6 +22,7 @@ from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.auth import ROLES, TokenFileError, Tokens, auth_metadata, method_roles
 from server.settings import Settings
 from server.transport import is_loopback, server_credentials
+from tests.servers import spawn_serve
 from tests.conftest import write_tokens
 
 TOKENS = {"storefront": "sf-" + "a" * 29, "catalog": "cat-" + "b" * 28, "admin": "adm-" + "c" * 28}
@@ -183,13 +184,8 @@ def test_plaintext_is_refused_off_loopback_unless_insecure_is_allowed(tls_files)
 def test_serve_rotates_tokens_on_sighup(tmp_path: Path) -> None:
     """The real command: a new token works and the old one stops working, with no restart."""
     tokens = write_tokens(tmp_path / "tokens", {"admin": TOKENS["admin"]})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
-         "--auth-tokens", str(tokens)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process, port = spawn_serve(tmp_path / "data", "--auth-tokens", str(tokens))
     try:
-        port = _listening_port(process)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             admin = pb_grpc.AdminStub(channel)
 
@@ -207,16 +203,10 @@ def test_serve_rotates_tokens_on_sighup(tmp_path: Path) -> None:
             assert info(TOKENS["admin"]) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=30)
+        process.wait(timeout=30)
     assert process.returncode == 0
-    assert TOKENS["admin"] not in stderr and rotated not in stderr
-
-
-def _listening_port(process: subprocess.Popen[str]) -> int:
-    assert process.stdout is not None
-    line = process.stdout.readline()  # "recbandit listening on 127.0.0.1:PORT (...)"
-    assert "listening on" in line, line + (process.stderr.read() if process.stderr else "")
-    return int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+    stderr = (tmp_path / "data.log").read_text()
+    assert "listening on" in stderr and TOKENS["admin"] not in stderr and rotated not in stderr
 
 
 def test_a_key_that_does_not_match_its_certificate_is_refused_before_anything_starts(tls_files) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from engine.eventlog import SQLiteEventLog
 from engine.rewards import RewardRules
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from tests.conftest import stubs
+from tests.servers import spawn_serve
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,17 +52,8 @@ def test_a_restart_keeps_the_log_and_what_was_learned(start_server, tmp_path) ->
     assert running.engine.model_info().examples_learned == 210
 
 
-def spawn_server(data_dir: Path, *flags: str) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "--log-level", "WARNING", "serve", "--port", "0",
-         "--data-dir", str(data_dir), *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-    assert match, f"server did not start: {line!r}"
-    return process, int(match.group(1))
+def spawn_server(data_dir: Path, *flags: str) -> tuple[subprocess.Popen[bytes], int]:
+    return spawn_serve(data_dir, "--no-access-log", *flags)
 
 
 def test_kill_9_during_traffic_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -126,7 +118,7 @@ def test_sigterm_drains_checkpoints_and_exits_zero(tmp_path: Path) -> None:
     play(client, 20)
     client.channel.close()
     process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=20)
+    process.wait(timeout=20)
     assert process.returncode == 0
-    assert "stopped; model checkpointed" in out
+    assert "stopped; model checkpointed" in data.with_suffix(".log").read_text()
     assert read_checkpoint(data).examples_learned == 20

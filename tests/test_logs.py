@@ -15,7 +15,7 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.auth import auth_metadata
 from tests.conftest import write_tokens
-from tests.test_auth import _listening_port
+from tests.servers import spawn_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "sf-" + "q" * 29
@@ -24,12 +24,8 @@ KEY = b"p" * 32
 
 def serve_and_call(tmp_path: Path, *flags: str) -> tuple[list[str], str]:
     """Serve with ``flags``, make a few calls as a storefront would, stop; the stderr lines and the event id."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(tmp_path / "data"), *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process, port = spawn_serve(tmp_path / "data", *flags)
     try:
-        port = _listening_port(process)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             recommender = pb_grpc.RecommenderStub(channel)
             metadata = auth_metadata(TOKEN)
@@ -45,7 +41,8 @@ def serve_and_call(tmp_path: Path, *flags: str) -> tuple[list[str], str]:
                     pass
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=30)
+        process.wait(timeout=30)
+    stderr = (tmp_path / "data.log").read_text()
     assert process.returncode == 0, stderr
     return stderr.splitlines(), event_id
 
@@ -57,6 +54,9 @@ def test_json_logs_have_an_access_line_per_rpc_and_no_token_or_user_id(tmp_path:
     lines, event_id = serve_and_call(tmp_path, "--log-format", "json", "--auth-tokens", str(tokens),
                                      "--pseudonymize-user-ids", str(key))
     records = [json.loads(line) for line in lines]  # every line is one JSON object
+    lifecycle = [r for r in records if r["logger"] == "server.app"]
+    assert lifecycle[0]["message"].startswith("listening on 127.0.0.1:") and lifecycle[0]["port"] > 0
+    assert lifecycle[-1]["message"] == "stopped; model checkpointed"
     access = [(r["method"], r["code"], r["event_id"]) for r in records if r["logger"] == "recbandit.access"]
     assert access == [("Recommend", "OK", event_id), ("Feedback", "OK", event_id),
                       ("Recommend", "INVALID_ARGUMENT", ""), ("Recommend", "UNAUTHENTICATED", "")]
