@@ -33,8 +33,10 @@ from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
+from engine.observer import Observer
 from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
+from engine.report import LearningReport, ReportRequest, learning_report
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
@@ -104,6 +106,23 @@ class Engine:
         return self._learner.bandit
 
     @property
+    def observer(self) -> Observer:
+        return self._learner.observer
+
+    def observe(self, observer: Observer) -> None:
+        """Report commits, learned outcomes and undelivered decisions to ``observer`` from now on."""
+        self._learner.observer = observer
+        self.log.watch_commits(observer.committed)
+
+    def learner_lag_seconds(self) -> float:
+        """How long the oldest final outcome not yet learned has waited (0: the model is up to date)."""
+        return self._learner.lag_seconds()
+
+    def model_age_seconds(self) -> float:
+        """Seconds since the served model last changed: learned an outcome or was replaced."""
+        return max(0.0, time.time() - self._learner.updated)
+
+    @property
     def registered_policy(self) -> RegisteredPolicy | None:
         return self._learner.served.registered_policy
 
@@ -149,10 +168,12 @@ class Engine:
         try:
             logged = await self.log.append_decision_async(prepared.decision, prepared.record)
         except asyncio.CancelledError:  # the insert is queued and will commit: mark it after
+            self.observer.undelivered()
             self.log.post_undelivered(prepared.decision)
             raise
         decided = self._decided(prepared, logged)
         if logged is prepared.decision and caller_gone is not None and caller_gone():
+            self.observer.undelivered()
             await self.log.mark_delivery_async(logged, delivered=False)
         return decided
 
@@ -315,6 +336,15 @@ class Engine:
             embeddings=live.info() if (live := self.embeddings.current) else None,
             registered_policy=served.registered_policy,
         )
+
+    def learning_report(self, request: ReportRequest) -> LearningReport:
+        """Is it learning? The served reward against random, the storefront's order and the live
+        model's greedy choice, over the request's window (:mod:`engine.report`). Blocks: the live
+        model scores every decision of the window, so a coroutine calls it in a worker thread."""
+        request = request.resolved()  # refused before any work
+        learner = self._learner
+        served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
+        return learning_report(self.log, served.bandit, served.version(examples_learned), request, time.time())
 
     # -- hot swaps ---------------------------------------------------------------------------------
 

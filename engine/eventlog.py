@@ -147,6 +147,10 @@ class SQLiteEventLog:
         """Call ``on_change(healthy)`` from the writer thread whenever writes start or stop failing."""
         self._writer.on_health_change = on_change
 
+    def watch_commits(self, on_commit: Callable[[float, int], None]) -> None:
+        """Call ``on_commit(seconds, operations)`` from the writer thread after every transaction."""
+        self._writer.on_commit = on_commit
+
     @property
     def storage_healthy(self) -> bool:
         return self._writer.healthy
@@ -316,6 +320,19 @@ class SQLiteEventLog:
         )
         return [Outcome(*row) for row in rows]
 
+    def final_outcomes_before(self, seq: int | None, slot: int, limit: int = 1000) -> list[Outcome]:
+        """Final outcomes of ``slot`` with ``seq`` below the given one (None: all), newest first."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT seq, event_id, slot, item_id, reward, source, ts FROM outcomes WHERE seq < ? AND slot = ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (1 << 62 if seq is None else seq, slot, limit),
+            )
+            .fetchall()
+        )
+        return [Outcome(*row) for row in rows]
+
     def decisions(self, event_ids: Iterable[str]) -> dict[str, LoggedDecision]:
         """The logged decisions of the given events, by event id (unknown ids are left out)."""
         ids = list(dict.fromkeys(event_ids))
@@ -326,6 +343,11 @@ class SQLiteEventLog:
             for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
                 found[row[0]] = _decision(row)
         return found
+
+    def outcome_time_after(self, seq: int) -> float | None:
+        """When the first outcome after ``seq`` was committed (the oldest not yet learned), or None."""
+        row = self._reader().execute("SELECT ts FROM outcomes WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)).fetchone()
+        return None if row is None else float(row[0])
 
     def last_outcome_seq(self) -> int:
         (seq,) = self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()

@@ -88,6 +88,7 @@ class GroupCommitWriter:
         self.healthy = True
         self._failed_at = -RECOVERY_HOLD
         self.on_health_change: Callable[[bool], None] | None = None
+        self.on_commit: Callable[[float, int], None] | None = None  # seconds and operations of each transaction
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
 
@@ -146,6 +147,7 @@ class GroupCommitWriter:
     def _commit(self, batch: list[_Pending]) -> None:
         conn = self._connection
         changes = conn.total_changes
+        began = time.perf_counter()
         try:
             if not self._run_plain(conn, batch):
                 self._run_with_savepoints(conn, batch)
@@ -160,7 +162,9 @@ class GroupCommitWriter:
                 pending.result, pending.error = None, error
         try:
             self._note_health(batch, wrote=conn.total_changes > changes)
-        except Exception:  # never let health tracking stop the writer: its callers wait on it
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - began, len(batch))
+        except Exception:  # never let health tracking or metrics stop the writer: its callers wait on it
             log.exception("storage health tracking failed")
         waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for pending in batch:

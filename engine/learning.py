@@ -23,6 +23,7 @@ from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, RecbanditError, StorageUnavailable
 from engine.eventlog import SQLiteEventLog
+from engine.observer import LearnedSlot, Observer, model_id
 from engine.records import LoggedDecision, Outcome
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class Learner:
         self._stopping = stopping
         self._recent = RecentExamples()
         self._learn_lock = threading.Lock()
+        self.observer = Observer()
         self._load_model(bandit)
+        self.updated = time.time()  # when the served model last learned or was replaced
         self._checkpointed: tuple[ServedModel, int] | None = (  # what the checkpoint on disk holds
             (self.served, self.learned_seq) if self.last_checkpoint is not None else None)
         self._wake = threading.Event()
@@ -201,6 +204,15 @@ class Learner:
         )
         if outcome.slot == len(example.chosen) - 1:
             self._recent.forget(outcome.event_id)
+        self.updated = time.time()
+        delay = outcome.ts - example.decided if outcome.source == "reward" else None
+        self.observer.learned(LearnedSlot(example.model, outcome.reward, outcome.source,
+                                          example.exploring[outcome.slot], delay))
+
+    def lag_seconds(self) -> float:
+        """How long the oldest final outcome not yet learned has waited; 0 when none waits."""
+        committed = self.log.outcome_time_after(self.learned_seq)
+        return 0.0 if committed is None else max(0.0, time.time() - committed)
 
     def wait_until_learned(self, timeout: float = 10.0) -> bool:
         """Block until every outcome committed so far is learned (tests and the demo use this)."""
@@ -285,6 +297,7 @@ class Learner:
         with self._learn_lock:
             self.examples_learned = 0
             self.served = ServedModel(loaded, f"{policy.model_name}-v{policy.version}", policy)
+            self.updated = time.time()
         log.info("serving %s version %s (@%s) from %s", policy.model_name, policy.version, policy.alias, model_path)
         self.checkpoint()
 
@@ -299,6 +312,9 @@ class _Example:
     chosen: tuple[str, ...]
     probabilities: tuple[float, ...]
     chars: int  # the text kept in memory, which the cache of recent examples is bounded by
+    model: str  # the id of the model that decided
+    decided: float  # when
+    exploring: tuple[bool, ...]  # per slot: its item was not the most probable one
 
     @classmethod
     def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
@@ -309,6 +325,9 @@ class _Example:
             decision.chosen_item_ids,
             tuple(s.probability for s in decision.slots),
             len(shared) + sum(map(len, actions)),
+            model_id(decision.model_version),
+            decision.ts,
+            tuple(s.probability < max(s.pmf) for s in decision.slots),
         )
 
 

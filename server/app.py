@@ -76,6 +76,8 @@ async def build_server(
     )
     in_flight = InFlight(settings.max_in_flight)  # one bound for every service
     metrics = Metrics(engine, in_flight) if settings.metrics_port else None
+    if metrics is not None:
+        engine.observe(metrics)
     add_services(server, {
         "Recommender": RecommenderServicer(engine, in_flight, metrics),
         "Catalog": CatalogServicer(engine, in_flight, metrics),

@@ -10,8 +10,20 @@ labels.
 - ``recbandit_decisions_total{model}``: decisions by the model that made them (its id, without the
   count of examples learned, so that the label set stays small).
 - ``recbandit_rewards_total{label}``: new rewards by label.
+- ``recbandit_outcomes_learned_total{source}``: final outcomes learned, by where their reward came
+  from: ``reward``, ``sum`` or ``default`` (the window closed without one: the default-reward count).
+- ``recbandit_learned_reward_total{model,choice}`` over ``recbandit_learned_slots_total{model,choice}``:
+  the online reward per slot of each model, for exploring and exploiting slots apart (``choice`` is
+  ``explore`` when the slot's item was not the most probable of its pmf). In PromQL:
+  ``rate(recbandit_learned_reward_total[1h]) / rate(recbandit_learned_slots_total[1h])``.
+- ``recbandit_undelivered_decisions_total``: decisions committed whose caller was gone.
+- ``recbandit_reward_delay_seconds``: from a decision to the reward that made its slot final
+  (aggregation ``earliest``).
+- ``recbandit_event_log_commit_seconds``: each event-log transaction (a group of writes).
 - ``recbandit_examples_learned``, ``recbandit_learner_lag_examples`` (final rewards committed and
-  not yet learned), ``recbandit_seconds_since_checkpoint`` and ``recbandit_event_log_writable``.
+  not yet learned), ``recbandit_learner_lag_seconds`` (how long the oldest of them has waited),
+  ``recbandit_model_age_seconds`` (since the model last learned or was replaced),
+  ``recbandit_seconds_since_checkpoint`` and ``recbandit_event_log_writable``.
 """
 
 from __future__ import annotations
@@ -21,16 +33,20 @@ import time
 from typing import Any
 
 from engine.core import Engine
+from engine.observer import LearnedSlot, Observer, model_id
 from server.errors import InFlight
 
 MAX_LABELS = 32
-"""Reward labels come from clients: past this many distinct ones, they are counted as ``other``."""
+"""Reward labels come from clients, model ids change with every policy: past this many distinct
+values of one label, the rest are counted as ``other``."""
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
-class Metrics:
-    """The server's metrics; :meth:`serve` starts their HTTP endpoint."""
+class Metrics(Observer):
+    """The server's metrics; :meth:`serve` starts their HTTP endpoint. The engine reports to it
+    (``engine.observe(metrics)``): commits, learned outcomes, undelivered decisions."""
 
     def __init__(self, engine: Engine, in_flight: InFlight) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,14 +59,30 @@ class Metrics:
         self._decisions = Counter("recbandit_decisions", "Recommend decisions by the model that made them.",
                                   ["model"], registry=registry)
         self._rewards = Counter("recbandit_rewards", "New rewards by label.", ["label"], registry=registry)
-        self._labels: set[str] = set()
-        self._labels_lock = threading.Lock()
+        self._outcomes = Counter("recbandit_outcomes_learned", "Final outcomes learned, by source: reward, sum or default.",
+                                 ["source"], registry=registry)
+        self._learned_reward = Counter("recbandit_learned_reward", "Sum of the rewards learned, by model and choice.",
+                                       ["model", "choice"], registry=registry)
+        self._learned_slots = Counter("recbandit_learned_slots", "Slots learned, by model and choice (explore or exploit).",
+                                      ["model", "choice"], registry=registry)
+        self._undelivered = Counter("recbandit_undelivered_decisions", "Decisions committed whose caller was gone.",
+                                    registry=registry)
+        self._delay = Histogram("recbandit_reward_delay_seconds", "From a decision to the reward that made its slot final.",
+                                buckets=DELAY_BUCKETS, registry=registry)
+        self._commits = Histogram("recbandit_event_log_commit_seconds", "Each event-log transaction (a group of writes).",
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        self._seen: dict[str, set[str]] = {"label": set(), "model": set()}
+        self._seen_lock = threading.Lock()
         gauges = {
             "recbandit_rpc_in_flight": ("Calls being served now.", lambda: in_flight.count),
             "recbandit_examples_learned": ("Final rewards the model has learned.",
                                            lambda: engine.model_info().examples_learned),
             "recbandit_learner_lag_examples": ("Final rewards committed and not yet learned.",
                                                lambda: engine.model_info().examples_pending),
+            "recbandit_learner_lag_seconds": ("How long the oldest final reward not yet learned has waited.",
+                                              engine.learner_lag_seconds),
+            "recbandit_model_age_seconds": ("Seconds since the model last learned or was replaced.",
+                                            engine.model_age_seconds),
             "recbandit_seconds_since_checkpoint": ("Seconds since the model was last checkpointed (-1: never).",
                                                    lambda: _since(engine.model_info().last_checkpoint_ts)),
             "recbandit_event_log_writable": ("1 while writes to the event log succeed, else 0.",
@@ -64,16 +96,37 @@ class Metrics:
         self._duration.labels(method).observe(seconds)
 
     def decided(self, model_version: str) -> None:
-        self._decisions.labels(model_version.split("@", 1)[0]).inc()
+        self._decisions.labels(self._bounded("model", model_id(model_version))).inc()
 
     def rewarded(self, label: str) -> None:
-        if label not in self._labels:
-            with self._labels_lock:
-                if len(self._labels) < MAX_LABELS:
-                    self._labels.add(label)
-                else:
-                    label = "other"
-        self._rewards.labels(label or "unlabelled").inc()
+        self._rewards.labels(self._bounded("label", label or "unlabelled")).inc()
+
+    # -- what the engine reports (Observer) ------------------------------------------------------
+
+    def committed(self, seconds: float, operations: int) -> None:
+        self._commits.observe(seconds)
+
+    def learned(self, slot: LearnedSlot) -> None:
+        self._outcomes.labels(slot.source).inc()
+        labels = (self._bounded("model", slot.model), "explore" if slot.exploring else "exploit")
+        self._learned_slots.labels(*labels).inc()
+        self._learned_reward.labels(*labels).inc(slot.reward)
+        if slot.reward_delay is not None:
+            self._delay.observe(max(0.0, slot.reward_delay))
+
+    def undelivered(self) -> None:
+        self._undelivered.inc()
+
+    def _bounded(self, label: str, value: str) -> str:
+        """``value``, or ``other`` once :data:`MAX_LABELS` values of ``label`` have been seen."""
+        seen = self._seen[label]
+        if value not in seen:
+            with self._seen_lock:
+                if len(seen) < MAX_LABELS:
+                    seen.add(value)
+                elif value not in seen:
+                    return "other"
+        return value
 
     def serve(self, host: str, port: int) -> Any:
         """Serve ``/metrics`` on ``host:port`` from a daemon thread; return the HTTP server (to shut down)."""

@@ -23,6 +23,7 @@ from server.bench_edge import resident_mb
 from server.edge import undecodable
 from server.servicers import LARGE_REQUEST_WORK, RecommenderServicer
 from tests.test_api import recommend_request, status_of
+from tests.test_metrics import free_port, scrape
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -169,7 +170,8 @@ def test_the_servicer_refuses_a_call_whose_deadline_passed_before_any_work(serve
 
 
 def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server) -> None:  # type: ignore[no-untyped-def]
-    running, client = start_server(reward_window="1s", default_reward=0.0)
+    metrics_port = free_port()
+    running, client = start_server(reward_window="1s", default_reward=0.0, metrics_port=metrics_port)
     client.catalog.ListItems(pb.ListItemsRequest())  # the channel is ready before the clock matters
     with WriteLock(running):
         late = client.recommender.Recommend.future(recommend_request(event_id="gone"), timeout=1.0)
@@ -187,6 +189,9 @@ def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server)
     assert outcomes == {shown.event_id: "default"}
     exported = {r["event_id"]: r["undelivered"] for r in running.engine.log.joined()}
     assert exported == {"gone": True, "shown": False}
+    metrics = scrape(metrics_port)
+    assert metrics[("recbandit_undelivered_decisions_total", ())] == 1
+    assert metrics[("recbandit_outcomes_learned_total", (("source", "default"),))] == 1
 
 
 def test_a_retry_that_fetches_an_undelivered_decision_delivers_it(start_server) -> None:  # type: ignore[no-untyped-def]

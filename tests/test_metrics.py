@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 
 import grpc
@@ -48,6 +49,44 @@ def test_metrics_count_calls_decisions_rewards_and_learning(start_server) -> Non
     assert metrics[("recbandit_learner_lag_examples", ())] == 0
     assert metrics[("recbandit_rpc_in_flight", ())] == 0
     assert metrics[("recbandit_event_log_writable", ())] == 1
+    # what the engine reported: two outcomes learned from rewards, online reward per model and choice
+    assert metrics[("recbandit_outcomes_learned_total", (("source", "reward"),))] == 2
+    learned = {labels: value for (name, labels), value in metrics.items() if name == "recbandit_learned_slots_total"}
+    reward = {labels: value for (name, labels), value in metrics.items() if name == "recbandit_learned_reward_total"}
+    assert sum(learned.values()) == 2 and sum(reward.values()) == 2.0
+    assert {dict(labels)["model"] for labels in learned} == {model}
+    assert {dict(labels)["choice"] for labels in learned} <= {"explore", "exploit"}
+    assert metrics[("recbandit_reward_delay_seconds_count", ())] == 2
+    assert 0 < metrics[("recbandit_reward_delay_seconds_sum", ())] < 60
+    assert metrics[("recbandit_event_log_commit_seconds_count", ())] >= 3  # writes share transactions
+    assert metrics[("recbandit_learner_lag_seconds", ())] == 0
+    assert 0 <= metrics[("recbandit_model_age_seconds", ())] < 60
+    assert metrics[("recbandit_undelivered_decisions_total", ())] == 0
+
+
+def test_default_rewards_are_counted_apart_and_exploring_slots_apart(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Once the model prefers an item, epsilon 0.5 over 5 candidates draws another one 2 times in 5;
+    windows without a reward close with the default reward."""
+    port = free_port()
+    running, client = start_server(metrics_port=port, reward_window="1s", default_reward=0.0,
+                                   exploration="epsilon", exploration_parameter=0.5)
+    for _ in range(10):  # the model learns a preference from these (it draws uniformly until it has one)
+        event_id = client.recommender.Recommend(recommend_request()).event_id
+        client.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0))
+    assert running.engine.wait_until_learned()
+    for _ in range(20):
+        client.recommender.Recommend(recommend_request())
+    deadline = time.monotonic() + 15
+    while running.engine.model_info().examples_learned < 30:
+        assert time.monotonic() < deadline, "the reward windows never closed"
+        time.sleep(0.1)
+    metrics = scrape(port)
+    assert metrics[("recbandit_outcomes_learned_total", (("source", "default"),))] == 20
+    assert metrics[("recbandit_outcomes_learned_total", (("source", "reward"),))] == 10
+    assert metrics[("recbandit_reward_delay_seconds_count", ())] == 10  # only rewards have a delay
+    choices = {dict(labels)["choice"]: value for (name, labels), value in metrics.items()
+               if name == "recbandit_learned_slots_total"}
+    assert sum(choices.values()) == 30 and choices["explore"] >= 3 and choices["exploit"] >= 13
 
 
 def test_client_labels_cannot_grow_the_metrics_without_bound(start_server) -> None:  # type: ignore[no-untyped-def]
