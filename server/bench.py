@@ -19,6 +19,11 @@ Operations, each at every ``--concurrency`` (concurrent in-flight calls on one c
     from a second client process to a second server in the parent that serves TLS (a throwaway
     self-signed RSA 2048 certificate made with ``openssl``) and checks a storefront bearer token on
     every call. Its throughput is reported as a ratio to plaintext Recommend's, not the ceiling's.
+``Recommend with metrics on``
+    the same Recommend requests, measured right after plaintext Recommend, from a third client
+    process to a third server that serves ``--metrics-port`` (Prometheus counters and histograms
+    on every call, the engine reporting commits and learning) and is scraped once a second during
+    the row. Reported as a ratio to plaintext Recommend's throughput: the cost of metrics.
 ``Feedback``
     reward 1.0, label ``click``, one call per event created by Recommend, so every reward is new
     and committed durably before the reply. The events of the Recommend rows are used first, then
@@ -42,10 +47,13 @@ import os
 import platform
 import random
 import secrets
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
+import urllib.request
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -68,7 +76,8 @@ from server.settings import Settings
 HOST = "127.0.0.1"
 HEALTH, RECOMMEND, FEEDBACK, CREATE_EVENTS = "Health/Check", "Recommend", "Feedback", "create events"
 RECOMMEND_TLS = "Recommend over TLS with a token"
-BASELINES = {RECOMMEND: HEALTH, FEEDBACK: HEALTH, RECOMMEND_TLS: RECOMMEND}
+RECOMMEND_METRICS = "Recommend with metrics on"
+BASELINES = {RECOMMEND: HEALTH, FEEDBACK: HEALTH, RECOMMEND_TLS: RECOMMEND, RECOMMEND_METRICS: RECOMMEND}
 """The row each operation's throughput is divided by in the report, at the same concurrency."""
 
 NUM_ITEMS = 500
@@ -499,16 +508,21 @@ def measure_handlers(running: RunningServer, seed: int, seconds: float) -> list[
     ]
 
 
-def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target,
+def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target, metered: RunningServer,
                   args: argparse.Namespace) -> list[Result]:
-    """Ceiling, Recommend and Recommend over TLS at each concurrency, then Feedback over Recommend's events."""
+    """Ceiling, Recommend, Recommend over TLS and with metrics at each concurrency, then Feedback
+    over Recommend's events."""
     with (closing(ClientProcess(Target(running.port), args.seed)) as client,
-          closing(ClientProcess(tls_target, args.seed)) as tls_client):
+          closing(ClientProcess(tls_target, args.seed)) as tls_client,
+          closing(ClientProcess(Target(metered.port), args.seed)) as metered_client):
         results: list[Result] = []
         for concurrency in args.concurrency:
             for operation in (HEALTH, RECOMMEND):
                 results.append(measure(running, client, Job(operation, concurrency, args.seconds, args.warmup)))
             results.append(measure(tls, tls_client, Job(RECOMMEND_TLS, concurrency, args.seconds, args.warmup)))
+            with scraping(metered):
+                job = Job(RECOMMEND_METRICS, concurrency, args.seconds, args.warmup)
+                results.append(measure(metered, metered_client, job))
         ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
         for concurrency in args.concurrency:
             needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
@@ -532,7 +546,7 @@ def format_table(results: Sequence[Result]) -> str:
         " | server CPU µs/call | client CPU µs/call | cores busy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = {HEALTH: 0, RECOMMEND: 1, RECOMMEND_TLS: 2, FEEDBACK: 3}
+    order = {HEALTH: 0, RECOMMEND: 1, RECOMMEND_TLS: 2, RECOMMEND_METRICS: 3, FEEDBACK: 4}
     for r in sorted(results, key=lambda r: (order[r.operation], r.concurrency)):
         name = f"{r.operation} (ceiling)" if r.operation == HEALTH else r.operation
         ratio = throughput_ratio(r, results)
@@ -541,7 +555,8 @@ def format_table(results: Sequence[Result]) -> str:
         cpu = (f"{r.server_cpu_us:,.0f}", f"{r.client_cpu_us:,.0f}", f"{r.cores_busy:.2f}")
         latency_and_ratio = (f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", "n/a" if ratio is None else f"{ratio:.2f}")
         lines.append("| " + " | ".join((*cells, *latency_and_ratio, *cpu)) + " |")
-    lines += ["", f"Baseline: the ceiling at the same concurrency; for {RECOMMEND_TLS}, plaintext {RECOMMEND}."]
+    lines += ["", f"Baseline: the ceiling at the same concurrency; for {RECOMMEND_TLS} and {RECOMMEND_METRICS}, "
+                  f"plaintext {RECOMMEND}."]
     return "\n".join(lines)
 
 
@@ -655,6 +670,32 @@ def serving(settings: Settings) -> Iterator[RunningServer]:
         running.stop(grace=1.0)
 
 
+@contextmanager
+def scraping(running: RunningServer, interval: float = 1.0) -> Iterator[None]:
+    """Scrape ``running``'s /metrics every ``interval`` seconds while the block runs, as Prometheus would."""
+    host, port = running.metrics_endpoint.server_address[:2]
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.wait(interval):
+            urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read()
+
+    thread = threading.Thread(target=scrape, name="bench-scrape", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def free_port() -> int:
+    """A port on :data:`HOST` that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
 def tls_settings_and_token(folder: Path) -> tuple[Settings, str]:
     """Settings for a server that serves TLS with a throwaway self-signed certificate for :data:`HOST`
     and takes one storefront token, all made in ``folder``; and the token."""
@@ -682,10 +723,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             open(Path(workdir) / "server.log", "w") as server_log:
         configure_logs("INFO", "text", access_log=True, stream=server_log)  # as `recbandit serve` logs
         tls_settings, token = tls_settings_and_token(Path(workdir) / "tls")
+        metered_settings = Settings(port=0, host=HOST, data_dir=str(Path(workdir) / "metered"),
+                                    metrics_port=free_port())
         with (serving(Settings(port=0, host=HOST, data_dir=str(Path(workdir) / "data"))) as running,
-              serving(tls_settings) as tls):
+              serving(tls_settings) as tls, serving(metered_settings) as metered):
             tls_target = Target(tls.port, Path(tls_settings.tls_cert).read_bytes(), token)
-            results = run_benchmark(running, tls, tls_target, args)
+            results = run_benchmark(running, tls, tls_target, metered, args)
             try:
                 handlers = measure_handlers(running, args.seed, args.seconds)
             except Exception:  # the gRPC rows are measured: report them anyway
