@@ -1,91 +1,281 @@
-"""The ``recbandit`` command: serve, rebuild-model, export-log, demo, import-obd, train-embeddings, evaluate, promote."""
+"""The ``recbandit`` command: serve, rebuild-model, export-log, demo, import-obd, train-embeddings,
+evaluate, promote, report.
+
+Built on click from the one settings model (:mod:`server.settings`): every option of every command
+is a field there, with its meaning, default, choices and environment variable in ``--help``, and
+its value from the flag, the ``RECBANDIT_*`` variable, the ``--config`` TOML file or the default,
+in that order. A command that cannot start prints one line on stderr and exits with code 2.
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sqlite3
 import sys
-from collections.abc import Collection
-from dataclasses import fields
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal, get_args, get_origin
+
+import click
+from pydantic import BaseModel
 
 from engine.errors import InvalidRequest, RecbanditError
 from engine.eventlog import EVENT_LOG
 from server.logs import configure as configure_logs
-from server.settings import Settings
+from server.settings import CONFIG_ENV, ENV_PREFIX, NESTED, Settings, choices
 
 REBUILD_SETTINGS = ("data_dir", "exploration", "exploration_parameter", "interactions", "learning_rate", "reward_range")
 """The settings ``rebuild-model`` reads: where the log is, and the policy of a model started afresh."""
 
+SERVER_SETTINGS = tuple(name for name, f in Settings.model_fields.items()
+                        if not isinstance(f.default, BaseModel) and name != "log_level")
+"""The top-level settings: the server's (``serve`` takes every one)."""
 
-def _add_settings_flags(parser: argparse.ArgumentParser, names: Collection[str] | None = None) -> None:
-    for f in fields(Settings):
-        if names is not None and f.name not in names:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+
+# -- options from the settings model ---------------------------------------------------------------
+
+
+def _option(name: str, field: Any, section: str | None) -> click.Option:
+    """The click option of one settings field: ``--min-decisions`` for ``evaluate.min_decisions``.
+
+    Its default is None, so that a flag not given leaves the value to the environment, the config
+    file or the model's default (:meth:`Settings.load`); the help says what those are.
+    """
+    flag = "--" + name.replace("_", "-")
+    key = f"{section}{NESTED}{name}" if section else name
+    location = (section, name) if section else (name,)
+    variable = ENV_PREFIX + NESTED.join(part.upper() for part in location)
+    annotation = field.annotation
+    arms = set(get_args(annotation)) if get_origin(annotation) is not Literal else {annotation}
+    allowed = choices(location)
+    details = [] if field.default in (None, "", ()) else [f"default: {field.default}"]
+    if allowed:
+        details.append("one of: " + ", ".join(allowed))
+    details.append(f"env var: {variable}")
+    help_text = f"{field.description} [{'; '.join(details)}]"
+    if annotation is bool:
+        decls = [flag, key] if name.startswith("no_") else [f"{flag}/--no-{name.replace('_', '-')}", key]
+        return click.Option(decls, is_flag=True, default=None, help=help_text)
+    multiple = get_origin(annotation) is tuple
+    kind: Any = click.STRING
+    if annotation is int or int in arms:
+        kind = click.INT
+    elif annotation is float or float in arms:
+        kind = click.FLOAT
+    elif annotation is Path or Path in arms:
+        kind = click.Path(path_type=Path)
+    metavar = "|".join(allowed) if allowed else None
+    return click.Option([flag, key], type=kind, default=None, multiple=multiple, metavar=metavar, help=help_text)
+
+
+def _settings_options(names: Iterable[str] = (), section: str | None = None) -> Callable[[Any], Any]:
+    """Decorate a command with the options of top-level settings ``names`` and of its ``section``."""
+    options = [_option(name, Settings.model_fields[name], None) for name in names]
+    if section is not None:
+        model = Settings.model_fields[section].annotation
+        options += [_option(name, field, section) for name, field in model.model_fields.items()]
+
+    def decorate(command: Any) -> Any:
+        command.__click_params__ = [*getattr(command, "__click_params__", []), *reversed(options)]
+        return command
+
+    return decorate
+
+
+def _load(context: click.Context, command: str, flags: dict[str, Any]) -> Settings:
+    """The settings of ``command`` from its flags (``section__name`` for its own options) and the
+    group's; a bad value ends the command with one line and exit code 2."""
+    nested: dict[str, Any] = {"log_level": context.obj["log_level"]}
+    for key, value in flags.items():
+        if isinstance(value, tuple) and not value:
+            value = None  # a repeatable option not given
+        section, _, name = key.rpartition(NESTED)
+        if section:
+            nested.setdefault(section, {})[name] = value
         else:
-            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"default {f.default!r}")
+            nested[name] = value
+    try:
+        settings = Settings.load(context.obj["config"], **nested)
+    except InvalidRequest as error:
+        _refuse(command, error)
+    configure_logs(settings.log_level, settings.log_format if command == "serve" else "text",
+                   access_log=command == "serve" and settings.access_log)
+    return settings
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recbandit", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="serve Recommend/Feedback over gRPC")
-    _add_settings_flags(serve)
-
-    rebuild = commands.add_parser(
-        "rebuild-model", help="relearn the model from the event log, when its checkpoint cannot be trusted",
-        description="Learn every final outcome in the event log into a fresh model with the checkpoint's policy "
-                    "(or, when its manifest is unreadable, the flags') and checkpoint it. Stop the server first.",
-    )
-    _add_settings_flags(rebuild, REBUILD_SETTINGS)
-
-    export = commands.add_parser("export-log", help="write the joined event log as JSON Lines or Parquet")
-    export.add_argument("--data-dir", default=Settings().data_dir)
-    export.add_argument("--out", required=True, type=Path)
-    export.add_argument("--format", choices=("jsonl", "parquet"), default=None, help="default: by --out suffix")
-
-    demo = commands.add_parser("demo", help="run a simulated storefront against a fresh server")
-    demo.add_argument("--events", type=int, default=20_000)
-    demo.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary folder")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--concurrency", type=int, default=4)
-    demo.add_argument("--drift", action="store_true", help="the segments' tastes change at 60%% of the run")
-    demo.add_argument("--no-embeddings", action="store_true", help="do not train LightFM embeddings halfway")
-
-    obd = commands.add_parser("import-obd", help="import the Open Bandit Dataset sample into an event log")
-    obd.add_argument("--data-dir", type=Path, default=Path("recbandit-obd"), help="default: recbandit-obd")
-    obd.add_argument("--source", type=Path, default=None, help="the obp sdist or an extracted copy; default: download it")
-    obd.add_argument("--cache-dir", type=Path, default=None, help="where the download is kept; default: DATA_DIR/cache")
-    obd.add_argument("--policies", default="random,bts", help="comma-separated: random, bts")
-    obd.add_argument("--campaigns", default="all,men,women", help="comma-separated: all, men, women")
-
-    from training.embeddings import add_arguments as add_embedding_arguments
-
-    embeddings = commands.add_parser("train-embeddings", help="train LightFM embeddings from the event log")
-    add_embedding_arguments(embeddings)
-
-    from training.evaluate import add_arguments as add_evaluate_arguments
-    from training.registry import add_promote_arguments
-
-    evaluate = commands.add_parser("evaluate", help="replay candidate policies on the log, estimate, track, register")
-    add_evaluate_arguments(evaluate)
-    promote = commands.add_parser("promote", help="move the champion alias to a registered policy version")
-    add_promote_arguments(promote)
-    return parser
+def _refuse(command: str, error: Exception) -> None:
+    print(f"{command}: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
-def _rebuild_model(args: argparse.Namespace) -> int:
+def _namespace(settings: Settings, section: str, **extra: Any) -> SimpleNamespace:
+    """A command's options as the attributes its module reads (``args.min_decisions``)."""
+    return SimpleNamespace(**getattr(settings, section).model_dump(), **extra)
+
+
+def _version() -> str:
+    try:
+        return version("recbandit")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+# -- the commands ----------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(_version(), "--version", prog_name="recbandit", message="%(prog)s %(version)s")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar=CONFIG_ENV,
+              help=f"TOML file of settings: top-level keys for the server, a [command] table for each "
+                   f"command's options [env var: {CONFIG_ENV}]")
+@click.option("--log-level", type=click.STRING, default=None, metavar="DEBUG|INFO|WARNING|ERROR",
+              help=f"the least level logged [default: INFO; env var: {ENV_PREFIX}LOG_LEVEL]")
+@click.pass_context
+def cli(context: click.Context, config: Path | None, log_level: str | None) -> None:
+    """recbandit: a self-hosted decision service for storefronts (gRPC Recommend and Feedback, an
+    online contextual bandit, LightFM embeddings, MLflow)."""
+    context.obj = {"config": config, "log_level": log_level.upper() if log_level else None}
+
+
+@cli.command()
+@_settings_options(SERVER_SETTINGS)
+@click.pass_context
+def serve(context: click.Context, **flags: Any) -> None:
+    """Serve Recommend, Feedback, the catalog and Admin over gRPC until SIGTERM or SIGINT."""
+    from server.app import serve as run_server
+
+    settings = _load(context, "serve", flags)
+    try:
+        settings.engine_config()  # reads every setting before anything starts
+    except (InvalidRequest, ValueError) as error:
+        _refuse("serve", error)
+    if warning := settings.reward_range_warning():
+        logging.getLogger("recbandit.serve").warning(warning)
+    try:
+        run_server(settings)
+    except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:  # refused at start: one line
+        _refuse("serve", _why_not_started(error, settings.data_dir))
+
+
+@cli.command("rebuild-model")
+@_settings_options(REBUILD_SETTINGS)
+@click.pass_context
+def rebuild_model(context: click.Context, **flags: Any) -> None:
+    """Relearn the model from the event log, when its checkpoint cannot be trusted.
+
+    Learns every final outcome in the event log into a fresh model with the checkpoint's policy
+    (or, when its manifest is unreadable, the flags') and checkpoints it. Stop the server first.
+    """
+    sys.exit(_rebuild_model(_load(context, "rebuild-model", flags)))
+
+
+@cli.command("export-log")
+@_settings_options(("data_dir",), "export_log")
+@click.pass_context
+def export_log(context: click.Context, **flags: Any) -> None:
+    """Write the joined event log as JSON Lines or Parquet."""
+    sys.exit(_export_log(_load(context, "export-log", flags)))
+
+
+@cli.command()
+@_settings_options((), "demo")
+@click.pass_context
+def demo(context: click.Context, **flags: Any) -> None:
+    """Run a simulated storefront against a fresh server on embedded defaults."""
+    from training.demo import run_demo
+
+    options = _load(context, "demo", flags).demo
+    run_demo(events=options.events, data_dir=options.data_dir, seed=options.seed, concurrency=options.concurrency,
+             drift=options.drift, embeddings=not options.no_embeddings)
+
+
+@cli.command("import-obd")
+@_settings_options((), "import_obd")
+@click.pass_context
+def import_obd(context: click.Context, **flags: Any) -> None:
+    """Import the Open Bandit Dataset sample into an event log."""
+    from training.obd import run_import
+
+    options = _load(context, "import-obd", flags).import_obd
+    try:
+        run_import(options.data_dir, source=options.source, cache_dir=options.cache_dir,
+                   policies=options.policies.split(","), campaigns=options.campaigns.split(","))
+    except (ValueError, OSError, RuntimeError) as error:
+        _refuse("import-obd", error)
+
+
+@cli.command("train-embeddings")
+@_settings_options(("data_dir",), "train_embeddings")
+@click.pass_context
+def train_embeddings(context: click.Context, **flags: Any) -> None:
+    """Train LightFM embeddings from the event log and write an artifact the server loads."""
+    from training.embeddings import run
+
+    settings = _load(context, "train-embeddings", flags)
+    args = _namespace(settings, "train_embeddings", data_dir=settings.data_dir)
+    args.label_weight = list(args.label_weight) or None
+    try:
+        run(args)
+    except (InvalidRequest, OSError) as error:
+        _refuse("train-embeddings", error)
+
+
+@cli.command()
+@_settings_options(("data_dir",), "evaluate")
+@click.pass_context
+def evaluate(context: click.Context, **flags: Any) -> None:
+    """Replay candidate policies on the log, estimate their value off-policy, track them in MLflow,
+    register the best."""
+    from training.evaluate import run
+
+    settings = _load(context, "evaluate", flags)
+    try:
+        sys.exit(run(_namespace(settings, "evaluate", data_dir=Path(settings.data_dir))))
+    except (InvalidRequest, ValueError, OSError) as error:
+        _refuse("evaluate", error)
+
+
+@cli.command()
+@_settings_options(("data_dir",), "promote")
+@click.pass_context
+def promote(context: click.Context, **flags: Any) -> None:
+    """Move the champion alias to a registered policy version (after comparing it on the log)."""
+    from training.registry import run_promote
+
+    settings = _load(context, "promote", flags)
+    if settings.promote.version is None:
+        _refuse("promote", InvalidRequest("version", "is required: the recbandit-policy version to promote"))
+    try:
+        sys.exit(run_promote(_namespace(settings, "promote", data_dir=Path(settings.data_dir))))
+    except (InvalidRequest, ValueError, OSError) as error:
+        _refuse("promote", error)
+
+
+@cli.command()
+@_settings_options((), "report")
+@click.pass_context
+def report(context: click.Context, **flags: Any) -> None:
+    """Ask a running server whether it is learning; print the report and write it as a PNG."""
+    from training.report import run
+
+    settings = _load(context, "report", flags)
+    try:
+        sys.exit(run(_namespace(settings, "report")))
+    except (InvalidRequest, ValueError, OSError) as error:
+        _refuse("report", error)
+
+
+
+# -- what the commands do -------------------------------------------------------------------------
+
+
+def _rebuild_model(settings: Settings) -> int:
     from engine.rebuild import rebuild_model
 
     try:
-        config = Settings.from_env(**{name: getattr(args, name) for name in REBUILD_SETTINGS}).engine_config()
+        config = settings.engine_config()
     except (InvalidRequest, ValueError) as error:
         print(f"rebuild-model: {error}", file=sys.stderr)
         return 2
@@ -99,12 +289,16 @@ def _rebuild_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_log(args: argparse.Namespace) -> int:
+def _export_log(settings: Settings) -> int:
     from engine.eventlog import SQLiteEventLog
     from engine.export import export_jsonl, export_parquet
     from engine.rewards import RewardRules
 
-    database = Path(args.data_dir) / EVENT_LOG
+    args = settings.export_log
+    if args.out is None:
+        print("export-log: --out is required: the .jsonl or .parquet file to write", file=sys.stderr)
+        return 2
+    database = Path(settings.data_dir) / EVENT_LOG
     if not database.exists():
         print(f"export-log: no event log at {database}", file=sys.stderr)
         return 2
@@ -121,7 +315,7 @@ def _export_log(args: argparse.Namespace) -> int:
         finally:
             log.close()
     except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
-        print(f"export-log: {_why_not_started(error, str(args.data_dir))}", file=sys.stderr)
+        print(f"export-log: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
         return 2
     print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {out}")
     return 0
@@ -137,63 +331,16 @@ def _why_not_started(error: Exception, data_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logs(args.log_level, "text", access_log=False)  # serve reads its own settings below
-    if args.command == "serve":
-        from server.app import serve
-
-        overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
-        try:
-            settings = Settings.from_env(**overrides)
-            settings.engine_config()  # reads every setting before anything starts
-            configure_logs(args.log_level, settings.log_format, access_log=settings.access_log)
-        except (InvalidRequest, ValueError) as error:
-            print(f"serve: {error}", file=sys.stderr)
-            return 2
-        if warning := settings.reward_range_warning():
-            logging.getLogger("recbandit.serve").warning(warning)
-        try:
-            serve(settings)
-        except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:  # refused at start: one line
-            print(f"serve: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
-            return 2
-    elif args.command == "rebuild-model":
-        return _rebuild_model(args)
-    elif args.command == "export-log":
-        return _export_log(args)
-    elif args.command == "demo":
-        from training.demo import run_demo
-
-        run_demo(
-            events=args.events, data_dir=args.data_dir, seed=args.seed, concurrency=args.concurrency, drift=args.drift,
-            embeddings=not args.no_embeddings,
-        )
-    elif args.command == "import-obd":
-        from training.obd import run_import
-
-        try:
-            run_import(args.data_dir, source=args.source, cache_dir=args.cache_dir,
-                       policies=args.policies.split(","), campaigns=args.campaigns.split(","))
-        except (ValueError, OSError, RuntimeError) as error:
-            print(f"import-obd: {error}", file=sys.stderr)
-            return 2
-    elif args.command == "train-embeddings":
-        from training.embeddings import run as train_embeddings
-
-        try:
-            train_embeddings(args)
-        except (InvalidRequest, OSError) as error:
-            print(f"train-embeddings: {error}", file=sys.stderr)
-            return 2
-    elif args.command in ("evaluate", "promote"):
-        from training.evaluate import run as run_evaluate
-        from training.registry import run_promote
-
-        try:
-            return (run_evaluate if args.command == "evaluate" else run_promote)(args)
-        except (InvalidRequest, ValueError, OSError) as error:
-            print(f"{args.command}: {error}", file=sys.stderr)
-            return 2
+    """Run the command line; return its exit code (``recbandit`` and ``python -m server.cli``)."""
+    try:
+        cli.main(args=argv, prog_name="recbandit", standalone_mode=False)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
     return 0
 
 

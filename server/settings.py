@@ -1,17 +1,37 @@
-"""Server settings: defaults, overridden by ``RECBANDIT_*`` environment variables, then CLI flags.
+"""Every setting of every ``recbandit`` command, in one pydantic-settings model.
+
+Values come, highest first, from command-line flags, ``RECBANDIT_*`` environment variables, an
+optional TOML config file (``--config FILE`` or ``RECBANDIT_CONFIG``), and the defaults here:
+
+.. code-block:: toml
+
+    # recbandit.toml: the server's settings at the top level ...
+    port = 50051
+    data_dir = "/var/lib/recbandit"
+    exploration = "squarecb"
+
+    # ... and each command's own options in its table
+    [evaluate]
+    min_decisions = 500
+
+The environment variable of a top-level setting is ``RECBANDIT_<NAME>`` (``RECBANDIT_PORT``); of
+a command's option ``RECBANDIT_<COMMAND>__<NAME>`` (``RECBANDIT_EVALUATE__MIN_DECISIONS``).
 
 Configuration enters here and only here; the engine receives a frozen :class:`EngineConfig`.
+Every number is checked against the range where it means something before anything starts
+(:meth:`Settings.engine_config` and :mod:`server.transport`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from engine.bandit import BanditConfig
 from engine.core import EngineConfig
@@ -21,58 +41,197 @@ from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.validation import Limits
 
 ENV_PREFIX = "RECBANDIT_"
+NESTED = "__"
+CONFIG_ENV = "RECBANDIT_CONFIG"
+"""The environment variable naming the TOML config file (the ``--config`` flag wins over it)."""
+
+_config_file: ContextVar[Path | None] = ContextVar("recbandit_config_file", default=None)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    data_dir: str = "recbandit-data"
-    exploration: str = "squarecb"
-    exploration_parameter: float | None = None
-    interactions: str = "UI,CI"
-    learning_rate: float = 0.5
-    reward_window: str = "10m"
-    default_reward: float = 0.0
-    reward_aggregation: str = "earliest"
-    min_reward: float = -1e6
-    max_reward: float = 1e6
-    reward_range: str = "0,1"
-    max_candidates: int = 500
-    seed: int = 0
-    checkpoint_interval: float = 60.0
-    workers: int = 16
-    grace: float = 5.0
-    reflection: bool = True
-    retrieval_top_n: int = 100
-    embeddings_poll_interval: float = 5.0
-    policy_registry: str = ""
-    policy_poll_interval: float = 30.0
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    allow_insecure: bool = False
-    auth_tokens: str = ""
-    max_in_flight: int = 256
-    max_request_bytes: int = 1 << 20
-    pseudonymize_user_ids: str = ""
-    reuse_port: bool = False
-    log_format: str = "text"
-    access_log: bool = True
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
+class _Options(BaseModel):
+    """A command's own options: a table of the config file, ``RECBANDIT_<COMMAND>__<NAME>`` variables."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExportLogOptions(_Options):
+    out: Path | None = Field(None, description="the file to write; required")
+    format: Literal["jsonl", "parquet"] | None = Field(None, description="default: by the suffix of --out")
+
+
+class DemoOptions(_Options):
+    events: int = Field(20_000, description="simulated visits to serve")
+    data_dir: Path | None = Field(None, description="the demo's data directory; default: a new temporary folder")
+    seed: int = Field(7, description="the simulated world's seed")
+    concurrency: int = Field(4, description="Recommend calls in flight at once")
+    drift: bool = Field(False, description="the segments' tastes change at 60% of the run")
+    no_embeddings: bool = Field(False, description="do not train LightFM embeddings halfway")
+
+
+class ImportObdOptions(_Options):
+    data_dir: Path = Field(Path("recbandit-obd"), description="where the imported event log is written")
+    source: Path | None = Field(None, description="the obp sdist or an extracted copy; default: download it")
+    cache_dir: Path | None = Field(None, description="where the download is kept; default: DATA_DIR/cache")
+    policies: str = Field("random,bts", description="logging policies to import, comma-separated: random, bts")
+    campaigns: str = Field("all,men,women", description="campaigns to import, comma-separated: all, men, women")
+
+
+class TrainEmbeddingsOptions(_Options):
+    events: Path | None = Field(None, description="a JSONL export (or another data directory) to read instead of events.db")
+    interactions: Path | None = Field(None, description="CSV user_id,item_id,weight[,timestamp] to merge")
+    loss: Literal["warp", "bpr", "logistic", "warp-kos"] = Field("warp", description="LightFM's loss")
+    components: int = Field(32, description="the embeddings' dimension")
+    epochs: int = Field(30, description="passes over the interactions")
+    learning_rate: float = Field(0.05, description="LightFM's learning rate")
+    item_alpha: float = Field(0.0, description="L2 penalty on item features")
+    user_alpha: float = Field(0.0, description="L2 penalty on user features")
+    max_sampled: int = Field(10, description="negatives sampled per positive (warp)")
+    threads: int = Field(1, description="training threads; above 1 is faster but not reproducible")
+    seed: int = Field(0, description="seed of the split and the model")
+    test_fraction: float = Field(0.2, description="share of the interactions held out to evaluate")
+    k: int = Field(10, description="precision and recall at k")
+    eval_every: int = Field(0, description="evaluate every so many epochs (0: after the last only)")
+    default_weight: float = Field(1.0, description="weight of a reward label without --label-weight")
+    label_weight: tuple[str, ...] = Field((), description="LABEL=WEIGHT, repeated; default purchase=5.0 "
+                                                          "add_to_cart=2.0 click=1.0")
+    no_refit: bool = Field(False, description="keep the holdout model instead of refitting on all data")
+    no_progress: bool = Field(False, description="no progress bar on stderr")
+    tracking_uri: str | None = Field(None, description="MLflow store; default: $MLFLOW_TRACKING_URI, "
+                                                       "else sqlite:///DATA_DIR/mlflow.db")
+    no_track: bool = Field(False, description="do not record the run in MLflow")
+
+
+class EvaluateOptions(_Options):
+    log: Path | None = Field(None, description="evaluate an exported .jsonl/.parquet log instead of DATA_DIR's")
+    tracking_uri: str | None = Field(None, description="MLflow store; default: $MLFLOW_TRACKING_URI, "
+                                                       "else sqlite:///DATA_DIR/mlflow.db")
+    candidates: Path | None = Field(None, description='JSON list of policies, e.g. '
+                                                      '[{"exploration": "epsilon", "cb_type": "ips"}]')
+    estimator: Literal["ips", "snips", "dm", "dr"] = Field("dr", description="the estimator that ranks and promotes")
+    clip: float | None = Field(None, description="clip importance weights at this value")
+    resamples: int = Field(1000, description="bootstrap resamples of the confidence intervals")
+    seed: int = Field(0, description="seed of the bootstrap and the replays")
+    no_register: bool = Field(False, description="track the runs but register nothing")
+    min_decisions: int = Field(100, description="register nothing from a log with fewer decisions with a final reward")
+    min_ess: float = Field(30.0, description="register nothing when the best candidate's effective sample size is lower")
+    no_progress: bool = Field(False, description="no progress bar on stderr")
+
+
+class PromoteOptions(_Options):
+    version: str | None = Field(None, description="the recbandit-policy version to promote; required")
+    force: bool = Field(False, description="move the champion alias without comparing")
+    log: Path | None = Field(None, description="compare on an exported .jsonl/.parquet log instead of DATA_DIR's")
+    tracking_uri: str | None = Field(None, description="MLflow store; default: $MLFLOW_TRACKING_URI, "
+                                                       "else sqlite:///DATA_DIR/mlflow.db")
+    estimator: Literal["ips", "snips", "dm", "dr"] = Field("dr", description="the estimator compared")
+
+
+class ReportOptions(_Options):
+    target: str = Field("127.0.0.1:50051", description="the server, HOST:PORT")
+    token_file: Path | None = Field(None, description="a file holding an admin token")
+    tls_ca: Path | None = Field(None, description="the CA certificate (PEM) the server's certificate is checked "
+                                                  "against; unset: plaintext")
+    window: str = Field("1d", description="how far back the report looks: 90, 45s, 10m, 2h, 7d (at most 90d)")
+    max_decisions: int = Field(0, description="at most this many of the newest decisions; 0: the server's default")
+    out: Path = Field(Path("report.png"), description="the PNG to write")
+
+
+class Settings(BaseSettings):
+    """The server's settings at the top level; each command's own options in its table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED, frozen=True,
+                                      extra="forbid", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on; not a loopback address: "
+                                               "only with TLS or --allow-insecure")
+    port: int = Field(50051, description="gRPC port; 0 picks a free one")
+    data_dir: str = Field("recbandit-data", description="the event log, checkpoints and embeddings")
+    exploration: Literal["epsilon", "softmax", "squarecb", "regcbopt", "cover", "bag"] = Field(
+        "squarecb", description="how the bandit explores")
+    exploration_parameter: float | None = Field(None, description="epsilon, lambda, gamma_scale, mellowness, "
+                                                                  "policies or bags (by --exploration); unset: VW's")
+    interactions: str = Field("UI,CI", description="VW quadratic interactions of namespaces U(ser), C(ontext), "
+                                                   "I(tem), comma-separated")
+    learning_rate: float = Field(0.5, description="VW's learning rate")
+    reward_window: str = Field("10m", description="how long after a decision its rewards count (30s, 10m, 2h, 7d)")
+    default_reward: float = Field(0.0, description="learned for a slot whose window closes without Feedback")
+    reward_aggregation: Literal["earliest", "sum"] = Field("earliest", description="the first reward counts, or "
+                                                                                   "the rewards within the window add up")
+    min_reward: float = Field(-1e6, description="the least reward Feedback accepts")
+    max_reward: float = Field(1e6, description="the largest reward Feedback accepts")
+    reward_range: str = Field("0,1", description="LOW,HIGH: the rewards regcbopt assumes")
+    max_candidates: int = Field(500, description="candidates a Recommend may send")
+    seed: int = Field(0, description="seed of the exploration draws")
+    checkpoint_interval: float = Field(60.0, description="seconds between checkpoints of the model")
+    workers: int = Field(16, description="threads for blocking work (catalog writes, checkpoints)")
+    grace: float = Field(5.0, description="seconds calls in flight may finish at shutdown")
+    reflection: bool = Field(True, description="serve gRPC reflection (grpcurl, grpcui)")
+    retrieval_top_n: int = Field(100, description="candidates the embeddings retrieve when a Recommend sends none")
+    embeddings_poll_interval: float = Field(5.0, description="seconds between looks for new embeddings (0: never)")
+    policy_registry: str = Field("", description="MLflow tracking URI whose champion policy is served; empty: none")
+    policy_poll_interval: float = Field(30.0, description="seconds between looks for a new champion "
+                                                          "(0 or less: only on ReloadPolicy)")
+    tls_cert: str = Field("", description="PEM certificate chain to serve TLS with (with --tls-key)")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_client_ca: str = Field("", description="PEM CA certificates; set: clients must present a certificate (mTLS)")
+    allow_insecure: bool = Field(False, description="serve plaintext on an address that is not loopback")
+    auth_tokens: str = Field("", description="file of 'ROLE TOKEN' lines (storefront, catalog, admin); "
+                                             "empty: no tokens; SIGHUP re-reads it")
+    max_in_flight: int = Field(256, description="calls served at once; more get RESOURCE_EXHAUSTED")
+    max_request_bytes: int = Field(1 << 20, description="the largest request message, in bytes")
+    pseudonymize_user_ids: str = Field("", description="file of a secret key (32+ bytes); set: user ids are "
+                                                       "logged as keyed hashes")
+    reuse_port: bool = Field(False, description="let several servers bind the same port (SO_REUSEPORT)")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
+    access_log: bool = Field(True, description="one log line per RPC: method, status, duration, event id")
+    metrics_port: int = Field(0, description="serve Prometheus metrics on this port; 0: off")
+    metrics_host: str = Field("127.0.0.1", description="address of the metrics endpoint (it has no authentication)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the least level logged")
+
+    export_log: ExportLogOptions = ExportLogOptions()
+    demo: DemoOptions = DemoOptions()
+    import_obd: ImportObdOptions = ImportObdOptions()
+    train_embeddings: TrainEmbeddingsOptions = TrainEmbeddingsOptions()
+    evaluate: EvaluateOptions = EvaluateOptions()
+    promote: PromoteOptions = PromoteOptions()
+    report: ReportOptions = ReportOptions()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``RECBANDIT_<FIELD>`` variables, then ``overrides`` that are not None."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, raw, cls.__annotations__[f.name])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (the constructor's arguments), then the environment, then the config file of :meth:`load`."""
+        config_file = _config_file.get()
+        if config_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **flags: Any) -> Settings:
+        """Flags that are not None, over ``RECBANDIT_*`` variables, over ``config_file`` (or the file
+        ``RECBANDIT_CONFIG`` names), over the defaults. A command's flags go in a dict under its name.
+
+        Raises :class:`InvalidRequest` naming the setting, where it can be set, and the rule.
+        """
+        import os
+
+        path = config_file or os.environ.get(CONFIG_ENV) or None
+        if path is not None and not Path(path).is_file():
+            raise InvalidRequest("config", f"{path} is not a file")
+        token = _config_file.set(Path(path) if path else None)
+        try:
+            return cls(**_without_none(flags))
+        except ValidationError as error:
+            raise _invalid(error) from None
+        except ValueError as error:  # a config file that is not TOML
+            raise InvalidRequest("config", f"{path} cannot be read as TOML ({error})") from None
+        finally:
+            _config_file.reset(token)
 
     def engine_config(self) -> EngineConfig:
         self._check_ranges()
@@ -165,16 +324,52 @@ def _reward_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _parse(name: str, raw: str, annotation: str) -> Any:
-    try:
-        if annotation == "bool":
-            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if annotation == "int":
-            return int(raw)
-        if annotation.startswith("float"):
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: cannot read {raw!r} as {annotation}") from None
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Flags not given are None: leave them to the lower sources (nested command tables too)."""
+    kept: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+            if not value:
+                continue
+        if value is not None:
+            kept[name] = value
+    return kept
+
+
+def setting_sources(location: tuple[str | int, ...]) -> str:
+    """Where a setting is set: ``--min-decisions, RECBANDIT_EVALUATE__MIN_DECISIONS or [evaluate]
+    min_decisions in the config file``."""
+    names = [str(part) for part in location]
+    flag = "--" + names[-1].replace("_", "-")
+    variable = ENV_PREFIX + NESTED.join(n.upper() for n in names)
+    in_file = f"[{names[0]}] {names[-1]}" if len(names) > 1 else names[0]
+    return f"{flag}, {variable} or {in_file} in the config file"
+
+
+def _invalid(error: ValidationError) -> InvalidRequest:
+    """The first problem of a ValidationError as one line: the setting, where it is set, the rule."""
+    problem = error.errors(include_url=False)[0]
+    location = tuple(part for part in problem["loc"] if isinstance(part, str))
+    name = ".".join(location) or "settings"
+    got = problem.get("input")
+    shown = "" if isinstance(got, dict) else f", got {str(got)[:40]!r}"
+    if problem["type"] == "extra_forbidden":
+        return InvalidRequest(name, "is not a setting (a misspelt name in the config file?)")
+    if problem["type"] == "literal_error":
+        return InvalidRequest(name, f"must be one of {', '.join(choices(location))}{shown}")
+    return InvalidRequest(name, f"{problem['msg'][:160]}{shown} (set by {setting_sources(location)})")
+
+
+def choices(location: tuple[str, ...]) -> tuple[str, ...]:
+    """The values a setting may take (``exploration``, ``evaluate.estimator``, …); empty when any."""
+    model: type[BaseModel] = Settings
+    for name in location[:-1]:
+        model = model.model_fields[name].annotation  # type: ignore[assignment]
+    annotation = model.model_fields[location[-1]].annotation
+    values: list[str] = []
+    arms = (annotation,) if get_origin(annotation) is Literal else get_args(annotation)  # Literal, or X | None
+    for arm in arms:
+        if get_origin(arm) is Literal:
+            values += [str(v) for v in get_args(arm)]
+    return tuple(values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import subprocess
 import threading
@@ -64,9 +63,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[RunningServer, 
     running: list[tuple[RunningServer, SimpleNamespace]] = []
 
     def _start(**overrides: object) -> tuple[RunningServer, SimpleNamespace]:
-        settings = dataclasses.replace(
-            Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data")), **overrides
-        )
+        settings = Settings(**{"host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path / "data"), **overrides})
         server = start(settings)
         client = stubs(server.port)
         running.append((server, client))

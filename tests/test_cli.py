@@ -240,3 +240,51 @@ def test_rebuild_model_refuses_a_data_directory_in_use(tmp_path: Path, capsys: p
         )
     finally:
         engine.close()
+
+
+# -- the command line itself -----------------------------------------------------------------------
+
+
+def test_version_and_every_option_of_every_command_says_its_default_choices_and_variable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    import click
+
+    from server.cli import cli
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"recbandit {version('recbandit')}\n"
+    for name, command in cli.commands.items():
+        for option in command.params:
+            if not isinstance(option, click.Option) or option.name == "help":
+                continue
+            assert option.help and "env var: RECBANDIT_" in option.help, (name, option.name)
+    exploration = next(o for o in cli.commands["serve"].params if o.name == "exploration")
+    assert "default: squarecb; one of: epsilon, softmax, squarecb, regcbopt, cover, bag; " \
+           "env var: RECBANDIT_EXPLORATION" in str(exploration.help)
+    min_decisions = next(o for o in cli.commands["evaluate"].params if o.name == "evaluate__min_decisions")
+    assert "default: 100; env var: RECBANDIT_EVALUATE__MIN_DECISIONS" in str(min_decisions.help)
+    assert main(["serve", "--help"]) == 0 and "RECBANDIT_AUTH_TOKENS" in capsys.readouterr().out
+
+
+def test_a_config_file_feeds_every_command_under_the_environment_and_the_flags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve reads the file's port; RECBANDIT_PORT wins over it; a flag wins over both. export-log
+    reads the file's data_dir and its [export_log] table."""
+    config = tmp_path / "recbandit.toml"
+    config.write_text(f'port = 70000\ndata_dir = "{tmp_path / "data"}"\n[export_log]\nformat = "jsonl"\n')
+    assert refused(recbandit("--config", str(config), "serve")) == "serve: port: must be within 0..65535, got 70000"
+    with_env = subprocess.run([sys.executable, "-m", "server.cli", "--config", str(config), "serve"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "RECBANDIT_PORT": "70001"})
+    assert refused(with_env) == "serve: port: must be within 0..65535, got 70001"
+    assert refused(recbandit("--config", str(config), "serve", "--port", "-1")) == (
+        "serve: port: must be within 0..65535, got -1")
+    assert not (tmp_path / "data").exists()
+    logged(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(config), "export-log", "--out", "events.out"]) == 0
+    assert len((tmp_path / "events.out").read_text().splitlines()) == 3  # JSON Lines by the file, not the suffix
+    assert refused(recbandit("--config", str(tmp_path / "none.toml"), "serve")) == (
+        f"serve: config: {tmp_path / 'none.toml'} is not a file")

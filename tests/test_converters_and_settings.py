@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.errors import InvalidRequest
@@ -26,19 +28,46 @@ def test_an_unset_feature_value_names_the_field() -> None:
         item_to_domain("items[2]", message)
 
 
-def test_settings_come_from_defaults_then_environment_then_flags() -> None:
-    env = {"RECBANDIT_PORT": "6000", "RECBANDIT_REWARD_WINDOW": "2h", "RECBANDIT_REFLECTION": "false",
-           "RECBANDIT_EXPLORATION_PARAMETER": "0.2", "RECBANDIT_EXPLORATION": "epsilon"}
-    settings = Settings.from_env(env, port=7000, reward_aggregation="sum", data_dir=None)
-    assert (settings.port, settings.reflection, settings.data_dir) == (7000, False, "recbandit-data")
-    config = settings.engine_config()
-    assert config.rewards.window_seconds == 7200 and config.rewards.aggregation is Aggregation.SUM
-    assert config.bandit.vw_arguments().startswith("--cb_explore_adf --epsilon 0.2 -q UI -q CI")
+def test_settings_come_from_defaults_then_config_file_then_environment_then_flags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "recbandit.toml"
+    config.write_text('port = 5000\nreward_window = "1h"\nseed = 3\nlearning_rate = 0.25\n'
+                      '[evaluate]\nmin_decisions = 7\nseed = 9\n')
+    for name, value in {"RECBANDIT_PORT": "6000", "RECBANDIT_REWARD_WINDOW": "2h", "RECBANDIT_REFLECTION": "false",
+                        "RECBANDIT_EXPLORATION_PARAMETER": "0.2", "RECBANDIT_EXPLORATION": "epsilon",
+                        "RECBANDIT_SEED": "4", "RECBANDIT_EVALUATE__SEED": "11"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.load(config, port=7000, reward_aggregation="sum", data_dir=None, evaluate={"seed": None})
+    assert (settings.port, settings.reflection, settings.data_dir) == (7000, False, "recbandit-data")  # flag, env, default
+    assert (settings.seed, settings.learning_rate) == (4, 0.25)  # the environment over the file; the file alone
+    assert (settings.evaluate.min_decisions, settings.evaluate.seed) == (7, 11)  # a command's table, its variable
+    engine = settings.engine_config()
+    assert engine.rewards.window_seconds == 7200 and engine.rewards.aggregation is Aggregation.SUM
+    assert engine.bandit.vw_arguments().startswith("--cb_explore_adf --epsilon 0.2 -q UI -q CI")
+    monkeypatch.setenv("RECBANDIT_CONFIG", str(config))
+    assert Settings.load().evaluate.min_decisions == 7  # the file named by RECBANDIT_CONFIG
 
 
-def test_a_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ValueError, match="RECBANDIT_PORT: cannot read 'http' as int"):
-        Settings.from_env({"RECBANDIT_PORT": "http"})
+def test_a_bad_value_names_the_setting_and_where_it_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBANDIT_PORT", "http")
+    with pytest.raises(InvalidRequest, match=r"^port: Input should be a valid integer.*got 'http' "
+                                             r"\(set by --port, RECBANDIT_PORT or port in the config file\)$"):
+        Settings.load()
+    monkeypatch.delenv("RECBANDIT_PORT")
+    monkeypatch.setenv("RECBANDIT_EVALUATE__MIN_DECISIONS", "many")
+    with pytest.raises(InvalidRequest, match=r"^evaluate\.min_decisions: .*RECBANDIT_EVALUATE__MIN_DECISIONS or "
+                                             r"\[evaluate\] min_decisions in the config file\)$"):
+        Settings.load()
+    monkeypatch.delenv("RECBANDIT_EVALUATE__MIN_DECISIONS")
+    config = tmp_path / "recbandit.toml"
+    config.write_text("prot = 50051\n")
+    with pytest.raises(InvalidRequest, match=r"^prot: is not a setting"):
+        Settings.load(config)
+    config.write_text("port = \n")
+    with pytest.raises(InvalidRequest, match=r"^config: .*recbandit.toml cannot be read as TOML"):
+        Settings.load(config)
+    with pytest.raises(InvalidRequest, match=r"^config: .*missing.toml is not a file$"):
+        Settings.load(tmp_path / "missing.toml")
 
 
 @pytest.mark.parametrize(
@@ -47,16 +76,16 @@ def test_a_bad_environment_value_names_the_variable() -> None:
      ("bag", 2.5, "bag needs a whole number")],
 )
 def test_bad_exploration_settings_are_refused(exploration: str, parameter: float | None, message: str) -> None:
-    settings = Settings(exploration=exploration, exploration_parameter=parameter)
     with pytest.raises(InvalidRequest, match=message):
-        settings.engine_config().bandit.vw_arguments()
+        Settings.load(exploration=exploration, exploration_parameter=parameter).engine_config().bandit.vw_arguments()
 
 
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [(["--reward-aggregation", "x"], {}, "reward_aggregation: must be one of earliest, sum, got 'x'"),
      ([], {"RECBANDIT_REWARD_AGGREGATION": "x"}, "reward_aggregation: must be one of"),
-     ([], {"RECBANDIT_PORT": "http"}, "RECBANDIT_PORT: cannot read 'http' as int")],
+     ([], {"RECBANDIT_PORT": "http"}, "port: Input should be a valid integer, unable to parse string as an "
+                                      "integer, got 'http' (set by --port, RECBANDIT_PORT or port in the config file)")],
 )
 def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(
     argv: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -20,13 +20,16 @@ def test_the_default_reward_range_is_zero_to_one() -> None:
     ("text", "expected"),
     [("0,500", (0.0, 500.0)), (" -1 , 1 ", (-1.0, 1.0)), ("-2.5,1e3", (-2.5, 1000.0)), ("-10,-5", (-10.0, -5.0))],
 )
-def test_a_reward_range_from_the_environment_reaches_the_bandit(text: str, expected: tuple[float, float]) -> None:
-    settings = Settings.from_env({"RECBANDIT_REWARD_RANGE": text})
+def test_a_reward_range_from_the_environment_reaches_the_bandit(
+        text: str, expected: tuple[float, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBANDIT_REWARD_RANGE", text)
+    settings = Settings.load()
     assert settings.engine_config().bandit.reward_range == expected
 
 
-def test_the_flag_wins_over_the_environment() -> None:
-    settings = Settings.from_env({"RECBANDIT_REWARD_RANGE": "0,10"}, reward_range="0,500")
+def test_the_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBANDIT_REWARD_RANGE", "0,10")
+    settings = Settings.load(reward_range="0,500")
     assert settings.engine_config().bandit.reward_range == (0.0, 500.0)
 
 
