@@ -29,6 +29,8 @@ class RecommenderStub:
     """---------------------------------------------------------------------------------------------
     Recommender
 
+    What a storefront calls on every page: choose items, report what happened, say a deferred page
+    was shown.
     """
 
     def __init__(self, channel):
@@ -58,6 +60,8 @@ class RecommenderServicer:
     """---------------------------------------------------------------------------------------------
     Recommender
 
+    What a storefront calls on every page: choose items, report what happened, say a deferred page
+    was shown.
     """
 
     def Recommend(self, request, context):
@@ -112,6 +116,8 @@ class Recommender:
     """---------------------------------------------------------------------------------------------
     Recommender
 
+    What a storefront calls on every page: choose items, report what happened, say a deferred page
+    was shown.
     """
 
     @staticmethod
@@ -200,6 +206,8 @@ class CatalogStub:
     """---------------------------------------------------------------------------------------------
     Catalog
 
+    The items the bandit may choose from when a Recommend names no candidates, and the features
+    it knows them by.
     """
 
     def __init__(self, channel):
@@ -229,6 +237,8 @@ class CatalogServicer:
     """---------------------------------------------------------------------------------------------
     Catalog
 
+    The items the bandit may choose from when a Recommend names no candidates, and the features
+    it knows them by.
     """
 
     def UpsertItems(self, request, context):
@@ -239,7 +249,8 @@ class CatalogServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteItems(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove items from the catalog; decisions already logged keep them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -281,6 +292,8 @@ class Catalog:
     """---------------------------------------------------------------------------------------------
     Catalog
 
+    The items the bandit may choose from when a Recommend names no candidates, and the features
+    it knows them by.
     """
 
     @staticmethod
@@ -369,6 +382,7 @@ class AdminStub:
     """---------------------------------------------------------------------------------------------
     Admin
 
+    Operators and data scientists: the model, its checkpoints and policy, privacy, diagnostics.
     """
 
     def __init__(self, channel):
@@ -418,6 +432,7 @@ class AdminServicer:
     """---------------------------------------------------------------------------------------------
     Admin
 
+    Operators and data scientists: the model, its checkpoints and policy, privacy, diagnostics.
     """
 
     def GetModelInfo(self, request, context):
@@ -527,6 +542,7 @@ class Admin:
     """---------------------------------------------------------------------------------------------
     Admin
 
+    Operators and data scientists: the model, its checkpoints and policy, privacy, diagnostics.
     """
 
     @staticmethod
