@@ -30,6 +30,7 @@ from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
 from engine.errors import EventConflict, InvalidRequest, ModelNotReady
 from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
+from engine.explain import Explainer, Explanation
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
@@ -41,6 +42,10 @@ from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
 from engine.validation import Limits, check_decision_request, check_id, check_reward_report
+
+
+MODEL_AT_REST_TIMEOUT = 5.0
+"""Seconds an explanation waits for learning to pause before it answers UNAVAILABLE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,10 @@ class Engine:
             checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
         )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
+        self._reporting = threading.Lock()
+        self._explainer = Explainer(self.log.get_decision, lambda: self._learner.bandit,
+                                    lambda: self._learner.at_rest(MODEL_AT_REST_TIMEOUT),
+                                    config.limits)
         self.embeddings.watch(config.embeddings_poll_interval)
 
     @property
@@ -340,11 +349,19 @@ class Engine:
     def learning_report(self, request: ReportRequest) -> LearningReport:
         """Is it learning? The served reward against random, the storefront's order and the live
         model's greedy choice, over the request's window (:mod:`engine.report`). Blocks: the live
-        model scores every decision of the window, so a coroutine calls it in a worker thread."""
+        model scores every decision of the window, so a coroutine calls it in a worker thread. One
+        report runs at a time: each may take seconds of CPU."""
         request = request.resolved()  # refused before any work
-        learner = self._learner
-        served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
-        return learning_report(self.log, served.bandit, served.version(examples_learned), request, time.time())
+        with self._reporting:
+            learner = self._learner
+            served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
+            return learning_report(self.log, served.bandit, served.version(examples_learned), request, time.time(),
+                                   closing_lag=2 * self.config.maintenance_interval)
+
+    def explain(self, event_id: str, item_id: str = "", max_features: int = 0) -> Explanation:
+        """Why the decision ``event_id`` offered ``item_id``: the pmf it was drawn from and the live
+        weights of its features (:mod:`engine.explain`). Blocks: a coroutine calls it in a worker thread."""
+        return self._explainer.explain(event_id, item_id, max_features)
 
     # -- hot swaps ---------------------------------------------------------------------------------
 

@@ -40,6 +40,15 @@ class UnknownEvent(RecbanditError):
         self.event_id = event_id
 
 
+class UnknownCandidate(RecbanditError):
+    """The event is logged, but the item was not one of its candidates."""
+
+    def __init__(self, event_id: str, item_id: str) -> None:
+        super().__init__(f"item_id: {shown(item_id)} was not a candidate of event {shown(event_id)}")
+        self.event_id = event_id
+        self.item_id = item_id
+
+
 class PreconditionFailed(RecbanditError):
     """The request is well formed but the event's state does not allow it (window closed, …)."""
 

@@ -320,14 +320,17 @@ class SQLiteEventLog:
         )
         return [Outcome(*row) for row in rows]
 
-    def final_outcomes_before(self, seq: int | None, slot: int, limit: int = 1000) -> list[Outcome]:
-        """Final outcomes of ``slot`` with ``seq`` below the given one (None: all), newest first."""
+    def settled_outcomes_before(self, seq: int | None, slot: int, deadline: float, limit: int = 1000) -> list[Outcome]:
+        """Final outcomes of ``slot`` with ``seq`` below the given one (None: all), newest first, of the
+        decisions whose reward window ended by ``deadline``: every such slot has its outcome, rewarded
+        or not, whereas within the window only rewarded slots are final (under ``earliest``)."""
         rows = (
             self._reader()
             .execute(
-                "SELECT seq, event_id, slot, item_id, reward, source, ts FROM outcomes WHERE seq < ? AND slot = ?"
-                " ORDER BY seq DESC LIMIT ?",
-                (1 << 62 if seq is None else seq, slot, limit),
+                "SELECT o.seq, o.event_id, o.slot, o.item_id, o.reward, o.source, o.ts"
+                " FROM outcomes o JOIN decisions d ON d.event_id = o.event_id"
+                " WHERE o.seq < ? AND o.slot = ? AND d.deadline <= ? ORDER BY o.seq DESC LIMIT ?",
+                (1 << 62 if seq is None else seq, slot, deadline, limit),
             )
             .fetchall()
         )

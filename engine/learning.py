@@ -15,13 +15,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
-from engine.errors import CorruptCheckpoint, RecbanditError, StorageUnavailable
+from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
 from engine.eventlog import SQLiteEventLog
 from engine.observer import LearnedSlot, Observer, model_id
 from engine.records import LoggedDecision, Outcome
@@ -208,6 +209,17 @@ class Learner:
         delay = outcome.ts - example.decided if outcome.source == "reward" else None
         self.observer.learned(LearnedSlot(example.model, outcome.reward, outcome.source,
                                           example.exploring[outcome.slot], delay))
+
+    @contextmanager
+    def at_rest(self, timeout: float) -> Iterator[tuple[VWBandit, str]]:
+        """The served model and its version, with learning, swaps and checkpoints held off while
+        the block runs (decisions go on); ModelNotReady when learning does not pause within ``timeout``."""
+        if not self._learn_lock.acquire(timeout=timeout):
+            raise ModelNotReady("the model is learning a backlog; retry shortly")
+        try:
+            yield self.bandit, self.model_version
+        finally:
+            self._learn_lock.release()
 
     def lag_seconds(self) -> float:
         """How long the oldest final outcome not yet learned has waited; 0 when none waits."""

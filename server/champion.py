@@ -2,9 +2,9 @@
 
 The registry is MLflow's (``training.registry``): the alias ``champion`` of the registered model
 ``recbandit-policy``. A poll first asks which version holds the alias (one cheap query); only
-when it differs from the version served does it download that version's VW model into
-``<data_dir>/policies/v<version>`` and hand the engine the path (:meth:`engine.core.Engine.swap_policy`),
-so the engine never imports MLflow.
+when it differs from the version served does it download that version (an MLflow model folder)
+into ``<data_dir>/policies/v<version>`` and hand the engine the path of the VW file inside it
+(:meth:`engine.core.Engine.swap_policy`), so the engine never imports MLflow.
 
 :meth:`ChampionFollower.reload` is the ``ReloadPolicy`` RPC and every poll; one lock makes them
 take turns. A failed poll is logged and retried at the next interval; the served policy stays.

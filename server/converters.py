@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -9,8 +10,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from engine.cache import BoundedCache
 from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
 from engine.errors import InvalidRequest, shown
+from engine.explain import Explanation, FeatureContribution
 from engine.features import frozen_features
 from engine.records import LoggedDecision
+from engine.ope import Estimate
+from engine.report import LearningReport, PolicyValue, ReportRequest, Verdict, VersionReport
 from engine.retrieval import EmbeddingsInfo
 from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
 from engine.validation import Limits, check_count, check_features, check_id
@@ -37,15 +41,20 @@ def features_to_domain(field: str, features: Mapping[str, pb.FeatureValue]) -> d
 
 
 def features_to_proto(features: Features, target: MutableMapping[str, pb.FeatureValue]) -> None:
+    """Plain values into FeatureValues: ``str``, a real number (numpy.s too), ``bool``, or a list
+    or tuple of ``str``; anything else is a TypeError naming the feature."""
     for name, value in features.items():
         if isinstance(value, bool):
             target[name].bool_value = value
-        elif isinstance(value, float | int):
-            target[name].number_value = value
+        elif isinstance(value, numbers.Real):
+            target[name].number_value = float(value)
         elif isinstance(value, str):
             target[name].string_value = value
-        else:
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             target[name].list_value.values.extend(value)
+        else:
+            raise TypeError(f"feature {name!r}: {type(value).__name__} is not a str, a number, a bool or "
+                            "a list of str")
 
 
 _candidates: BoundedCache[bytes, Candidate] = BoundedCache(max_entries=1 << 15, max_bytes=32 << 20)
@@ -119,6 +128,11 @@ def record_status_to_proto(status: Status) -> pb.RecordStatus.ValueType:
     return pb.RecordStatus.Value("RECORD_STATUS_" + status.name)
 
 
+def record_status_to_domain(status: pb.RecordStatus.ValueType) -> Status:
+    """The inverse of :func:`record_status_to_proto`, for clients (:mod:`server.client`)."""
+    return Status[pb.RecordStatus.Name(status).removeprefix("RECORD_STATUS_")]
+
+
 def feedback_status_to_proto(status: Status) -> pb.FeedbackResponse:
     return pb.FeedbackResponse(status=record_status_to_proto(status))
 
@@ -186,4 +200,103 @@ def forgotten_user_to_proto(forgotten: ForgottenUser) -> pb.ForgetUserResponse:
         rewards_deleted=forgotten.log.rewards,
         outcomes_deleted=forgotten.log.outcomes,
         embedding_removed=forgotten.embedding_removed,
+    )
+
+
+def explanation_to_proto(explanation: Explanation) -> pb.ExplainResponse:
+    return pb.ExplainResponse(
+        event_id=explanation.event_id,
+        item_id=explanation.item_id,
+        slot=explanation.slot,
+        model_version=explanation.model_version,
+        pmf=[pb.ItemProbability(item_id=item_id, probability=p) for item_id, p in explanation.pmf],
+        probability=explanation.probability,
+        score=explanation.score,
+        explaining_model_version=explanation.explaining_model_version,
+        contributions=[
+            pb.FeatureContribution(feature=c.feature, value=c.value, weight=c.weight, contribution=c.contribution)
+            for c in explanation.contributions
+        ],
+    )
+
+
+def explanation_to_domain(message: pb.ExplainResponse) -> Explanation:
+    return Explanation(
+        event_id=message.event_id,
+        item_id=message.item_id,
+        slot=message.slot,
+        model_version=message.model_version,
+        pmf=tuple((p.item_id, p.probability) for p in message.pmf),
+        probability=message.probability,
+        score=message.score,
+        explaining_model_version=message.explaining_model_version,
+        contributions=tuple(FeatureContribution(c.feature, c.value, c.weight, c.contribution)
+                            for c in message.contributions),
+    )
+
+
+def report_request_to_domain(request: pb.GetLearningReportRequest) -> ReportRequest:
+    return ReportRequest(window_seconds=request.window_seconds, max_decisions=request.max_decisions)
+
+
+def learning_report_to_proto(report: LearningReport) -> pb.GetLearningReportResponse:
+    return pb.GetLearningReportResponse(
+        window_start=timestamp(report.window_start),
+        window_end=timestamp(report.window_end),
+        overall=version_report_to_proto(report.overall),
+        versions=[version_report_to_proto(v) for v in report.versions],
+        model_version=report.model_version,
+    )
+
+
+def version_report_to_proto(version: VersionReport) -> pb.ModelVersionReport:
+    message = pb.ModelVersionReport(
+        model_version=version.model_version,
+        decisions=version.decisions,
+        estimates=[
+            pb.PolicyEstimate(policy=e.policy, estimator=e.estimator, value=e.estimate.value,
+                              ci_low=e.estimate.ci_low, ci_high=e.estimate.ci_high,
+                              effective_sample_size=e.estimate.ess)
+            for e in version.estimates
+        ],
+        verdict=pb.LearningVerdict.Value("LEARNING_VERDICT_" + version.verdict.name),
+        summary=version.summary,
+        more_decisions_needed=version.more_decisions_needed,
+    )
+    if version.observed is not None:
+        message.observed_reward = version.observed.value
+        message.observed_ci_low, message.observed_ci_high = version.observed.ci_low, version.observed.ci_high
+    if version.lift is not None:
+        message.lift_over_random = version.lift.value
+        message.lift_ci_low, message.lift_ci_high = version.lift.ci_low, version.lift.ci_high
+    return message
+
+
+def learning_report_to_domain(message: pb.GetLearningReportResponse) -> LearningReport:
+    return LearningReport(
+        window_start=message.window_start.ToNanoseconds() / 1e9,
+        window_end=message.window_end.ToNanoseconds() / 1e9,
+        overall=version_report_to_domain(message.overall),
+        versions=tuple(version_report_to_domain(v) for v in message.versions),
+        model_version=message.model_version,
+    )
+
+
+def version_report_to_domain(message: pb.ModelVersionReport) -> VersionReport:
+    """The inverse of :func:`version_report_to_proto`: no observed reward or lift without data."""
+    verdict = Verdict[pb.LearningVerdict.Name(message.verdict).removeprefix("LEARNING_VERDICT_")]
+    data = verdict is not Verdict.NO_DATA
+    n = message.decisions
+    return VersionReport(
+        model_version=message.model_version,
+        decisions=n,
+        observed=Estimate(message.observed_reward, message.observed_ci_low, message.observed_ci_high, n, n)
+        if data else None,
+        estimates=tuple(PolicyValue(e.policy, e.estimator, Estimate(e.value, e.ci_low, e.ci_high,
+                                                                    e.effective_sample_size, n))
+                        for e in message.estimates),
+        lift=Estimate(message.lift_over_random, message.lift_ci_low, message.lift_ci_high, n, n) if data else None,
+        verdict=verdict,
+        summary=message.summary,
+        more_decisions_needed=message.more_decisions_needed,
     )

@@ -17,6 +17,7 @@ from engine.errors import (
     PreconditionFailed,
     RecbanditError,
     StorageUnavailable,
+    UnknownCandidate,
     UnknownEvent,
 )
 from server.edge import Undecodable
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 STATUS_CODES: dict[type[RecbanditError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownEvent: grpc.StatusCode.NOT_FOUND,
+    UnknownCandidate: grpc.StatusCode.NOT_FOUND,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     EventConflict: grpc.StatusCode.ALREADY_EXISTS,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,

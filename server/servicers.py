@@ -133,3 +133,17 @@ class AdminServicer(pb_grpc.AdminServicer):
     @rpc
     async def ForgetUser(self, request: pb.ForgetUserRequest, context: Context) -> pb.ForgetUserResponse:
         return converters.forgotten_user_to_proto(await asyncio.to_thread(self._engine.forget_user, request.user_id))
+
+    @rpc
+    async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:
+        explanation = await asyncio.to_thread(self._engine.explain, request.event_id, request.item_id,
+                                              request.max_features)
+        return converters.explanation_to_proto(explanation)
+
+    @rpc
+    async def GetLearningReport(
+        self, request: pb.GetLearningReportRequest, context: Context
+    ) -> pb.GetLearningReportResponse:
+        asked = converters.report_request_to_domain(request).resolved()  # out-of-range values: refused on the loop
+        report = await asyncio.to_thread(self._engine.learning_report, asked)
+        return converters.learning_report_to_proto(report)

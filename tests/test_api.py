@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.client import RecbanditCallError, RecbanditClient, Status
 from server.converters import features_to_proto
 
 
@@ -102,16 +103,19 @@ def test_default_reward_is_learned_when_the_window_closes(start_server) -> None:
 
 
 def test_deferred_decisions_are_activated(start_server) -> None:  # type: ignore[no-untyped-def]
-    running, client = start_server(reward_window="400ms")
-    shown = client.recommender.Recommend(recommend_request(defer_activation=True)).event_id
-    never = client.recommender.Recommend(recommend_request(defer_activation=True)).event_id
-    code, _ = status_of(client.recommender.Feedback, pb.FeedbackRequest(event_id=shown, reward=1.0))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.RECORD_STATUS_NEW
-    assert client.recommender.Activate(pb.ActivateRequest(event_id=shown)).status == pb.RECORD_STATUS_DUPLICATE
-    client.recommender.Feedback(pb.FeedbackRequest(event_id=shown, reward=1.0))
-    time.sleep(0.6)
-    code, details = status_of(client.recommender.Activate, pb.ActivateRequest(event_id=never))
+    running, _ = start_server(reward_window="400ms")
+    with RecbanditClient(f"127.0.0.1:{running.port}") as storefront:  # as a storefront calls it
+        candidates = [f"i{j}" for j in range(5)]
+        shown = storefront.recommend("u1", candidates=candidates, defer_activation=True).event_id
+        never = storefront.recommend("u1", candidates=candidates, defer_activation=True).event_id
+        with pytest.raises(RecbanditCallError) as not_yet:
+            storefront.feedback(shown, 1.0)
+        assert not_yet.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert storefront.activate(shown) is Status.NEW
+        assert storefront.activate(shown) is Status.DUPLICATE
+        storefront.feedback(shown, 1.0)
+        time.sleep(0.6)
+        code, details = status_of(storefront.activate, never)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed before activation" in details
     running.engine.close_windows()
     assert running.engine.wait_until_learned()

@@ -9,7 +9,6 @@ import sqlite3
 import threading
 import time
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,7 +22,8 @@ from server.bench_edge import resident_mb
 from server.edge import undecodable
 from server.servicers import LARGE_REQUEST_WORK, RecommenderServicer
 from tests.test_api import recommend_request, status_of
-from tests.test_metrics import free_port, scrape
+from tests.servers import free_port
+from tests.test_metrics import scrape
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -6,9 +6,10 @@ import sqlite3
 
 import pytest
 
+from server.client import RecbanditClient
 from training.demo import run_demo, summarise
 from training.simulator import Storefront, WorldConfig
-from training.storefront_client import Behaviour, StorefrontClient
+from training.storefront_client import SIMULATED_DEADLINE, Behaviour, StorefrontClient
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_
     running, client = start_server(reward_window="1s", seed=3)
     world = Storefront(WorldConfig(n_items=10, candidates_per_visit=10, multi_slot=False, context_scale=0.0, seed=5))
     behaviour = Behaviour(feedback_delay=4, feedback_loss=0.0, deferred_channel="", report_purchases=False, report_misses=True)
-    storefront = StorefrontClient(client.channel, world, behaviour)
+    storefront = StorefrontClient(RecbanditClient(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE), world, behaviour)
     # One storefront thread, the storefront's own event ids and learning finished after every round:
     # the same decisions on every run, however busy the machine (0.914 of the oracle at the end).
     pages = storefront.play(3000, concurrency=1, after_round=running.engine.wait_until_learned)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -17,7 +15,6 @@ from server.auth import auth_metadata
 from tests.conftest import write_tokens
 from tests.servers import spawn_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "sf-" + "q" * 29
 KEY = b"p" * 32
 

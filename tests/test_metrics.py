@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 
@@ -12,13 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.metrics import MAX_LABELS
+from tests.servers import free_port
 from tests.test_api import recommend_request, status_of
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -25,14 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import start
+from server.client import RecbanditClient
 from server.settings import Settings
 from training.simulator import Storefront, WorldConfig
-from training.storefront_client import Page, StorefrontClient
+from training.storefront_client import SIMULATED_DEADLINE, Page, StorefrontClient
 
 BLOCK = 1000
 
@@ -144,16 +141,16 @@ def run_demo(
     settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
     running = start(settings)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            client = StorefrontClient(channel, Storefront(demo_world(events, seed, drift)))
+        with RecbanditClient(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE) as recbandit:
+            client = StorefrontClient(recbandit, Storefront(demo_world(events, seed, drift)))
             halfway = events // 2 if embeddings else events
             pages = _play(client, 0, halfway, concurrency, quiet)
             if halfway < events:
                 running.engine.wait_until_learned()
                 _train_embeddings(data_dir, seed, quiet)
-                reloaded = pb_grpc.AdminStub(channel).ReloadEmbeddings(pb.ReloadEmbeddingsRequest())
+                reloaded = recbandit.reload_embeddings()
                 if not quiet:
-                    print(f"serving embeddings {reloaded.embeddings.artifact}")
+                    print(f"serving embeddings {reloaded.artifact}")
                 pages += _play(client, halfway, events - halfway, concurrency, quiet)
         running.engine.wait_until_learned()
         blocks = summarise(pages, block)

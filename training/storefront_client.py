@@ -1,4 +1,4 @@
-"""Drive a recbandit server through gRPC exactly as a storefront would.
+"""Drive a recbandit server exactly as a storefront would, through :class:`server.client.RecbanditClient`.
 
 The simulated visits are served in order, in rounds of ``Behaviour.feedback_delay`` visits: the
 storefront calls Recommend for every visit of a round (``concurrency`` at a time), and only then
@@ -24,13 +24,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
-from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
-from server.converters import features_to_proto, item_to_proto
+from server.client import RecbanditClient, Recommendation
 from training.simulator import Storefront, Visit
+
+SIMULATED_DEADLINE = 60.0
+"""Seconds a simulated call may take, retries included: no page waits for it, and a machine busy
+with the demo's training or a test suite must not turn a slow call into a lost visit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,10 @@ class Page:
 
 
 class StorefrontClient:
-    def __init__(self, channel: grpc.Channel, world: Storefront, behaviour: Behaviour = Behaviour()) -> None:
-        self.recommender = pb_grpc.RecommenderStub(channel)
-        self.catalog = pb_grpc.CatalogStub(channel)
+    """The simulated storefront, calling recbandit through ``recbandit`` (one client for every thread)."""
+
+    def __init__(self, recbandit: RecbanditClient, world: Storefront, behaviour: Behaviour = Behaviour()) -> None:
+        self.recbandit = recbandit
         self.world = world
         self.behaviour = behaviour
         self._published = 0
@@ -80,44 +82,43 @@ class StorefrontClient:
         if on_sale <= self._published:
             return 0
         items = self.world.items[self._published : on_sale]
-        upserted = self.catalog.UpsertItems(pb.UpsertItemsRequest(items=[item_to_proto(i) for i in items])).upserted
+        upserted = self.recbandit.upsert_items(items)
         self._published = on_sale
         return upserted
 
-    def recommend(self, visit: Visit) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(
-            user_id=visit.user_id,
-            candidates=[pb.Candidate(item_id=item_id) for item_id in visit.candidates],
+    def recommend(self, visit: Visit) -> Recommendation:
+        return self.recbandit.recommend(
+            visit.user_id,
+            user_features=visit.user_features,
+            context=visit.context,
+            candidates=visit.candidates,
             num_results=visit.slots,
             defer_activation=visit.context["channel"] == self.behaviour.deferred_channel,
-            event_id=f"visit-{visit.index:07d}",  # the storefront's own id: a retry is the same event
+            event_id=f"visit-{visit.index:07d}",  # the storefront's own id: the seeded draws repeat run to run
         )
-        features_to_proto(visit.user_features, request.user_features)
-        features_to_proto(visit.context, request.context)
-        return self.recommender.Recommend(request)
 
-    def react(self, visit: Visit, response: pb.RecommendResponse) -> Page:
+    def react(self, visit: Visit, response: Recommendation) -> Page:
         """The user's reaction to the page, reported through Activate and Feedback."""
         behaviour, world = self.behaviour, self.world
-        shown = [item.item_id for item in response.items]
+        shown = list(response.item_ids)
         rng = np.random.default_rng((world.config.seed, 3, visit.index))
         opened, *lost = rng.random(1 + len(shown))
         deferred = visit.context["channel"] == behaviour.deferred_channel
         seen = not deferred or opened < behaviour.open_rate
         outcome = world.react(visit, shown) if seen else [(False, 0.0)] * len(shown)
         if deferred and seen:
-            self.recommender.Activate(pb.ActivateRequest(event_id=response.event_id))
+            self.recbandit.activate(response.event_id)
         reported = 0
         for slot, (item_id, (clicked, revenue)) in enumerate(zip(shown, outcome, strict=True)):
             if not seen or (clicked and lost[slot] < behaviour.feedback_loss):
                 continue
             if clicked:
                 reported += 1
-                self._feedback(response.event_id, item_id, 1.0, "click")
+                self.recbandit.feedback(response.event_id, 1.0, item_id=item_id, label="click")
                 if revenue and behaviour.report_purchases:
-                    self._feedback(response.event_id, item_id, revenue, "purchase")
+                    self.recbandit.feedback(response.event_id, revenue, item_id=item_id, label="purchase")
             elif behaviour.report_misses:
-                self._feedback(response.event_id, item_id, 0.0, "no_click")
+                self.recbandit.feedback(response.event_id, 0.0, item_id=item_id, label="no_click")
         clicks, purchases = world.page_value(visit, shown)
         random_clicks, random_purchases = world.random_page_value(visit)
         oracle_clicks, oracle_purchases = world.page_value(visit, world.oracle(visit))
@@ -138,9 +139,6 @@ class StorefrontClient:
             oracle_clicks=oracle_clicks,
             oracle_purchases=oracle_purchases,
         )
-
-    def _feedback(self, event_id: str, item_id: str, reward: float, label: str) -> None:
-        self.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, item_id=item_id, reward=reward, label=label))
 
     def play(
         self,

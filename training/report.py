@@ -1,0 +1,131 @@
+"""``recbandit report``: is it learning? Ask a running server, print the answer, draw it.
+
+Calls ``Admin/GetLearningReport`` (the admin role's token when tokens are on), prints one table per
+model version — the served policy's observed reward per decision and the estimates of uniform
+random, the first candidate, the live model's greedy choice (in-sample) and the deciding model's
+greedy choice, each with its 95% interval and effective sample size — and the verdict lines, and
+writes a PNG of the same numbers with their intervals as error bars.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+from engine.errors import InvalidRequest
+from engine.report import Verdict, VersionReport
+from engine.rewards import parse_duration
+from server.client import LearningReport, RecbanditCallError, RecbanditClient, Tls
+
+LABELS = {
+    "random": "uniform random",
+    "first_candidate": "first candidate",
+    "greedy": "greedy now (in-sample)",
+    "greedy_at_decision": "greedy at decision",
+}
+MAX_PANELS = 6
+"""The PNG draws the whole window and the newest versions, up to this many panels."""
+
+
+def run(args: SimpleNamespace) -> int:
+    """Ask for the report (``args``: target, token_file, tls_ca, window, max_decisions, out), print
+    it and draw it; 0 when done, 2 when the server or the options refuse."""
+    try:
+        window = parse_duration(args.window)
+        token = args.token_file.read_text().strip() if args.token_file is not None else None
+        tls = Tls.from_files(args.tls_ca) if args.tls_ca is not None else None
+    except InvalidRequest as error:
+        print(f"report: --window: {error.reason}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unreadable token or CA file
+        print(f"report: {error}", file=sys.stderr)
+        return 2
+    try:
+        with RecbanditClient(args.target, token=token, tls=tls) as client:
+            report = client.learning_report(window_seconds=window, max_decisions=args.max_decisions)
+    except RecbanditCallError as error:
+        print(f"report: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    plot_report(report, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def format_report(report: LearningReport) -> str:
+    """The report as text: the window, a table per version (the whole window first), the verdicts."""
+    start, end = _time(report.window_start), _time(report.window_end)
+    lines = [f"Learning report {start} to {end} UTC; greedy now = live model {report.model_version}", ""]
+    for version in _versions(report):
+        lines += [*_table(version), ""]
+    lines.append("Verdicts:")
+    lines += [f"  {v.model_version}: {v.summary}" for v in _versions(report)]
+    return "\n".join(lines)
+
+
+def _versions(report: LearningReport) -> list[VersionReport]:
+    """The whole window, then each version; one version alone stands for the whole window."""
+    if len(report.versions) == 1:
+        return [report.versions[0]]
+    return [report.overall, *report.versions]
+
+
+def _table(version: VersionReport) -> list[str]:
+    lines = [f"{version.model_version} — {version.decisions} decisions with a final reward (slot 0)"]
+    if version.observed is None or version.lift is None:
+        return [*lines, f"  {version.summary}"]
+    row = "  {:<30} {:>8} {:>18} {:>7}"
+    observed, lift = version.observed, version.lift
+    lines.append(row.format("policy", "reward", "95% interval", "ESS"))
+    lines.append(row.format("served (observed)", f"{observed.value:.3f}",
+                            _interval(observed.ci_low, observed.ci_high), f"{version.decisions}"))
+    for e in version.estimates:
+        lines.append(row.format(f"{LABELS.get(e.policy, e.policy)} ({e.estimator})", f"{e.estimate.value:.3f}",
+                                _interval(e.estimate.ci_low, e.estimate.ci_high), f"{e.estimate.ess:.0f}"))
+    lines.append(row.format("lift: served − random", f"{lift.value:+.3f}",
+                            _interval(lift.ci_low, lift.ci_high), "").rstrip())
+    return [*lines, f"  → {version.summary}"]
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def plot_report(report: LearningReport, path: Path) -> None:
+    """One panel per version (the whole window first): each policy's reward per decision, 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    versions = _versions(report)[:MAX_PANELS]
+    fig, axes = plt.subplots(len(versions), 1, figsize=(8, 2.2 + 2.6 * len(versions)), squeeze=False)
+    for ax, version in zip(axes[:, 0], versions, strict=True):
+        _panel(ax, version)
+    fig.suptitle("Is it learning? Reward per decision, slot 0")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _panel(ax, version: VersionReport) -> None:  # type: ignore[no-untyped-def]
+    ax.set_title(f"{version.model_version}: {version.summary}", fontsize=9)
+    if version.verdict is Verdict.NO_DATA or version.observed is None:
+        ax.set_axis_off()
+        return
+    names = ["served (observed)", *(LABELS.get(e.policy, e.policy) for e in version.estimates)]
+    estimates = [version.observed, *(e.estimate for e in version.estimates)]
+    values = [e.value for e in estimates]
+    errors = [[max(e.value - e.ci_low, 0.0) for e in estimates], [max(e.ci_high - e.value, 0.0) for e in estimates]]
+    colours = ["tab:red", *("tab:gray" for _ in version.estimates)]
+    ax.barh(range(len(names)), values, xerr=errors, color=colours, capsize=4, alpha=0.85)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("reward per decision (95% bootstrap interval)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
