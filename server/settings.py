@@ -107,7 +107,7 @@ class EvaluateOptions(_Options):
                                                        "else sqlite:///DATA_DIR/mlflow.db")
     candidates: Path | None = Field(None, description='JSON list of policies, e.g. '
                                                       '[{"exploration": "epsilon", "cb_type": "ips"}]')
-    estimator: Literal["ips", "snips", "dm", "dr"] = Field("dr", description="the estimator that ranks and promotes")
+    estimator: Literal["ips", "snips", "dm", "dr", "sndr"] = Field("dr", description="the estimator that ranks and promotes")
     clip: float | None = Field(None, description="clip importance weights at this value")
     resamples: int = Field(1000, description="bootstrap resamples of the confidence intervals")
     seed: int = Field(0, description="seed of the bootstrap and the replays")
@@ -123,7 +123,7 @@ class PromoteOptions(_Options):
     log: Path | None = Field(None, description="compare on an exported .jsonl/.parquet log instead of DATA_DIR's")
     tracking_uri: str | None = Field(None, description="MLflow store; default: $MLFLOW_TRACKING_URI, "
                                                        "else sqlite:///DATA_DIR/mlflow.db")
-    estimator: Literal["ips", "snips", "dm", "dr"] = Field("dr", description="the estimator compared")
+    estimator: Literal["ips", "snips", "dm", "dr", "sndr"] = Field("dr", description="the estimator compared")
 
 
 class ReportOptions(_Options):

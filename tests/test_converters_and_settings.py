@@ -10,7 +10,7 @@ from engine.errors import InvalidRequest
 from engine.rewards import Aggregation
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.converters import features_to_domain, features_to_proto, item_to_domain, item_to_proto
-from server.settings import Settings
+from server.settings import Settings, choices
 
 
 def test_every_feature_kind_round_trips() -> None:
@@ -97,3 +97,23 @@ def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("serve: ") and message in err and err.count("\n") == 1
+
+
+def test_the_commands_defaults_are_those_of_the_code_they_feed() -> None:
+    """The settings model states each command's defaults for --help; they must be the code's own."""
+    from engine.ope import ESTIMATORS
+    from training.embeddings import LOSSES, EmbeddingConfig
+    from training.evaluate import EvaluationConfig
+    from training.registry import RegistrationFloor
+
+    options, config = Settings().train_embeddings, EmbeddingConfig()
+    shared = set(type(options).model_fields) & {f for f in EmbeddingConfig.__dataclass_fields__}
+    assert len(shared) >= 12
+    assert {name: getattr(options, name) for name in shared} == {name: getattr(config, name) for name in shared}
+    assert options.no_refit is not config.refit
+    assert choices(("train_embeddings", "loss")) == LOSSES
+    evaluate, defaults, floor = Settings().evaluate, EvaluationConfig(), RegistrationFloor()
+    assert (evaluate.estimator, evaluate.clip, evaluate.resamples, evaluate.seed) == (
+        defaults.primary_estimator, defaults.clip, defaults.n_resamples, defaults.seed)
+    assert (evaluate.min_decisions, evaluate.min_ess) == (floor.min_decisions, floor.min_ess)
+    assert set(choices(("evaluate", "estimator"))) == set(ESTIMATORS) == set(choices(("promote", "estimator")))

@@ -211,6 +211,14 @@ def test_readers_see_a_consistent_index_while_items_are_upserted(embeddings: Emb
     assert errors == [] and len(embeddings) == 120 + 4000
 
 
+def _joined(data_dir: Path) -> list[dict[str, object]]:
+    log = SQLiteEventLog(data_dir / "events.db", RewardRules())
+    try:
+        return list(log.joined())
+    finally:
+        log.close()
+
+
 def _log_with_rewards(data_dir: Path, world: TrainingData) -> None:
     """An event log of the planted world: one decision per interaction, rewarded click or purchase."""
     log = SQLiteEventLog(data_dir / "events.db", RewardRules())
@@ -253,6 +261,18 @@ def test_train_embeddings_command_reads_the_log_and_a_csv_and_writes_the_artifac
     epochs = client.get_metric_history(run.info.run_id, "recall_at_10")
     assert max(m.step for m in epochs) == 5  # the last epoch's holdout evaluation, logged at its step
     assert [a.path for a in client.list_artifacts(run.info.run_id, "embeddings")]
+    figure = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id)}
+    assert figure["training.png"] > 10_000
+    assert Path(client.download_artifacts(run.info.run_id, "training.png", str(tmp_path))).read_bytes()[:4] == b"\x89PNG"
+    inputs = {i.dataset.name: (json.loads(i.dataset.profile), i.dataset) for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"events.db", "imported.csv"}
+    profile, dataset = inputs["events.db"]
+    log_ts = [x.ts for x in interactions_from_log(_joined(tmp_path), CONFIG)[0]]
+    assert profile["rows"] == 1200 and profile["undated"] == 0 and len(dataset.digest) == 16
+    assert (profile["first_ts"], profile["last_ts"]) == (min(log_ts), max(log_ts))
+    assert json.loads(dataset.source)["uri"] == str((tmp_path / "events.db").resolve())
+    profile, _ = inputs["imported.csv"]
+    assert (profile["rows"], profile["undated"], profile["first_ts"], profile["last_ts"]) == (2, 1, 1.0, 1.0)
 
     log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
     try:

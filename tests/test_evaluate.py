@@ -165,23 +165,33 @@ def test_recbandit_evaluate_logs_a_parent_run_and_a_child_run_per_policy(logged:
     assert parent.data.tags["data.events"] == "500" and parent.data.tags["data.examples"] == "1000"
     assert parent.data.tags["data.first_ts"] <= parent.data.tags["data.last_ts"]
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
-    assert parent.data.metrics["examples_per_second_vw_driver"] > 0
-    assert parent.data.metrics["examples_per_second_python_loop"] > 0
+    for run in runs:
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
+        assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert parent.data.metrics["throughput/examples_per_second_vw_driver"] > 0
+    assert parent.data.metrics["throughput/examples_per_second_python_loop"] > 0
+    assert parent.data.metrics["best/dr/ci_low"] <= parent.data.metrics["best/dr/value"]
     assert parent.data.tags["best_policy"] == SMALL.candidates[0].name
     assert parent.data.tags["registered_version"] == "1"
     squarecb = children[SMALL.candidates[0].name]
     assert squarecb.data.params["exploration"] == "squarecb" and squarecb.data.params["cb_type"] == "mtr"
     assert squarecb.data.params["learning_rate"] == "0.5" and squarecb.data.params["interactions"] == '["UI", "CI"]'
+    assert squarecb.data.params["exploration_parameter"] == "10.0"  # the default, as run; never "None"
+    assert "None" not in json.dumps(json.loads(parent.data.params["candidates"]))
+    assert json.loads(parent.data.params["candidates"])[0]["exploration_parameter"] == 10.0
+    m = squarecb.data.metrics
     for key in ("ips", "snips", "dm", "dr", "sndr"):
-        m = squarecb.data.metrics
-        assert m[f"{key}_ci_low"] <= m[f"{key}_value"] <= m[f"{key}_ci_high"] and m[f"{key}_ess"] > 0
-        assert f"slot1_{key}_value" in m
-    assert squarecb.data.metrics["replay_loss"] < 0 and squarecb.data.metrics["examples_per_second"] > 0
+        assert m[f"{key}/ci_low"] <= m[f"{key}/value"] <= m[f"{key}/ci_high"] and m[f"{key}/ess"] > 0
+        assert {f"slot0/{key}/value", f"slot1/{key}/ci_low", f"slot1/{key}/ess"} <= set(m)
+    assert not [name for name in m if "_value" in name or name.startswith("slot1_")]  # grouped, not flat
+    assert m["replay/loss"] < 0 and m["replay/examples_per_second"] > 0
     assert squarecb.data.tags["policy_kind"] == "candidate" and children[LOGGING].data.tags["policy_kind"] == "baseline"
     parent_files = {f.path: f.file_size for f in client.list_artifacts(parent.info.run_id)}
     assert parent_files["candidates.png"] > 10_000 and "evaluation.json" in parent_files
-    policy_files = {f.path: f.file_size for f in client.list_artifacts(squarecb.info.run_id, "policy")}
-    assert policy_files["policy/model.vw"] > 1000 and "policy/policy.json" in policy_files
+    policy_files = {f.path for f in client.list_artifacts(squarecb.info.run_id, "policy")}
+    assert {"policy/MLmodel", "policy/policy.json", "policy/artifacts"} <= policy_files
+    (vw_file,) = client.list_artifacts(squarecb.info.run_id, "policy/artifacts")
+    assert vw_file.path == "policy/artifacts/model.vw" and vw_file.file_size > 1000
     assert client.list_artifacts(children[LOGGING].info.run_id) == []
 
 

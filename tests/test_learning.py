@@ -61,7 +61,7 @@ def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_p
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == len(DEFAULT_CANDIDATES) + 2  # the candidates, logging, uniform random
-    assert all("dr_value" in r.data.metrics and r.data.metrics["dr_ci_low"] <= r.data.metrics["dr_value"] for r in children)
+    assert all("dr/value" in r.data.metrics and r.data.metrics["dr/ci_low"] <= r.data.metrics["dr/value"] for r in children)
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     assert str(champion.version) == "1"
 

@@ -58,12 +58,12 @@ class Block:
 def summarise(pages: list[Page], block: int = BLOCK) -> list[Block]:
     """Average the pages' expected rewards per block of ``block`` events, and count what happened."""
     blocks = []
-    for start in range(0, len(pages), block):
-        part = pages[start : start + block]
+    for first in range(0, len(pages), block):
+        part = pages[first : first + block]
         n = len(part)
         blocks.append(
             Block(
-                start=start,
+                start=first,
                 events=n,
                 learned=sum(p.expected_clicks for p in part) / n,
                 random=sum(p.random_clicks for p in part) / n,

@@ -14,13 +14,13 @@ off, the model is fitted again on every interaction and written as one artifact.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from engine.embeddings import Embeddings, FeatureTable, feature_tokens, identity
 from engine.errors import InvalidRequest
 from engine.records import features_from_dict
 from engine.types import Features, Item
+from training.lineage import DatasetFacts, digest_lines
 
 LOSSES = ("warp", "bpr", "logistic", "warp-kos")
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -94,9 +95,12 @@ class Interaction:
 
 @dataclass(frozen=True)
 class TrainingData:
+    """Interactions, user features and the catalog; ``sources`` says where the interactions came from."""
+
     interactions: list[Interaction]
     user_features: dict[str, Features] = field(default_factory=dict)
     items: list[Item] = field(default_factory=list)
+    sources: tuple[DatasetFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -370,11 +374,14 @@ def load_training_data(
 
     database = Path(data_dir) / EVENT_LOG
     log = SQLiteEventLog(database, RewardRules()) if database.exists() else None
+    sources = []
     try:
         if events is not None:
             interactions, user_features = interactions_from_log(load_joined(events), config)
+            sources.append(interactions_dataset(Path(events), interactions))
         elif log is not None:
             interactions, user_features = interactions_from_log(log.joined(), config)
+            sources.append(interactions_dataset(database, interactions))
         else:
             interactions, user_features = [], {}
         items = log.items() if log is not None else []
@@ -382,31 +389,24 @@ def load_training_data(
         if log is not None:
             log.close()
     if interactions_csv is not None:
-        interactions += read_interactions_csv(interactions_csv)
-    return TrainingData(interactions, user_features, items)
+        imported = read_interactions_csv(interactions_csv)
+        sources.append(interactions_dataset(Path(interactions_csv), imported))
+        interactions += imported
+    return TrainingData(interactions, user_features, items, tuple(sources))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train-embeddings`` flags; every default is :class:`EmbeddingConfig`'s."""
-    d = EmbeddingConfig()
-    parser.add_argument("--data-dir", default="recbandit-data", help="event log in, artifact out (embeddings/)")
-    parser.add_argument("--events", type=Path, default=None, help="a JSONL export (or another data directory) to read instead of events.db")
-    parser.add_argument("--interactions", type=Path, default=None, help="CSV user_id,item_id,weight[,timestamp] to merge")
-    parser.add_argument("--loss", choices=LOSSES, default=d.loss)
-    for name, kind in (("components", int), ("epochs", int), ("learning_rate", float), ("item_alpha", float),
-                       ("user_alpha", float), ("max_sampled", int), ("threads", int), ("seed", int),
-                       ("test_fraction", float), ("k", int), ("eval_every", int), ("default_weight", float)):
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name), help=f"default {getattr(d, name)}")
-    parser.add_argument("--label-weight", action="append", default=None, metavar="LABEL=WEIGHT",
-                        help="weight of a reward label (repeat); default " + " ".join(f"{k}={v}" for k, v in d.label_weights))
-    parser.add_argument("--no-refit", action="store_true", help="keep the holdout model instead of refitting on all data")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store; default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
-    parser.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+def interactions_dataset(store: Path, interactions: Sequence[Interaction]) -> DatasetFacts:
+    """Lineage of the interactions read from ``store``: their count, time range and digest.
+
+    The range covers the dated interactions (a CSV row without a timestamp has none).
+    """
+    dated = [x.ts for x in interactions if x.ts > 0]
+    digest = digest_lines(f"{x.user_id}\t{x.item_id}\t{x.weight!r}\t{x.ts!r}" for x in interactions)
+    return DatasetFacts(name=store.name, store=str(store), rows=len(interactions), first_ts=min(dated, default=None),
+                        last_ts=max(dated, default=None), digest=digest, extra=(("undated", len(interactions) - len(dated)),))
 
 
-def config_from_args(args: argparse.Namespace) -> EmbeddingConfig:
+def config_from_args(args: SimpleNamespace) -> EmbeddingConfig:
     weights = EmbeddingConfig().label_weights
     if args.label_weight:
         pairs = []
@@ -426,8 +426,9 @@ def config_from_args(args: argparse.Namespace) -> EmbeddingConfig:
     return config
 
 
-def run(args: argparse.Namespace, on_epoch: EpochCallback | None = None) -> TrainingResult:
-    """``recbandit train-embeddings``: train from ``args`` (see :func:`add_arguments`) and report."""
+def run(args: SimpleNamespace, on_epoch: EpochCallback | None = None) -> TrainingResult:
+    """``recbandit train-embeddings``: train from ``args`` (the command's options,
+    :class:`server.settings.TrainEmbeddingsOptions`, and ``data_dir``) and report."""
     config = config_from_args(args)
     uri = None
     if not args.no_track:
@@ -459,17 +460,26 @@ def train_from_log(
     """Train on the data directory's log, write the artifact there, and track the run in MLflow.
 
     With a ``tracking_uri`` the run goes to the experiment ``recbandit-embeddings``: the config as
-    params, the holdout metrics per evaluated epoch and at the end, and the artifact.
+    params, the holdout metrics per evaluated epoch and at the end, the interactions read as dataset
+    inputs (store, rows, time range, digest), ``training.png`` (see :func:`training.plots.plot_training`)
+    and the artifact.
     """
     data = load_training_data(data_dir, config, events=events, interactions_csv=interactions_csv)
     if tracking_uri is None:
         result = train_embeddings(data, config, on_epoch=on_epoch, progress=progress)
         return TrainingResult(result.embeddings, result.metrics, write_artifact(data_dir, result.embeddings))
+    import tempfile
+
+    from training.plots import plot_training
     from training.tracking import tracked_run
 
+    history: list[tuple[int, dict[str, float]]] = []
     with tracked_run(tracking_uri, EMBEDDINGS_EXPERIMENT, config, run_name="lightfm") as tracked:
+        for source in data.sources:
+            tracked.log_input(source, "training")
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            history.append((epoch, metrics))
             tracked.log_metrics(metrics, step=epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
@@ -478,6 +488,9 @@ def train_from_log(
         path = write_artifact(data_dir, result.embeddings)
         tracked.log_metrics(result.metrics)
         tracked.log_artifact(path, "embeddings")
+        with tempfile.TemporaryDirectory(prefix="recbandit-embeddings-") as tmp:
+            plot_training(history, result.metrics, config.k, Path(tmp) / "training.png")
+            tracked.log_artifact(Path(tmp) / "training.png")
     return TrainingResult(result.embeddings, result.metrics, path)
 
 

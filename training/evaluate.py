@@ -6,22 +6,28 @@ candidate, the logging policy (the pmfs the server logged) and uniform random ar
 every estimator of :mod:`engine.ope`, over all slots and per slot, with seeded bootstrap
 intervals. DM and DR use a cross-fitted VW reward model. The first candidate is also replayed
 through the server's adapter one example at a time, to report both throughputs on the same data.
+
+The replay writes its data file, reward models and predictions to a working directory; unless the
+caller passes one (and then owns it), it is a temporary directory removed before :func:`evaluate`
+returns.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from engine.bandit import BanditConfig
 from engine.ope import ESTIMATORS, BanditFeedback, Bootstrap, Estimate
 from engine.eventlog import event_log_path
+from training.lineage import digest_file
 from training.replay import (
     PolicyCandidate,
     ReplayResult,
@@ -82,12 +88,20 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class DataSummary:
+    """The slot examples evaluated: from how many decisions, when, their digest and mean reward.
+
+    ``observed_value`` is the mean logged reward per slot: the logging policy's value as observed.
+    ``digest`` hashes the labelled examples exactly as replayed (see :mod:`training.lineage`).
+    """
+
     source: str
     events: int
     examples: int
     slots: int
     first_ts: float
     last_ts: float
+    digest: str = ""
+    observed_value: float = float("nan")
 
 
 @dataclass
@@ -99,6 +113,8 @@ class PolicyEvaluation:
     overall: dict[str, Estimate]
     per_slot: dict[int, dict[str, Estimate]]
     replay: ReplayResult | None = None
+    started: float | None = None
+    finished: float | None = None
 
 
 @dataclass
@@ -122,6 +138,17 @@ class Evaluation:
         key = self.config.primary_estimator
         return max(self.candidates, key=lambda p: (p.overall[key].ci_low, p.overall[key].value))
 
+    @property
+    def separated(self) -> bool:
+        """Whether the best candidate's interval clears at least one other candidate's interval.
+
+        ``False`` when every other candidate's interval overlaps the best's: the log cannot tell
+        the candidates apart, and "best" only means "highest lower bound".
+        """
+        key, best = self.config.primary_estimator, self.best
+        others = [p for p in self.candidates if p is not best]
+        return not others or any(best.overall[key].ci_low > p.overall[key].ci_high for p in others)
+
     def policy(self, name: str) -> PolicyEvaluation:
         return next(p for p in self.policies if p.name == name)
 
@@ -135,12 +162,13 @@ class LoggedData:
         if not self.examples:
             raise ValueError(f"source: {source} holds no slot with a final reward to evaluate on")
         examples = self.examples
-        self.summary = DataSummary(
-            str(source), len(records), len(examples), 1 + max(e.slot for e in examples),
-            min(e.ts for e in examples), max(e.ts for e in examples),
-        )
         self.data_path = workdir / "examples.txt"
         write_vw_data(examples, self.data_path)
+        self.summary = DataSummary(
+            str(source), len({e.event_id for e in examples}), len(examples), 1 + max(e.slot for e in examples),
+            min(e.ts for e in examples), max(e.ts for e in examples), digest_file(self.data_path),
+            float(np.mean([e.reward for e in examples])),
+        )
         self.width = max(len(e.actions) for e in examples)
         self.reward = np.array([e.reward for e in examples])
         self.propensity = np.array([e.probability for e in examples])
@@ -163,20 +191,49 @@ class LoggedData:
         )
 
 
-def evaluate(source: str | Path, config: EvaluationConfig = EvaluationConfig(), workdir: Path | None = None) -> Evaluation:
-    """Replay every candidate on the log at ``source`` and estimate it, the logging policy and uniform random."""
+def evaluate(
+    source: str | Path,
+    config: EvaluationConfig = EvaluationConfig(),
+    workdir: Path | None = None,
+    *,
+    progress: bool = False,
+) -> Evaluation:
+    """Replay every candidate on the log at ``source`` and estimate it, the logging policy and uniform random.
+
+    With no ``workdir`` the replay works in a temporary directory that is removed on return, and
+    the replays' ``model_path`` is ``None``; pass a ``workdir`` to keep the replayed models.
+    ``progress`` shows a bar on stderr when stderr is a terminal.
+    """
     config.validate()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="recbandit-evaluate-"))
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="recbandit-evaluate-") as tmp:
+            evaluation = _evaluate(source, config, Path(tmp), progress)
+        for p in evaluation.policies:
+            if p.replay is not None:
+                p.replay = replace(p.replay, model_path=None)
+        return evaluation
     workdir.mkdir(parents=True, exist_ok=True)
+    return _evaluate(source, config, workdir, progress)
+
+
+def _evaluate(source: str | Path, config: EvaluationConfig, workdir: Path, progress: bool) -> Evaluation:
+    from tqdm import tqdm
+
+    began = time.time()
     data = LoggedData(source, workdir, config.reward_model_folds)
     policies = [
         estimate_policy(LOGGING, None, data, [np.asarray(e.logging_pmf) for e in data.examples], config),
         estimate_policy(UNIFORM, None, data, [np.full(len(e.actions), 1 / len(e.actions)) for e in data.examples], config),
     ]
+    policies[0].started = began
     throughput: dict[str, float] = {}
-    for i, candidate in enumerate(config.candidates):
+    bar = tqdm(config.candidates, desc="replaying candidates", unit="policy", file=sys.stderr,
+               disable=not (progress and sys.stderr.isatty()))
+    for i, candidate in enumerate(bar):
+        bar.set_postfix_str(candidate.name)
+        started = time.time()
         replay = replay_fast(candidate, data.data_path, len(data.examples), workdir / f"candidate-{i}")
-        policies.append(estimate_policy(candidate.name, candidate, data, replay.pmfs, config, replay))
+        policies.append(estimate_policy(candidate.name, candidate, data, replay.pmfs, config, replay, started))
         if i == 0:
             throughput["examples_per_second_vw_driver"] = replay.examples_per_second
             if config.compare_python_replay:
@@ -185,6 +242,7 @@ def evaluate(source: str | Path, config: EvaluationConfig = EvaluationConfig(), 
                 throughput["replay_max_pmf_difference"] = max(
                     float(np.abs(a - b).max()) for a, b in zip(replay.pmfs, python.pmfs, strict=True)
                 )
+    bar.close()
     return Evaluation(data.summary, config, policies, throughput)
 
 
@@ -195,7 +253,9 @@ def estimate_policy(
     pmfs: list[np.ndarray],
     config: EvaluationConfig,
     replay: ReplayResult | None = None,
+    started: float | None = None,
 ) -> PolicyEvaluation:
+    started = time.time() if started is None else started
     feedback = data.feedback(pmfs)
     estimators = {key: _estimator(key, config) for key in config.estimators}
     overall = {key: e.estimate(feedback, config.bootstrap) for key, e in estimators.items()}
@@ -204,7 +264,7 @@ def estimate_policy(
         for slot in np.unique(feedback.slot):  # type: ignore[arg-type]
             part = feedback.subset(feedback.slot == slot)
             per_slot[int(slot)] = {key: e.estimate(part, config.bootstrap) for key, e in estimators.items()}
-    return PolicyEvaluation(name, candidate, overall, per_slot, replay)
+    return PolicyEvaluation(name, candidate, overall, per_slot, replay, started, time.time())
 
 
 def _estimator(key: str, config: EvaluationConfig):  # type: ignore[no-untyped-def]
@@ -226,23 +286,7 @@ def format_table(evaluation: Evaluation) -> str:
 # -- the command line -----------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``recbandit evaluate``."""
-    parser.add_argument("--data-dir", type=Path, default=Path("recbandit-data"),
-                        help="the event log (events.db) and the default tracking store; default recbandit-data")
-    parser.add_argument("--log", type=Path, default=None, help="evaluate an exported .jsonl/.parquet log instead")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
-    parser.add_argument("--candidates", type=Path, default=None,
-                        help="JSON list of policies, e.g. [{\"exploration\": \"epsilon\", \"cb_type\": \"ips\"}]")
-    parser.add_argument("--estimator", default="dr", choices=tuple(ESTIMATORS), help="ranks and promotes; default dr")
-    parser.add_argument("--clip", type=float, default=None, help="clip importance weights at this value")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples; default 1000")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-register", action="store_true", help="track the runs but register nothing")
-
-
-def config_from_arguments(args: argparse.Namespace) -> EvaluationConfig:
+def config_from_arguments(args: SimpleNamespace) -> EvaluationConfig:
     candidates = DEFAULT_CANDIDATES
     if args.candidates is not None:
         candidates = tuple(PolicyCandidate.from_dict(c) for c in json.loads(args.candidates.read_text()))
@@ -250,31 +294,46 @@ def config_from_arguments(args: argparse.Namespace) -> EvaluationConfig:
                             n_resamples=args.resamples, seed=args.seed)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: SimpleNamespace) -> int:
     """``recbandit evaluate``: evaluate, print the table and throughput, track, register, promote."""
-    from training.registry import evaluate_and_register
-    from training.tracking import default_tracking_uri, log_evaluation
+    from training.registry import RegistrationFloor, evaluate_and_register
+    from training.tracking import default_tracking_uri, tracked_evaluation
 
     config = config_from_arguments(args)
     began = time.perf_counter()
     source = args.log or args.data_dir
     event_log_path(source)  # no log: refuse before the tracking store (and its folder) is created
     uri = args.tracking_uri or default_tracking_uri(args.data_dir)
+    progress = not args.no_progress
     if args.no_register:
-        evaluation = evaluate(source, config)
-        log_evaluation(evaluation, uri)
+        evaluation, _ = tracked_evaluation(source, config, uri, progress=progress)
     else:
-        evaluation, version, promotion = evaluate_and_register(source, config, uri)
+        floor = RegistrationFloor(args.min_decisions, args.min_ess)
+        evaluation, version, promotion = evaluate_and_register(source, config, uri, floor=floor, progress=progress)
     print(format_table(evaluation))
     t = evaluation.throughput
-    print(f"\n{evaluation.data.examples:,} slot examples from {evaluation.data.events:,} events · replay "
+    decisions = f"{evaluation.data.events:,} decision{'s' if evaluation.data.events != 1 else ''}"
+    print(f"\n{evaluation.data.examples:,} slot examples from {decisions} · replay "
           f"{t.get('examples_per_second_vw_driver', 0):,.0f} examples/s by VW's driver, "
           f"{t.get('examples_per_second_python_loop', 0):,.0f} examples/s one example at a time from Python"
           + (f" ({t['examples_per_second_vw_driver'] / t['examples_per_second_python_loop']:.1f}×)"
              if t.get("examples_per_second_python_loop") else ""))
-    print(f"best by the {config.primary_estimator.upper()} lower bound: {evaluation.best.name}")
+    print(best_line(evaluation))
     if not args.no_register:
-        print(f"registered recbandit-policy version {version}; "
-              f"{'champion' if promotion.promoted else 'not promoted'}: {promotion.reason}")
+        if version is None:
+            print(promotion.reason)
+        else:
+            print(f"registered recbandit-policy version {version}; "
+                  f"{'champion' if promotion.promoted else 'not promoted'}: {promotion.reason}")
     print(f"tracking    {uri} · {time.perf_counter() - began:.0f} s in all")
     return 0
+
+
+def best_line(evaluation: Evaluation) -> str:
+    """Which candidate is best, said as confidently as the intervals allow."""
+    key, best = evaluation.config.primary_estimator, evaluation.best
+    if evaluation.separated:
+        return f"best by the {key.upper()} lower bound: {best.name}"
+    return (f"no candidate is separated: every candidate's {key.upper()} interval overlaps the best's, so the log "
+            f"cannot tell them apart ({best.name} has the highest lower bound, "
+            f"{best.overall[key].ci_low:.4f}, with interval [{best.overall[key].ci_low:.4f}, {best.overall[key].ci_high:.4f}])")

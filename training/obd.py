@@ -302,15 +302,24 @@ def to_event(
     return decision, reward
 
 
-def import_campaign(log: SQLiteEventLog, open_member: OpenMember, policy: str, campaign: str) -> CampaignSummary:
-    """Log every impression of one (policy, campaign) file with its click as the final reward."""
+def import_campaign(
+    log: SQLiteEventLog, open_member: OpenMember, policy: str, campaign: str, *, progress: bool = False
+) -> CampaignSummary:
+    """Log every impression of one (policy, campaign) file with its click as the final reward.
+
+    ``progress`` counts the impressions on stderr when stderr is a terminal.
+    """
+    from tqdm import tqdm
+
     folder = f"{policy}/{campaign}"
     with open_member(f"{folder}/item_context.csv") as stream:
         items = read_items(stream, f"{folder}/item_context.csv")
     where = f"{folder}/{campaign}.csv"
     events = new_events = clicks = 0
-    with open_member(where) as stream:
+    with open_member(where) as stream, tqdm(desc=f"import {policy}/{campaign}", unit="event", file=sys.stderr,
+                                           disable=not (progress and sys.stderr.isatty())) as bar:
         for impression in read_impressions(stream, where, list(items)):
+            bar.update()
             decision, reward = to_event(impression, policy, campaign, items)
             if log.append_decision(decision) is decision:
                 new_events += 1
@@ -329,6 +338,7 @@ def import_obd(
     *,
     policies: Sequence[str] = POLICIES,
     campaigns: Sequence[str] = CAMPAIGNS,
+    progress: bool = False,
 ) -> list[CampaignSummary]:
     """Import the chosen (policy, campaign) files from ``source`` (the sdist or a folder)."""
     for name, chosen, allowed in (("policies", policies, POLICIES), ("campaigns", campaigns, CAMPAIGNS)):
@@ -336,7 +346,7 @@ def import_obd(
         if unknown or not chosen:
             raise ValueError(f"{name}: must be some of {', '.join(allowed)}, got {', '.join(chosen) or 'none'}")
     with open_source(source) as open_member:
-        return [import_campaign(log, open_member, p, c) for p in policies for c in campaigns]
+        return [import_campaign(log, open_member, p, c, progress=progress) for p in policies for c in campaigns]
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -372,8 +382,12 @@ def run_import(
     cache_dir: Path | None = None,
     policies: Sequence[str] = POLICIES,
     campaigns: Sequence[str] = CAMPAIGNS,
+    progress: bool = True,
 ) -> list[CampaignSummary]:
-    """``recbandit import-obd``: obtain the sample unless ``source`` is given, import, print the summary."""
+    """``recbandit import-obd``: obtain the sample unless ``source`` is given, import, print the summary.
+
+    A bar per file on stderr while importing, when stderr is a terminal and ``progress`` is on.
+    """
     data_dir = Path(data_dir)
     if source is None:
         source = download_sample(cache_dir or data_dir / "cache")
@@ -382,7 +396,7 @@ def run_import(
     data_dir.mkdir(parents=True, exist_ok=True)
     log = SQLiteEventLog(data_dir / "events.db", RewardRules())
     try:
-        summaries = import_obd(log, source, policies=policies, campaigns=campaigns)
+        summaries = import_obd(log, source, policies=policies, campaigns=campaigns, progress=progress)
     finally:
         log.close()
     print(format_summary(summaries))

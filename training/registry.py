@@ -5,15 +5,19 @@ that version's interval lower bound, by the primary estimator, beats the champio
 the same log (the champion's configuration is replayed in the same evaluation). ``promote
 --force`` moves it regardless and says so in the version's tags. :func:`champion_policy` is what
 a server polls: the champion's version, its VW model file and its settings.
+
+A version is an MLflow model (:mod:`training.policy_model`): ``mlflow.pyfunc.load_model(
+"models:/recbandit-policy@champion")`` scores decisions; the server reads the VW file inside it.
+Nothing is registered from a log too small to separate candidates (:class:`RegistrationFloor`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from engine.bandit import BanditConfig
@@ -21,7 +25,7 @@ from engine.ope import Estimate
 from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
 from engine.eventlog import event_log_path
 from training.replay import PolicyCandidate
-from training.tracking import data_tags, log_evaluation, tracking_client
+from training.tracking import data_tags, tracked_evaluation, tracking_client
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -50,6 +54,31 @@ class ChampionPolicy:
     bandit: BanditConfig
     cb_type: str
     vw_arguments: str
+
+
+@dataclass(frozen=True)
+class RegistrationFloor:
+    """The least log a best candidate is registered from.
+
+    ``min_decisions`` decisions with a final reward, and an effective sample size of ``min_ess``
+    for the best candidate by the primary estimator: Kish's ``(sum w)^2 / sum w^2`` of its
+    importance weights, about the number of logged decisions that agree with it. Below either,
+    bootstrap intervals are too wide (or too optimistic) to tell candidates apart.
+    """
+
+    min_decisions: int = 100
+    min_ess: float = 30.0
+
+    def refusal(self, evaluation: Evaluation) -> str | None:
+        """Why nothing may be registered from ``evaluation``, or ``None`` when it may."""
+        decisions = evaluation.data.events
+        ess = evaluation.best.overall[evaluation.config.primary_estimator].ess
+        if decisions >= self.min_decisions and ess >= self.min_ess:
+            return None
+        return (f"not registering: the log has {decisions:,} decision{'s' if decisions != 1 else ''} "
+                f"and the best candidate an effective sample size of {ess:.1f}; at least "
+                f"{self.min_decisions:,} decisions (and an effective sample size of {self.min_ess:g} for the "
+                "best candidate) are needed to separate candidates; pass --min-decisions / --min-ess to change")
 
 
 def decide_promotion(candidate: Estimate, champion: Estimate | None) -> tuple[bool, str]:
@@ -135,20 +164,30 @@ def with_champion(config: EvaluationConfig, client: MlflowClient) -> tuple[Evalu
 
 
 def evaluate_and_register(
-    source: str | Path, config: EvaluationConfig, tracking_uri: str, workdir: Path | None = None
-) -> tuple[Evaluation, str, Promotion]:
+    source: str | Path,
+    config: EvaluationConfig,
+    tracking_uri: str,
+    *,
+    floor: RegistrationFloor = RegistrationFloor(),
+    progress: bool = False,
+) -> tuple[Evaluation, str | None, Promotion]:
     """Evaluate (with the champion replayed alongside), track, register the best, maybe promote it.
 
-    When the champion's own configuration is the best, nothing new is registered.
+    When the champion's own configuration is the best, nothing new is registered. When the log is
+    below ``floor``, nothing is registered either: the version is ``None`` and the promotion's
+    reason says why.
     """
     client = tracking_client(tracking_uri)
     config, champion = with_champion(config, client)
-    evaluation = evaluate(source, config, workdir)
-    logged = log_evaluation(evaluation, tracking_uri)
+    evaluation, logged = tracked_evaluation(source, config, tracking_uri, progress=progress)
+    current = str(champion.version) if champion else None
+    refusal = floor.refusal(evaluation)
+    if refusal is not None:
+        client.set_tag(logged.parent_run_id, "promotion", f"refused: {refusal}")
+        return evaluation, None, Promotion(False, refusal, "", current)
     best = evaluation.best
     if champion is not None and best.candidate == candidate_of(champion):
-        promotion = Promotion(False, "the champion's configuration is still the best", str(champion.version),
-                              str(champion.version))
+        promotion = Promotion(False, "the champion's configuration is still the best", str(champion.version), current)
         client.set_tag(logged.parent_run_id, "promotion", f"refused: {promotion.reason}")
         return evaluation, promotion.version, promotion
     version = register_policy(client, logged.child_run_ids[best.name], best, evaluation)
@@ -211,30 +250,25 @@ def champion_policy(tracking_uri: str, dst_dir: str | Path | None = None) -> Cha
 
 
 def download_policy(version: ModelVersion, tracking_uri: str, dst_dir: str | Path | None = None) -> ChampionPolicy:
-    """A registered version's VW model downloaded to a local path, with its settings."""
+    """A registered version's VW model downloaded to a local path, with its settings.
+
+    The version's source is an MLflow model folder; the VW file is the artifact its ``MLmodel``
+    names (``model.vw`` at the top for versions registered before policies were models).
+    """
     import mlflow.artifacts
+
+    from training.policy_model import quiet_mlflow, vw_model_path
 
     dst = Path(dst_dir or tempfile.mkdtemp(prefix="recbandit-champion-")) / f"v{version.version}"
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
+    with quiet_mlflow():
+        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
     candidate = candidate_of(version)
-    return ChampionPolicy(str(version.version), Path(local) / "model.vw", candidate.bandit, candidate.cb_type,
+    return ChampionPolicy(str(version.version), vw_model_path(Path(local)), candidate.bandit, candidate.cb_type,
                           version.tags.get("vw_arguments", candidate.vw_arguments()))
 
 
-def add_promote_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``recbandit promote``."""
-    parser.add_argument("--version", required=True, help="the recbandit-policy version to promote")
-    parser.add_argument("--force", action="store_true", help="move the champion alias without comparing")
-    parser.add_argument("--data-dir", type=Path, default=Path("recbandit-data"),
-                        help="the event log to compare on and the default tracking store; default recbandit-data")
-    parser.add_argument("--log", type=Path, default=None, help="compare on an exported .jsonl/.parquet log instead")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db")
-    parser.add_argument("--estimator", default="dr", help="the estimator compared; default dr")
-
-
-def run_promote(args: argparse.Namespace) -> int:
+def run_promote(args: SimpleNamespace) -> int:
     from training.tracking import default_tracking_uri
 
     source = args.log or args.data_dir

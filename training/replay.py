@@ -180,6 +180,7 @@ def replay_fast(candidate: PolicyCandidate, data_path: Path, n_examples: int, wo
     vw.finish()
     elapsed = time.perf_counter() - start
     pmfs = [_normalised(scores) for scores in read_action_scores(predictions)]
+    predictions.unlink()  # read once; on a large log it is the biggest file of the working directory
     if len(pmfs) != n_examples:
         raise RuntimeError(f"VW predicted {len(pmfs)} examples of {n_examples} in {data_path}")
     return ReplayResult(candidate, pmfs, float(loss), n_examples / elapsed, model)
@@ -264,6 +265,8 @@ def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: in
         vw.finish()
         with open(scores) as lines:
             values = np.array([float(line.split()[0]) for line in lines if line.strip()])
+        for used in (train, test, model, scores):  # one line per candidate: the test file dwarfs the log
+            used.unlink()
         offsets = np.cumsum([0] + [len(examples[i].actions) for i in held_out])
         for j, i in enumerate(held_out):
             predictions[i] = values[offsets[j] : offsets[j + 1]]

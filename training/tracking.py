@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.lineage import DatasetFacts, iso_time, log_dataset
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from training.evaluate import Evaluation, PolicyEvaluation
+    from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation
+    from training.replay import PolicyCandidate
 
 EVALUATION_EXPERIMENT = "recbandit-evaluate"
 
@@ -92,18 +95,20 @@ def git_commit() -> str | None:
 
 
 class TrackedRun:
-    """One MLflow run: log metrics (per step, e.g. per epoch), artifacts and tags."""
+    """One MLflow run: log metrics (per step, e.g. per epoch), artifacts, tags and its input data."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.end_time: float | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if math.isfinite(float(v))]
-        self.client.log_batch(self.run_id, metrics=batch)
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -112,6 +117,21 @@ class TrackedRun:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_input(self, facts: DatasetFacts, context: str) -> None:
+        """The dataset the run read (store, rows, time range, digest): ``run.inputs.dataset_inputs``."""
+        log_dataset(self.client, self.run_id, facts, context)
+
+
+def context_tags() -> dict[str, str]:
+    """What ``mlflow.start_run`` would set: ``mlflow.user``, ``mlflow.source.name``/``type``, and the commit."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags().items()}
+    commit = git_commit()
+    if commit:
+        tags.setdefault("mlflow.source.git.commit", commit)
+    return tags
 
 
 @contextmanager
@@ -123,36 +143,38 @@ def tracked_run(
     run_name: str | None = None,
     tags: Mapping[str, object] | None = None,
     parent_run_id: str | None = None,
+    start_time: float | None = None,
 ) -> Iterator[TrackedRun]:
-    """A run with ``config`` as its params and the git commit as a tag; FAILED if the block raises.
+    """A run with ``config`` as its params and the source, user and commit as tags; FAILED if the block raises.
 
-    For any trainer::
+    ``start_time`` (seconds since the epoch) dates a run recorded after its work; set
+    ``run.end_time`` in the block to date its end the same way. For any trainer::
 
         with tracked_run(uri, "recbandit-embeddings", config, run_name="lightfm") as run:
             for epoch in range(config.epochs):
                 run.log_metrics({"precision_at_10": p}, step=epoch)
             run.log_artifact(model_path, "model")
     """
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = tracking_client(tracking_uri)
-    all_tags = {"mlflow.runName": run_name or experiment, **(tags or {})}
+    all_tags: dict[str, object] = {**context_tags(), "mlflow.runName": run_name or experiment, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    commit = git_commit()
-    if commit:
-        all_tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(experiment_id(client, experiment), tags={k: str(v) for k, v in all_tags.items()})
+    run = client.create_run(experiment_id(client, experiment), tags={k: str(v) for k, v in all_tags.items()},
+                            start_time=None if start_time is None else int(start_time * 1000))
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in params_of(config).items()]
     for start in range(0, len(params), 100):
         client.log_batch(run_id, params=params[start : start + 100])
+    tracked = TrackedRun(client, run_id)
     try:
-        yield TrackedRun(client, run_id)
+        yield tracked
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    end = None if tracked.end_time is None else int(tracked.end_time * 1000)
+    client.set_terminated(run_id, "FINISHED", end_time=end)
 
 
 # -- an evaluation in MLflow ----------------------------------------------------------------------
@@ -165,66 +187,102 @@ class LoggedEvaluation:
 
 
 def estimate_metrics(policy: PolicyEvaluation) -> dict[str, float]:
-    """``<estimator>_value|_ci_low|_ci_high|_ess`` over all slots, and ``slot<k>_…`` per slot."""
+    """Metrics grouped by slashes: ``<estimator>/value|ci_low|ci_high|ess`` over all slots,
+    ``slot<k>/<estimator>/…`` per slot, and ``n`` (MLflow's UI groups the charts by prefix)."""
     metrics: dict[str, float] = {}
-    for prefix, estimates in [("", policy.overall), *((f"slot{k}_", e) for k, e in policy.per_slot.items())]:
+    for scope, estimates in [("", policy.overall), *((f"slot{k}/", e) for k, e in policy.per_slot.items())]:
         for name, e in estimates.items():
-            metrics |= {f"{prefix}{name}_value": e.value, f"{prefix}{name}_ci_low": e.ci_low,
-                        f"{prefix}{name}_ci_high": e.ci_high, f"{prefix}{name}_ess": e.ess}
+            metrics |= {f"{scope}{name}/value": e.value, f"{scope}{name}/ci_low": e.ci_low,
+                        f"{scope}{name}/ci_high": e.ci_high, f"{scope}{name}/ess": e.ess}
     metrics["n"] = float(next(iter(policy.overall.values())).n)
     return metrics
 
 
 def data_tags(evaluation: Evaluation) -> dict[str, object]:
     d = evaluation.data
-    iso = lambda ts: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))  # noqa: E731
-    return {"data.source": d.source, "data.first_ts": iso(d.first_ts), "data.last_ts": iso(d.last_ts),
-            "data.events": d.events, "data.examples": d.examples, "data.slots": d.slots}
+    return {"data.source": d.source, "data.first_ts": iso_time(d.first_ts), "data.last_ts": iso_time(d.last_ts),
+            "data.events": d.events, "data.examples": d.examples, "data.slots": d.slots, "data.digest": d.digest}
 
 
-def log_evaluation(evaluation: Evaluation, tracking_uri: str, experiment: str = EVALUATION_EXPERIMENT) -> LoggedEvaluation:
-    """A parent run for the evaluation and a child run per policy, with the comparison plot."""
-    tags = data_tags(evaluation)
-    children: dict[str, str] = {}
-    with tracked_run(tracking_uri, experiment, evaluation.config, run_name="evaluate", tags=tags) as parent:
-        for policy in evaluation.policies:
-            children[policy.name] = _log_policy(policy, evaluation, tracking_uri, experiment, parent.run_id, tags)
-        best = evaluation.best
-        primary = evaluation.config.primary_estimator
-        parent.log_metrics({**evaluation.throughput, **{f"best_{k}": v for k, v in estimate_metrics(best).items()
-                                                        if k.startswith(primary)}})
-        parent.set_tags({"best_policy": best.name, "primary_estimator": primary})
-        with tempfile.TemporaryDirectory() as tmp:
-            plot_candidates(evaluation, Path(tmp) / "candidates.png")
-            parent.log_artifact(Path(tmp) / "candidates.png")
-            (Path(tmp) / "evaluation.json").write_text(json.dumps(evaluation_summary(evaluation), indent=2))
-            parent.log_artifact(Path(tmp) / "evaluation.json")
-    return LoggedEvaluation(parent.run_id, children)
+def evaluation_dataset(evaluation: Evaluation) -> DatasetFacts:
+    """The slot examples an evaluation used, as lineage: the store, their count, time range and digest."""
+    from engine.eventlog import event_log_path
+
+    d = evaluation.data
+    store = event_log_path(d.source)  # the file read: events.db in a data directory, or the export
+    return DatasetFacts(name=store.name, store=str(store), rows=d.examples, first_ts=d.first_ts,
+                        last_ts=d.last_ts, digest=d.digest, extra=(("decisions", d.events), ("slots", d.slots)))
+
+
+def candidate_params(candidate: PolicyCandidate) -> dict[str, object]:
+    """The candidate's settings with the exploration parameter it runs with (the default filled in)."""
+    return {**candidate.to_dict(), "exploration_parameter": candidate.bandit.parameter}
+
+
+def evaluation_params(config: EvaluationConfig) -> dict[str, object]:
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {**values, "candidates": [candidate_params(c) for c in config.candidates]}
+
+
+def tracked_evaluation(
+    source: str | Path,
+    config: EvaluationConfig,
+    tracking_uri: str,
+    *,
+    experiment: str = EVALUATION_EXPERIMENT,
+    progress: bool = False,
+) -> tuple[Evaluation, LoggedEvaluation]:
+    """Evaluate inside a parent run (so its duration covers the replay), then a child run per policy.
+
+    Each child run is dated by its policy's own replay and estimation; a candidate's child run
+    holds the policy as an MLflow model (``policy/``, see :mod:`training.policy_model`). The
+    working directory of the replay lives until everything is logged, then goes.
+    """
+    from training.evaluate import evaluate
+    from training.plots import plot_candidates
+
+    with tracked_run(tracking_uri, experiment, evaluation_params(config), run_name="evaluate",
+                     tags={"data.source": str(source)}) as parent, tempfile.TemporaryDirectory(prefix="recbandit-evaluate-") as work:
+        evaluation = evaluate(source, config, Path(work), progress=progress)
+        parent.set_tags(data_tags(evaluation))
+        parent.log_input(evaluation_dataset(evaluation), "evaluation")
+        children = {p.name: _log_policy(p, evaluation, tracking_uri, experiment, parent.run_id, Path(work))
+                    for p in evaluation.policies}
+        best, primary = evaluation.best, config.primary_estimator
+        parent.log_metrics({**{f"throughput/{k}": v for k, v in evaluation.throughput.items()},
+                            **{f"best/{k}": v for k, v in estimate_metrics(best).items() if k.startswith(f"{primary}/")}})
+        parent.set_tags({"best_policy": best.name, "primary_estimator": primary,
+                         "best_policy_separated": str(evaluation.separated).lower()})
+        plot_candidates(evaluation, Path(work) / "candidates.png")
+        parent.log_artifact(Path(work) / "candidates.png")
+        (Path(work) / "evaluation.json").write_text(json.dumps(evaluation_summary(evaluation), indent=2))
+        parent.log_artifact(Path(work) / "evaluation.json")
+    return evaluation, LoggedEvaluation(parent.run_id, children)
 
 
 def _log_policy(policy: PolicyEvaluation, evaluation: Evaluation, tracking_uri: str, experiment: str,
-                parent_run_id: str, tags: dict[str, object]) -> str:
+                parent_run_id: str, work: Path) -> str:
+    from training.policy_model import save_policy_model
+
     c = evaluation.config
-    config = {"policy": policy.name, **(policy.candidate.to_dict() if policy.candidate else {}),
+    config = {"policy": policy.name, **(candidate_params(policy.candidate) if policy.candidate else {}),
               "estimators": list(c.estimators), "primary_estimator": c.primary_estimator, "clip": c.clip,
               "n_resamples": c.n_resamples, "confidence": c.confidence, "seed": c.seed,
               "reward_model_folds": c.reward_model_folds}
     kind = "candidate" if policy.candidate else "baseline"
     with tracked_run(tracking_uri, experiment, config, run_name=policy.name, parent_run_id=parent_run_id,
-                     tags={**tags, "policy_kind": kind}) as run:
+                     tags={**data_tags(evaluation), "policy_kind": kind}, start_time=policy.started) as run:
         metrics = estimate_metrics(policy)
         if policy.replay is not None:
-            metrics |= {"replay_loss": policy.replay.replay_loss,
-                        "examples_per_second": policy.replay.examples_per_second}
+            metrics |= {"replay/loss": policy.replay.replay_loss,
+                        "replay/examples_per_second": policy.replay.examples_per_second}
         run.log_metrics(metrics)
+        run.log_input(evaluation_dataset(evaluation), "evaluation")
         if policy.candidate is not None and policy.replay is not None and policy.replay.model_path:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp) / "policy"
-                folder.mkdir()
-                (folder / "model.vw").write_bytes(policy.replay.model_path.read_bytes())
-                (folder / "policy.json").write_text(json.dumps(
-                    {**policy.candidate.to_dict(), "vw_arguments": policy.candidate.vw_arguments()}, indent=2))
-                run.log_artifact(folder)
+            settings = {**candidate_params(policy.candidate), "vw_arguments": policy.candidate.vw_arguments()}
+            folder = save_policy_model(policy.replay.model_path, settings, work / f"model-{run.run_id}" / "policy")
+            run.log_artifact(folder)
+        run.end_time = policy.finished
     return run.run_id
 
 
@@ -233,32 +291,6 @@ def evaluation_summary(evaluation: Evaluation) -> dict[str, object]:
         "data": dataclasses.asdict(evaluation.data),
         "throughput": evaluation.throughput,
         "best": evaluation.best.name,
+        "best_separated": evaluation.separated,
         "policies": {p.name: {k: dataclasses.asdict(e) for k, e in p.overall.items()} for p in evaluation.policies},
     }
-
-
-def plot_candidates(evaluation: Evaluation, path: Path) -> None:
-    """Every policy's value with its interval, one marker per estimator (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    policies, keys = evaluation.policies, evaluation.config.estimators
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.45 * len(policies)))
-    for j, key in enumerate(keys):
-        offset = (j - (len(keys) - 1) / 2) * 0.14
-        ys = [i + offset for i in range(len(policies))]
-        values = [p.overall[key].value for p in policies]
-        errors = [[v - p.overall[key].ci_low for v, p in zip(values, policies)],
-                  [p.overall[key].ci_high - v for v, p in zip(values, policies)]]
-        ax.errorbar(values, ys, xerr=errors, fmt="o", markersize=4, capsize=2, label=key.upper())
-    ax.set_yticks(range(len(policies)), [p.name for p in policies], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"estimated reward per slot ({evaluation.config.confidence:.0%} bootstrap interval)")
-    ax.set_title(f"off-policy estimates on {evaluation.data.examples:,} slots of {evaluation.data.events:,} events")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
