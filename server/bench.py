@@ -20,10 +20,12 @@ Operations, each at every ``--concurrency`` (concurrent in-flight calls on one c
     self-signed RSA 2048 certificate made with ``openssl``) and checks a storefront bearer token on
     every call. Its throughput is reported as a ratio to plaintext Recommend's, not the ceiling's.
 ``Recommend with metrics on``
-    the same Recommend requests, measured right after plaintext Recommend, from a third client
-    process to a third server that serves ``--metrics-port`` (Prometheus counters and histograms
-    on every call, the engine reporting commits and learning) and is scraped once a second during
-    the row. Reported as a ratio to plaintext Recommend's throughput: the cost of metrics.
+    the same Recommend requests, from a third client process to a third server that serves
+    ``--metrics-port`` (Prometheus counters and histograms on every call, the engine reporting
+    commits and learning) and is scraped once a second meanwhile. Its windows and plaintext
+    Recommend's alternate (:data:`AB_ROUNDS` each, added up into one row each), so that the
+    machine's drift falls on both; reported as a ratio to plaintext Recommend's throughput: the
+    cost of metrics.
 ``Feedback``
     reward 1.0, label ``click``, one call per event created by Recommend, so every reward is new
     and committed durably before the reply. The events of the Recommend rows are used first, then
@@ -92,6 +94,8 @@ RECOMMEND_MIN_RATIO = 0.60
 RECOMMEND_MAX_P99_MS = 5.0
 FEEDBACK_MIN_RATE = 3000.0
 JOB_TIMEOUT_SLACK = 120.0
+AB_ROUNDS = 2
+"""Recommend with and without metrics are measured in turn, this many windows each."""
 MIN_EVENT_SECONDS = 10.0
 LEARN_TIMEOUT = 60.0
 
@@ -517,12 +521,15 @@ def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target
           closing(ClientProcess(Target(metered.port), args.seed)) as metered_client):
         results: list[Result] = []
         for concurrency in args.concurrency:
-            for operation in (HEALTH, RECOMMEND):
-                results.append(measure(running, client, Job(operation, concurrency, args.seconds, args.warmup)))
+            results.append(measure(running, client, Job(HEALTH, concurrency, args.seconds, args.warmup)))
+            plain, metered_rows = [], []
+            for _ in range(AB_ROUNDS):  # A/B/A/B: the machine's drift falls on both alike
+                plain.append(measure(running, client, Job(RECOMMEND, concurrency, args.seconds, args.warmup)))
+                with scraping(metered):
+                    job = Job(RECOMMEND_METRICS, concurrency, args.seconds, args.warmup)
+                    metered_rows.append(measure(metered, metered_client, job))
+            results += [combined(plain), combined(metered_rows)]
             results.append(measure(tls, tls_client, Job(RECOMMEND_TLS, concurrency, args.seconds, args.warmup)))
-            with scraping(metered):
-                job = Job(RECOMMEND_METRICS, concurrency, args.seconds, args.warmup)
-                results.append(measure(metered, metered_client, job))
         ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
         for concurrency in args.concurrency:
             needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
@@ -530,6 +537,24 @@ def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target
             client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), seconds=budget, count=needed))
             results.append(measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup)))
         return results
+
+
+def combined(windows: Sequence[Result]) -> Result:
+    """Windows of one operation as one row: calls, time and CPU added up; p50 the calls-weighted
+    mean of the windows' p50s, p99 the largest of their p99s."""
+    calls = sum(w.calls for w in windows)
+    return replace(
+        windows[0],
+        calls=calls,
+        elapsed=sum(w.elapsed for w in windows),
+        p50_ms=sum(w.p50_ms * w.calls for w in windows) / calls if calls else math.nan,
+        p99_ms=max(w.p99_ms for w in windows),
+        ran_out_of_events=any(w.ran_out_of_events for w in windows),
+        all_calls=sum(w.all_calls for w in windows),
+        client_cpu_seconds=sum(w.client_cpu_seconds for w in windows),
+        server_cpu_seconds=sum(w.server_cpu_seconds for w in windows),
+        wall_seconds=sum(w.wall_seconds for w in windows),
+    )
 
 
 def throughput_ratio(result: Result, results: Sequence[Result]) -> float | None:

@@ -10,9 +10,11 @@ from server.bench import (
     FEEDBACK,
     HEALTH,
     RECOMMEND,
+    RECOMMEND_METRICS,
     RECOMMEND_TLS,
     HandlerResult,
     Result,
+    combined,
     format_breakdown,
     format_table,
     ratio_bound,
@@ -89,3 +91,15 @@ def test_recommend_over_tls_is_a_ratio_to_plaintext_recommend_at_the_same_concur
     table = format_table(results)
     assert "| Recommend over TLS with a token | 16 | 2,880 | 720 | 0.50 | 1.00 | 0.90 |" in table
     assert "| Recommend | 1 | 2,000 | 500 | 0.50 | 1.00 | n/a |" in table
+
+
+def test_alternating_windows_combine_into_one_row_and_metrics_are_compared_with_plaintext() -> None:
+    first = row(RECOMMEND, 1000, client_us=200, server_us=900, p99_ms=20.0)
+    second = row(RECOMMEND, 500, client_us=200, server_us=1100, p99_ms=30.0)
+    both = combined([first, second])
+    assert (both.calls, both.elapsed, both.rate) == (6000, 8.0, 750.0)
+    assert both.p99_ms == 30.0 and both.p50_ms == pytest.approx(0.5)
+    assert both.server_cpu_us == pytest.approx((4000 * 900 + 2000 * 1100) / 6000)
+    metered = combined([row(RECOMMEND_METRICS, 700, client_us=200, server_us=1000)] * 2)
+    assert throughput_ratio(metered, [both, metered]) == pytest.approx(700 / 750)
+    assert "| Recommend with metrics on | 16 |" in format_table([both, metered])
