@@ -49,8 +49,9 @@ class Metrics(Observer):
     (``engine.observe(metrics)``): commits, learned outcomes, undelivered decisions."""
 
     def __init__(self, engine: Engine, in_flight: InFlight) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+        disable_created_metrics()  # no *_created series: a scrape is counters and gauges only
         self.registry = registry = CollectorRegistry()
         self._requests = Counter("recbandit_rpc_requests", "RPCs by method and status code.",
                                  ["method", "code"], registry=registry)
