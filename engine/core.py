@@ -34,7 +34,7 @@ from engine.explain import Explainer, Explanation
 from engine.exploration import draw, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
-from engine.observer import Observer
+from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.report import LearningReport, ReportRequest, learning_report
@@ -177,12 +177,12 @@ class Engine:
         try:
             logged = await self.log.append_decision_async(prepared.decision, prepared.record)
         except asyncio.CancelledError:  # the insert is queued and will commit: mark it after
-            self.observer.undelivered()
+            report(self.observer.undelivered)
             self.log.post_undelivered(prepared.decision)
             raise
         decided = self._decided(prepared, logged)
         if logged is prepared.decision and caller_gone is not None and caller_gone():
-            self.observer.undelivered()
+            report(self.observer.undelivered)
             await self.log.mark_delivery_async(logged, delivered=False)
         return decided
 
@@ -231,8 +231,9 @@ class Engine:
         return _Prepared(decision, record, shared, actions, request)
 
     def _decided(self, prepared: _Prepared, logged: LoggedDecision) -> LoggedDecision:
-        if logged is prepared.decision:
+        if logged is prepared.decision:  # committed now (not an event id another call had logged)
             self._learner.remember(logged, prepared.shared, prepared.actions)
+            report(self.observer.decided, model_id(logged.model_version))
         return self._same_event(logged, prepared.request)
 
     @staticmethod

@@ -24,7 +24,7 @@ from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
 from engine.eventlog import SQLiteEventLog
-from engine.observer import LearnedSlot, Observer, model_id
+from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,10 @@ class Learner:
                         self.examples_learned += 1
                         learned += 1
                     self.learned_seq = outcome.seq
+                    if example is not None:  # reported once learned and counted, never before
+                        delay = outcome.ts - example.decided if outcome.source == "reward" else None
+                        report(self.observer.learned, LearnedSlot(example.model, outcome.reward, outcome.source,
+                                                                  example.exploring[outcome.slot], delay))
         if learned:
             with self._learned:
                 self._learned.notify_all()
@@ -206,9 +210,6 @@ class Learner:
         if outcome.slot == len(example.chosen) - 1:
             self._recent.forget(outcome.event_id)
         self.updated = time.time()
-        delay = outcome.ts - example.decided if outcome.source == "reward" else None
-        self.observer.learned(LearnedSlot(example.model, outcome.reward, outcome.source,
-                                          example.exploring[outcome.slot], delay))
 
     @contextmanager
     def at_rest(self, timeout: float) -> Iterator[tuple[VWBandit, str]]:

@@ -7,7 +7,10 @@ ignores everything, so the engine runs the same watched or not.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,10 @@ class LearnedSlot:
 class Observer:
     """Ignores everything; the server's metrics override what they count."""
 
+    def decided(self, model: str) -> None:
+        """A new decision of the model ``model`` (an id, see :func:`model_id`) was committed; a
+        repeated event id answered from the log is not new."""
+
     def committed(self, seconds: float, operations: int) -> None:
         """One event-log transaction of ``operations`` writes committed (or failed) in ``seconds``."""
 
@@ -44,3 +51,11 @@ class Observer:
 def model_id(model_version: str) -> str:
     """``vw-1a2b@120+embeddings-….npz`` → ``vw-1a2b``: the model, without its count of examples learned."""
     return model_version.split("@", 1)[0]
+
+
+def report(call: object, *args: object) -> None:
+    """Call an observer's method, and never let it fail the engine's work: log it instead."""
+    try:
+        call(*args)  # type: ignore[operator]
+    except Exception:
+        log.exception("the observer failed; the engine goes on")

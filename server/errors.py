@@ -88,7 +88,7 @@ def rpc(method: F) -> F:
             access(name, outcome.code.name, seconds,
                    getattr(outcome.response, "event_id", "") or getattr(request, "event_id", ""))
             if (metrics := getattr(self, "metrics", None)) is not None:
-                metrics.observe(name, outcome.code.name, seconds)
+                metrics.record_rpc(name, outcome.code.name, seconds)
 
     return wrapper  # type: ignore[return-value]
 

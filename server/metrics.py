@@ -12,10 +12,12 @@ labels.
 - ``recbandit_rewards_total{label}``: new rewards by label.
 - ``recbandit_outcomes_learned_total{source}``: final outcomes learned, by where their reward came
   from: ``reward``, ``sum`` or ``default`` (the window closed without one: the default-reward count).
-- ``recbandit_learned_reward_total{model,choice}`` over ``recbandit_learned_slots_total{model,choice}``:
-  the online reward per slot of each model, for exploring and exploiting slots apart (``choice`` is
-  ``explore`` when the slot's item was not the most probable of its pmf). In PromQL:
-  ``rate(recbandit_learned_reward_total[1h]) / rate(recbandit_learned_slots_total[1h])``.
+- ``recbandit_learned_reward_total{model,choice}`` (minus
+  ``recbandit_learned_negative_reward_total``, the sizes of negative rewards: a counter only grows)
+  over ``recbandit_learned_slots_total{model,choice}``: the online reward per slot of each model,
+  for exploring and exploiting slots apart (``choice`` is ``explore`` when the slot's item was not
+  the most probable of its pmf). In PromQL: ``(rate(recbandit_learned_reward_total[1h]) -
+  rate(recbandit_learned_negative_reward_total[1h])) / rate(recbandit_learned_slots_total[1h])``.
 - ``recbandit_undelivered_decisions_total``: decisions committed whose caller was gone.
 - ``recbandit_reward_delay_seconds``: from a decision to the reward that made its slot final
   (aggregation ``earliest``).
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine.core import Engine
-from engine.observer import LearnedSlot, Observer, model_id
+from engine.observer import LearnedSlot, Observer
 from server.errors import InFlight
 
 MAX_LABELS = 32
@@ -41,6 +45,8 @@ MAX_LABELS = 32
 values of one label, the rest are counted as ``other``."""
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCRAPE_TIMEOUT = 10.0
+"""Seconds a scrape waits for the engine's gauges."""
 DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
@@ -62,8 +68,11 @@ class Metrics(Observer):
         self._rewards = Counter("recbandit_rewards", "New rewards by label.", ["label"], registry=registry)
         self._outcomes = Counter("recbandit_outcomes_learned", "Final outcomes learned, by source: reward, sum or default.",
                                  ["source"], registry=registry)
-        self._learned_reward = Counter("recbandit_learned_reward", "Sum of the rewards learned, by model and choice.",
+        self._learned_reward = Counter("recbandit_learned_reward", "Sum of the positive rewards learned, by model and choice.",
                                        ["model", "choice"], registry=registry)
+        self._learned_loss = Counter("recbandit_learned_negative_reward",
+                                     "Sum of the sizes of the negative rewards learned, by model and choice.",
+                                     ["model", "choice"], registry=registry)
         self._learned_slots = Counter("recbandit_learned_slots", "Slots learned, by model and choice (explore or exploit).",
                                       ["model", "choice"], registry=registry)
         self._undelivered = Counter("recbandit_undelivered_decisions", "Decisions committed whose caller was gone.",
@@ -74,35 +83,21 @@ class Metrics(Observer):
                                   buckets=DURATION_BUCKETS, registry=registry)
         self._seen: dict[str, set[str]] = {"label": set(), "model": set()}
         self._seen_lock = threading.Lock()
-        gauges = {
-            "recbandit_rpc_in_flight": ("Calls being served now.", lambda: in_flight.count),
-            "recbandit_examples_learned": ("Final rewards the model has learned.",
-                                           lambda: engine.model_info().examples_learned),
-            "recbandit_learner_lag_examples": ("Final rewards committed and not yet learned.",
-                                               lambda: engine.model_info().examples_pending),
-            "recbandit_learner_lag_seconds": ("How long the oldest final reward not yet learned has waited.",
-                                              engine.learner_lag_seconds),
-            "recbandit_model_age_seconds": ("Seconds since the model last learned or was replaced.",
-                                            engine.model_age_seconds),
-            "recbandit_seconds_since_checkpoint": ("Seconds since the model was last checkpointed (-1: never).",
-                                                   lambda: _since(engine.model_info().last_checkpoint_ts)),
-            "recbandit_event_log_writable": ("1 while writes to the event log succeed, else 0.",
-                                             lambda: float(engine.log.storage_healthy)),
-        }
-        for name, (help_text, read) in gauges.items():
-            Gauge(name, help_text, registry=registry).set_function(read)
+        Gauge("recbandit_rpc_in_flight", "Calls being served now.", registry=registry).set_function(
+            lambda: in_flight.count)
+        registry.register(EngineGauges(engine))
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
+    def record_rpc(self, method: str, code: str, seconds: float) -> None:
         self._requests.labels(method, code).inc()
         self._duration.labels(method).observe(seconds)
 
-    def decided(self, model_version: str) -> None:
-        self._decisions.labels(self._bounded("model", model_id(model_version))).inc()
+    # -- what the engine reports (Observer) ------------------------------------------------------
+
+    def decided(self, model: str) -> None:
+        self._decisions.labels(self._bounded("model", model)).inc()
 
     def rewarded(self, label: str) -> None:
         self._rewards.labels(self._bounded("label", label or "unlabelled")).inc()
-
-    # -- what the engine reports (Observer) ------------------------------------------------------
 
     def committed(self, seconds: float, operations: int) -> None:
         self._commits.observe(seconds)
@@ -111,7 +106,10 @@ class Metrics(Observer):
         self._outcomes.labels(slot.source).inc()
         labels = (self._bounded("model", slot.model), "explore" if slot.exploring else "exploit")
         self._learned_slots.labels(*labels).inc()
-        self._learned_reward.labels(*labels).inc(slot.reward)
+        if slot.reward >= 0:  # a counter only grows: negative rewards are counted apart, by size
+            self._learned_reward.labels(*labels).inc(slot.reward)
+        else:
+            self._learned_loss.labels(*labels).inc(-slot.reward)
         if slot.reward_delay is not None:
             self._delay.observe(max(0.0, slot.reward_delay))
 
@@ -137,5 +135,36 @@ class Metrics(Observer):
         return server
 
 
-def _since(ts: float | None) -> float:
-    return -1.0 if ts is None else time.time() - ts
+class EngineGauges:
+    """The gauges read from the engine, all of them at once per scrape, on one thread of their own.
+
+    The endpoint serves every scrape on a new thread, and a thread that reads the event log opens
+    a connection of its own for its life: reading on one lasting thread keeps it to one connection.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-reader")
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, help_text, value in self._reader.submit(self._read).result(timeout=SCRAPE_TIMEOUT):
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+    def _read(self) -> list[tuple[str, str, float]]:
+        engine = self._engine
+        info = engine.model_info()
+        checkpoint = info.last_checkpoint_ts
+        return [
+            ("recbandit_examples_learned", "Final rewards the model has learned.", info.examples_learned),
+            ("recbandit_learner_lag_examples", "Final rewards committed and not yet learned.", info.examples_pending),
+            ("recbandit_learner_lag_seconds", "How long the oldest final reward not yet learned has waited.",
+             engine.learner_lag_seconds()),
+            ("recbandit_model_age_seconds", "Seconds since the model last learned or was replaced.",
+             engine.model_age_seconds()),
+            ("recbandit_seconds_since_checkpoint", "Seconds since the model was last checkpointed (-1: never).",
+             -1.0 if checkpoint is None else time.time() - checkpoint),
+            ("recbandit_event_log_writable", "1 while writes to the event log succeed, else 0.",
+             float(engine.log.storage_healthy)),
+        ]

@@ -57,8 +57,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         else:
             asked = converters.recommend_request_to_domain(request, limits)
             decision = await self._engine.decide_async(asked, caller_gone=gone)
-        if self.metrics is not None:
-            self.metrics.decided(decision.model_version)
         return converters.decision_to_proto(decision)
 
     @rpc

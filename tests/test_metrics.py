@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 
 import grpc
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
@@ -94,8 +94,46 @@ def test_client_labels_cannot_grow_the_metrics_without_bound(start_server) -> No
 
 
 def test_metrics_are_off_unless_asked_for(start_server) -> None:  # type: ignore[no-untyped-def]
+    from engine.observer import Observer
+
     running, _ = start_server()
     assert running.metrics_endpoint is None
+    assert type(running.engine.observer) is Observer  # the engine reports to no one
+
+
+def test_negative_rewards_are_learned_and_counted_apart(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A counter only grows: a negative reward goes to its own counter, by size, and learning goes on."""
     port = free_port()
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    running, client = start_server(metrics_port=port, default_reward=-0.25, reward_window="1s")
+    rewarded = client.recommender.Recommend(recommend_request()).event_id
+    client.recommender.Feedback(pb.FeedbackRequest(event_id=rewarded, reward=-1.0, label="return"))
+    client.recommender.Recommend(recommend_request())  # its window closes with the default reward, -0.25
+    deadline = time.monotonic() + 15
+    while running.engine.model_info().examples_learned < 2:
+        assert time.monotonic() < deadline, "learning stopped"
+        time.sleep(0.05)
+    metrics = scrape(port)
+    negative = sum(v for (name, _), v in metrics.items() if name == "recbandit_learned_negative_reward_total")
+    positive = sum(v for (name, _), v in metrics.items() if name == "recbandit_learned_reward_total")
+    assert (negative, positive) == (1.25, 0.0)
+    assert running.engine.checkpoint().examples_learned == 2
+
+
+def test_a_retry_of_an_event_id_is_not_a_second_decision(start_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    running, client = start_server(metrics_port=port)
+    for _ in range(3):
+        client.recommender.Recommend(recommend_request(event_id="page-1"))
+    decisions = sum(v for (name, _), v in scrape(port).items() if name == "recbandit_decisions_total")
+    assert decisions == 1 and running.engine.log.counts()["decisions"] == 1
+
+
+def test_scrapes_do_not_open_a_connection_each(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The endpoint serves each scrape on a new thread; the engine's gauges are read on one."""
+    port = free_port()
+    start_server(metrics_port=port)
+    scrape(port)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        scrape(port)
+    assert len(os.listdir("/proc/self/fd")) - before < 5
