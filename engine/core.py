@@ -28,7 +28,7 @@ from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
-from engine.errors import EventConflict, InvalidRequest, ModelNotReady
+from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady
 from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
 from engine.explain import Explainer, Explanation
 from engine.exploration import draw, uniform_draw
@@ -351,13 +351,17 @@ class Engine:
         """Is it learning? The served reward against random, the storefront's order and the live
         model's greedy choice, over the request's window (:mod:`engine.report`). Blocks: the live
         model scores every decision of the window, so a coroutine calls it in a worker thread. One
-        report runs at a time: each may take seconds of CPU."""
+        report runs at a time, each may take seconds of CPU: another is refused (:class:`Busy`)."""
         request = request.resolved()  # refused before any work
-        with self._reporting:
+        if not self._reporting.acquire(blocking=False):  # never queue seconds of CPU in the worker threads
+            raise Busy("a learning report")
+        try:
             learner = self._learner
             served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
             return learning_report(self.log, served.bandit, served.version(examples_learned), request, time.time(),
                                    closing_lag=2 * self.config.maintenance_interval)
+        finally:
+            self._reporting.release()
 
     def explain(self, event_id: str, item_id: str = "", max_features: int = 0) -> Explanation:
         """Why the decision ``event_id`` offered ``item_id``: the pmf it was drawn from and the live

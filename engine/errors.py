@@ -70,6 +70,13 @@ class ModelNotReady(RecbanditError):
     """The engine is starting or stopping and cannot decide now."""
 
 
+class Busy(RecbanditError):
+    """A costly call of which one runs at a time is running: refused at once, not queued."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is already running; retry when it is done")
+
+
 class StorageUnavailable(RecbanditError):
     """The event log cannot be written now (disk full, I/O error, damaged file); nothing was acknowledged."""
 

@@ -32,7 +32,8 @@ Cost, measured through gRPC on a two-core machine: about 65 ms for an example no
 (the child process: interpreter, VW, a weightless workspace), 2-5 ms for a cached one. Learning
 pauses only while the weights are read: microseconds for a typical example, about 1 ms per 2,500
 features (read 4,096 per hold of the workspace's lock, so decisions wait 2 ms at most). Everything
-is bounded by the request limits on features, and one child process runs at a time.
+is bounded by the request limits on features, and one child process runs at a time: another
+explanation that needs one meanwhile is refused (``RESOURCE_EXHAUSTED``), never queued.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 
 from engine.bandit import VWBandit, action_line, shared_line
 from engine.cache import BoundedCache
-from engine.errors import InvalidRequest, UnknownCandidate, UnknownEvent
+from engine.errors import Busy, InvalidRequest, UnknownCandidate, UnknownEvent
 from engine.records import LoggedDecision
 from engine.validation import Limits, check_id
 
@@ -183,8 +184,12 @@ class Explainer:
     def _audit(self, arguments: str, text: str) -> _Audit:
         features = self._audits.get((arguments, text))
         if features is None:
-            with self._audit_lock:
+            if not self._audit_lock.acquire(blocking=False):  # refused, not queued in the worker threads
+                raise Busy("an explanation of an example not explained before")
+            try:
                 features = audit(arguments, text)
+            finally:
+                self._audit_lock.release()
             self._audits.put((arguments, text), features, 2 * len(text) + sum(64 + len(f.name) for f in features))
         return _Audit(arguments, features)
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from engine.errors import (
+    Busy,
     EventConflict,
     InvalidRequest,
     ModelNotReady,
@@ -32,6 +33,7 @@ STATUS_CODES: dict[type[RecbanditError], grpc.StatusCode] = {
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     EventConflict: grpc.StatusCode.ALREADY_EXISTS,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from engine.bandit import BanditConfig
 from engine.core import EngineConfig
@@ -45,7 +53,9 @@ NESTED = "__"
 CONFIG_ENV = "RECBANDIT_CONFIG"
 """The environment variable naming the TOML config file (the ``--config`` flag wins over it)."""
 
-_config_file: ContextVar[Path | None] = ContextVar("recbandit_config_file", default=None)
+_outside: ContextVar[tuple[Path | None] | None] = ContextVar("recbandit_settings_outside", default=None)
+"""Set by :meth:`Settings.load` to the config file (or None): only then are the environment and
+the file read; ``Settings(...)`` built in code holds what it is given and the defaults."""
 
 
 class _Options(BaseModel):
@@ -205,8 +215,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (the constructor's arguments), then the environment, then the config file of :meth:`load`."""
-        config_file = _config_file.get()
+        """Flags (the constructor's arguments), then the environment, then the config file, in
+        :meth:`load`; the constructor's arguments alone otherwise."""
+        outside = _outside.get()
+        if outside is None:
+            return (init_settings,)
+        (config_file,) = outside
         if config_file is None:
             return init_settings, env_settings
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file)
@@ -218,20 +232,21 @@ class Settings(BaseSettings):
 
         Raises :class:`InvalidRequest` naming the setting, where it can be set, and the rule.
         """
-        import os
-
         path = config_file or os.environ.get(CONFIG_ENV) or None
         if path is not None and not Path(path).is_file():
             raise InvalidRequest("config", f"{path} is not a file")
-        token = _config_file.set(Path(path) if path else None)
+        token = _outside.set((Path(path) if path else None,))
         try:
             return cls(**_without_none(flags))
         except ValidationError as error:
             raise _invalid(error) from None
-        except ValueError as error:  # a config file that is not TOML
+        except SettingsError as error:  # a RECBANDIT_<COMMAND> variable that is not JSON, …
+            raise InvalidRequest("environment", f"{str(error)[:200]}: a command's table in a {ENV_PREFIX}<COMMAND> "
+                                                f"variable must be JSON; or set {ENV_PREFIX}<COMMAND>{NESTED}<NAME>") from None
+        except tomllib.TOMLDecodeError as error:
             raise InvalidRequest("config", f"{path} cannot be read as TOML ({error})") from None
         finally:
-            _config_file.reset(token)
+            _outside.reset(token)
 
     def engine_config(self) -> EngineConfig:
         self._check_ranges()

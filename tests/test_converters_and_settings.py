@@ -117,3 +117,20 @@ def test_the_commands_defaults_are_those_of_the_code_they_feed() -> None:
         defaults.primary_estimator, defaults.clip, defaults.n_resamples, defaults.seed)
     assert (evaluate.min_decisions, evaluate.min_ess) == (floor.min_decisions, floor.min_ess)
     assert set(choices(("evaluate", "estimator"))) == set(ESTIMATORS) == set(choices(("promote", "estimator")))
+
+
+def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the command line (Settings.load) reads RECBANDIT_* and the config file: a server that
+    code starts (tests, benchmarks, the demo) holds what it was given."""
+    monkeypatch.setenv("RECBANDIT_METRICS_PORT", "9100")
+    monkeypatch.setenv("RECBANDIT_AUTH_TOKENS", "/somewhere/tokens")
+    assert (Settings(port=0).metrics_port, Settings().auth_tokens) == (0, "")
+    assert (Settings.load().metrics_port, Settings.load().auth_tokens) == (9100, "/somewhere/tokens")
+
+
+def test_a_command_table_in_one_variable_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECBANDIT_EVALUATE", "notjson")
+    with pytest.raises(InvalidRequest, match=r"^environment: .*\"evaluate\".*must be JSON; or set RECBANDIT_<COMMAND>__<NAME>"):
+        Settings.load()
+    monkeypatch.setenv("RECBANDIT_EVALUATE", '{"min_decisions": 5}')
+    assert Settings.load().evaluate.min_decisions == 5

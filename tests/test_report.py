@@ -19,6 +19,7 @@ from server.cli import main
 from server.client import RecbanditClient
 from server.settings import Settings
 from tests.conftest import stubs, write_tokens
+from tests.test_api import status_of
 from training.simulator import Storefront, WorldConfig
 from training.storefront_client import Behaviour, StorefrontClient
 
@@ -177,3 +178,12 @@ def test_more_decisions_needed_scale_as_one_over_root_n() -> None:
     assert judge(Estimate(-0.01, -0.03, 0.01, 100.0, 1000))[2] == 0
     assert judge(Estimate(-0.05, -0.08, -0.02, 100.0, 1000))[:2] == (
         Verdict.WORSE_THAN_RANDOM, "worse than random by 0.050 [0.020, 0.080]")
+
+
+def test_a_second_report_while_one_runs_is_refused_at_once(server) -> None:  # type: ignore[no-untyped-def]
+    running, client = server
+    with running.engine._reporting:  # as a report running holds it
+        code, details = status_of(client.admin.GetLearningReport, pb.GetLearningReportRequest())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details == "a learning report is already running; retry when it is done"
+    assert client.admin.GetLearningReport(pb.GetLearningReportRequest()).overall.decisions == 0
