@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from engine.bandit import VWBandit, action_line, shared_line
 from engine.cache import BoundedCache
-from engine.errors import Busy, InvalidRequest, UnknownCandidate, UnknownEvent
+from engine.errors import Busy, InvalidRequest, PreconditionFailed, UnknownCandidate, UnknownEvent
 from engine.records import LoggedDecision
 from engine.validation import Limits, check_id
 
@@ -55,6 +55,8 @@ DEFAULT_FEATURES = 10
 MAX_FEATURES = 100
 """``max_features`` of 0 means :data:`DEFAULT_FEATURES`; more than :data:`MAX_FEATURES` is refused."""
 
+MAX_AUDITED_FEATURES = 200_000
+"""The most features (interactions included) an explanation audits: about 1.5 s of VW's audit."""
 AUDIT_TIMEOUT = 30.0
 """Seconds the child process that audits one example may take."""
 
@@ -159,8 +161,10 @@ class Explainer:
             raise UnknownCandidate(event_id, item_id)
         slot = next((k for k, s in enumerate(decision.slots) if s.item_id == item_id), -1)
         pmf = decision.slots[max(slot, 0)].pmf
-        text = "\n".join((shared_line(decision.user_features, decision.context),
-                          action_line(item_id, decision.candidates[position].features)))
+        shared = shared_line(decision.user_features, decision.context)
+        action = action_line(item_id, decision.candidates[position].features)
+        check_audit_size(shared, action)
+        text = f"{shared}\n{action}"
         features = self._audit(self.live_model().arguments, text)  # the child process runs while learning goes on
         with self.model_at_rest() as (bandit, version):
             if bandit.arguments != features.arguments:  # another policy was swapped in meanwhile
@@ -215,7 +219,8 @@ def audit(arguments: str, text: str) -> tuple[AuditedFeature, ...]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"the VW audit failed ({done.returncode}): {done.stderr[-2000:]}")
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("\t")), None)
+    # "\n" only: str.splitlines() would also cut at \x1c, \x85, \u2028, … that feature names may hold
+    line = next((ln for ln in done.stdout.split("\n") if ln.startswith("\t")), None)
     if line is None:
         raise RuntimeError(f"the VW audit printed no features: {done.stdout[:2000]!r}")
     features = []
@@ -223,6 +228,18 @@ def audit(arguments: str, text: str) -> tuple[AuditedFeature, ...]:
         name, index, value, _ = field.rsplit(":", 3)
         features.append(AuditedFeature(name, int(index), float(value)))
     return tuple(features)
+
+
+def check_audit_size(shared: str, action: str) -> None:
+    """Refuse an example whose features, interactions included, could pass :data:`MAX_AUDITED_FEATURES`.
+
+    ``s`` shared and ``a`` item tokens make at most ``s + a + s·a`` features with quadratic
+    interactions: the bound is checked before the child process starts, from the text alone.
+    """
+    s, a = len(shared.split()), len(action.split())
+    if s + a + s * a > MAX_AUDITED_FEATURES:
+        raise PreconditionFailed("event_id", f"its example has up to {s + a + s * a:,} features with interactions; "
+                                             f"Explain audits at most {MAX_AUDITED_FEATURES:,}")
 
 
 def audit_arguments(arguments: str) -> str:

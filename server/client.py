@@ -34,6 +34,7 @@ the same request would fail the same way, or add to the load.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import time
@@ -199,13 +200,15 @@ class RecbanditClient:
 
     ``tls``: None for plaintext, True for TLS trusting the system's roots, or a :class:`Tls`.
     ``token`` is sent as ``authorization: Bearer TOKEN``. ``deadline`` (seconds) bounds each call,
-    retries included; ``retries`` bounds how many times an ``UNAVAILABLE`` call is tried again.
+    retries included, but for :meth:`learning_report` and :meth:`explain`, which have longer
+    deadlines of their own (:data:`REPORT_DEADLINE`, :data:`EXPLAIN_DEADLINE`; pass ``deadline=``
+    to change them); ``retries`` bounds how many times an ``UNAVAILABLE`` call is tried again.
     """
 
     def __init__(self, target: str, token: str | None = None, tls: Tls | bool | None = None,
                  deadline: float = DEFAULT_DEADLINE, retries: int = DEFAULT_RETRIES) -> None:
-        if not deadline > 0:
-            raise ValueError(f"deadline: must be > 0 seconds, got {deadline}")
+        if not 0 < deadline < math.inf:
+            raise ValueError(f"deadline: must be a finite number of seconds above 0, got {deadline}")
         if retries < 0:
             raise ValueError(f"retries: must be >= 0, got {retries}")
         self.target = target
@@ -339,8 +342,8 @@ class RecbanditClient:
               event_id: str = "") -> Reply:
         """``rpc(request)`` within the call's budget, tried again on ``UNAVAILABLE`` (module docstring)."""
         budget = self.deadline if deadline is None else deadline
-        if not budget > 0:
-            raise ValueError(f"deadline: must be > 0 seconds, got {budget}")
+        if not 0 < budget < math.inf:
+            raise ValueError(f"deadline: must be a finite number of seconds above 0, got {budget}")
         give_up_at = time.monotonic() + budget
         attempt = 0
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
@@ -283,7 +284,8 @@ def learning_report_to_domain(message: pb.GetLearningReportResponse) -> Learning
 
 
 def version_report_to_domain(message: pb.ModelVersionReport) -> VersionReport:
-    """The inverse of :func:`version_report_to_proto`: no observed reward or lift without data."""
+    """The inverse of :func:`version_report_to_proto`: no observed reward or lift without data; the
+    observed reward's effective sample size is its decisions (every weight is 1)."""
     verdict = Verdict[pb.LearningVerdict.Name(message.verdict).removeprefix("LEARNING_VERDICT_")]
     data = verdict is not Verdict.NO_DATA
     n = message.decisions
@@ -295,7 +297,8 @@ def version_report_to_domain(message: pb.ModelVersionReport) -> VersionReport:
         estimates=tuple(PolicyValue(e.policy, e.estimator, Estimate(e.value, e.ci_low, e.ci_high,
                                                                     e.effective_sample_size, n))
                         for e in message.estimates),
-        lift=Estimate(message.lift_over_random, message.lift_ci_low, message.lift_ci_high, n, n) if data else None,
+        lift=Estimate(message.lift_over_random, message.lift_ci_low, message.lift_ci_high, math.nan, n)
+        if data else None,  # the lift's effective sample size is not sent
         verdict=verdict,
         summary=message.summary,
         more_decisions_needed=message.more_decisions_needed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -124,6 +125,11 @@ async def _serve(method: Callable[..., Any], servicer: Any, request: Any, contex
     try:
         outcome.response = await method(servicer, request, context)
         return outcome.response
+    except asyncio.CancelledError:  # the caller cancelled, or its deadline passed, while it ran
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        raise
     except Exception as error:
         code = status_code(error) if isinstance(error, RecbanditError) else None
         if code is None:

@@ -245,6 +245,9 @@ class Settings(BaseSettings):
                                                 f"variable must be JSON; or set {ENV_PREFIX}<COMMAND>{NESTED}<NAME>") from None
         except tomllib.TOMLDecodeError as error:
             raise InvalidRequest("config", f"{path} cannot be read as TOML ({error})") from None
+        except RecursionError:  # arrays or JSON nested thousands deep
+            raise InvalidRequest("config", "a value is nested too deep (in the config file or a RECBANDIT_* "
+                                           "variable)") from None
         finally:
             _outside.reset(token)
 

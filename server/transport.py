@@ -93,6 +93,9 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     for name in ("port", "metrics_port"):
         if not 0 <= getattr(settings, name) <= 65535:
             raise InvalidRequest(name, f"must be within 0..65535, got {getattr(settings, name)}")
+    if settings.metrics_port and not (is_loopback(settings.metrics_host) or settings.allow_insecure):
+        raise InvalidRequest("metrics_host", f"{settings.metrics_host} is not a loopback address, and the metrics "
+                                             "endpoint has no authentication: say --allow-insecure to serve it there")
     if not 1024 <= settings.max_request_bytes <= MAX_REQUEST_BYTES:
         raise InvalidRequest("max_request_bytes",
                              f"must be within 1024..{MAX_REQUEST_BYTES}, got {settings.max_request_bytes}")

@@ -155,6 +155,9 @@ def test_serve_refuses_bad_edge_settings_in_one_line(tmp_path: Path) -> None:
     assert refused(serve(data, "--host", "0.0.0.0")) == (
         "serve: host: 0.0.0.0 is not a loopback address: serve TLS (--tls-cert, --tls-key) or say --allow-insecure")
     assert refused(serve(data, "--max-in-flight", "0")) == "serve: max_in_flight: must be at least 1, got 0"
+    assert refused(serve(data, "--metrics-port", "9100", "--metrics-host", "0.0.0.0")) == (
+        "serve: metrics_host: 0.0.0.0 is not a loopback address, and the metrics endpoint has no "
+        "authentication: say --allow-insecure to serve it there")
     assert "0123456789abcdef" not in str(list(tmp_path.rglob("*")))
     assert not data.exists()
 

@@ -138,6 +138,23 @@ def test_explain_refuses_unknown_events_and_items_and_bad_sizes(server) -> None:
     assert len(explain(pb.ExplainRequest(event_id="e1", max_features=1)).contributions) == 1
 
 
+def test_names_with_any_line_break_are_explained_and_huge_examples_refused_before_the_audit(server) -> None:  # type: ignore[no-untyped-def]
+    running, client = server
+    odd = pb.RecommendRequest(user_id="u1", event_id="odd", candidates=[pb.Candidate(item_id="sku\x85a"),
+                                                                        pb.Candidate(item_id="b")])
+    features_to_proto({"k\x1c": "x\u2028y", "tier\x0b": "gold"}, odd.user_features)
+    client.recommender.Recommend(odd)
+    why = client.admin.Explain(pb.ExplainRequest(event_id="odd", item_id="sku\x85a", max_features=100))
+    assert any("\x1c" in c.feature for c in why.contributions) and why.pmf[0].item_id == "sku\x85a"
+    huge = pb.RecommendRequest(user_id="u1", event_id="huge", candidates=[pb.Candidate(item_id="a")])
+    features_to_proto({f"f{i}": [f"v{j}" for j in range(64)] for i in range(10)}, huge.user_features)
+    features_to_proto({f"g{i}": [f"w{j}" for j in range(64)] for i in range(10)}, huge.candidates[0].features)
+    client.recommender.Recommend(huge)  # 640 × 640 tokens: 409,600 interactions
+    code, details = error_of(client.admin.Explain, pb.ExplainRequest(event_id="huge"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith("event_id: its example has up to ") and details.endswith("Explain audits at most 200,000")
+
+
 def test_explain_with_pseudonymous_user_ids_reveals_no_raw_id(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     key = tmp_path / "user-id.key"
     key.write_bytes(bytes(range(32)))

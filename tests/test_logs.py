@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import grpc
+import pytest
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
@@ -71,3 +72,30 @@ def test_text_logs_and_no_access_log(tmp_path: Path) -> None:
     assert recommended[0].endswith(f" ms event_id='{event_id}'")
     quiet, _ = serve_and_call(tmp_path / "quiet", "--no-access-log")
     assert not [line for line in quiet if "recbandit.access" in line]
+
+
+def test_a_call_cancelled_while_it_runs_is_logged_as_cancelled_not_ok(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from server.bench import InProcessContext
+    from server.errors import InFlight, rpc
+
+    class Slow:
+        in_flight = InFlight()
+
+        @rpc
+        async def Recommend(self, request: pb.RecommendRequest, context: object) -> None:
+            await asyncio.sleep(10)
+
+    async def cancelled_midway() -> None:
+        call = asyncio.create_task(Slow().Recommend(pb.RecommendRequest(), InProcessContext()))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    caplog.set_level(logging.INFO, logger="recbandit.access")
+    asyncio.run(cancelled_midway())
+    assert [r.getMessage().split(" ms")[0].rsplit(" ", 1)[0] for r in caplog.records] == ["Recommend CANCELLED"]
+    assert Slow.in_flight.count == 0

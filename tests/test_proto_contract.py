@@ -67,8 +67,13 @@ def test_enum_values_carry_their_enum_prefix_and_each_enum_is_defined_once(tmp_p
     proto = compiled(tmp_path)
     enums = list(proto.enum_type) + [e for m in proto.message_type for e in m.enum_type]
     for enum in enums:
-        prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+        prefix = _prefix(enum.name)
         assert [v.name for v in enum.value if not v.name.startswith(prefix)] == [], enum.name
         assert enum.value[0].name == prefix + "UNSPECIFIED" and enum.value[0].number == 0
-    value_sets = [tuple(v.name.split("_", 2)[-1] for v in e.value) for e in enums]
+    value_sets = [tuple(v.name.removeprefix(_prefix(e.name)) for v in e.value) for e in enums]
     assert len(value_sets) == len(set(value_sets)), "two enums with the same values: define one and use it twice"
+
+
+def _prefix(enum_name: str) -> str:
+    """``LearningVerdict`` → ``LEARNING_VERDICT_``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_name).upper() + "_"

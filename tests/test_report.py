@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +188,20 @@ def test_a_second_report_while_one_runs_is_refused_at_once(server) -> None:  # t
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details == "a learning report is already running; retry when it is done"
     assert client.admin.GetLearningReport(pb.GetLearningReportRequest()).overall.decisions == 0
+
+
+def test_an_estimate_without_support_is_printed_as_such_not_as_a_certain_zero(tmp_path: Path) -> None:
+    from engine.report import LearningReport, PolicyValue, VersionReport
+    from training.report import format_report, plot_report
+
+    version = VersionReport(
+        model_version="vw-1", decisions=40, observed=Estimate(0.3, 0.2, 0.4, 40.0, 40),
+        estimates=(PolicyValue("random", "snips", Estimate(0.2, 0.1, 0.3, 12.0, 40)),
+                   PolicyValue("first_candidate", "snips", Estimate(0.0, 0.0, 0.0, 0.0, 40))),
+        lift=Estimate(0.1, -0.05, 0.2, math.nan, 40), verdict=Verdict.NOT_YET_DISTINGUISHABLE,
+        summary="not yet distinguishable after 40 decisions; about 100 more needed", more_decisions_needed=100)
+    text = format_report(LearningReport(0.0, 3600.0, version, (version,), "vw-1@40"))
+    first = next(line for line in text.splitlines() if "first candidate" in line)
+    assert first.split() == ["first", "candidate", "(snips)", "n/a", "no", "support", "0"]
+    plot_report(LearningReport(0.0, 3600.0, version, (version,), "vw-1@40"), tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

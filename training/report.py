@@ -82,8 +82,12 @@ def _table(version: VersionReport) -> list[str]:
     lines.append(row.format("served (observed)", f"{observed.value:.3f}",
                             _interval(observed.ci_low, observed.ci_high), f"{version.decisions}"))
     for e in version.estimates:
-        lines.append(row.format(f"{LABELS.get(e.policy, e.policy)} ({e.estimator})", f"{e.estimate.value:.3f}",
-                                _interval(e.estimate.ci_low, e.estimate.ci_high), f"{e.estimate.ess:.0f}"))
+        name = f"{LABELS.get(e.policy, e.policy)} ({e.estimator})"
+        if e.estimate.ess > 0:
+            lines.append(row.format(name, f"{e.estimate.value:.3f}", _interval(e.estimate.ci_low, e.estimate.ci_high),
+                                    f"{e.estimate.ess:.0f}"))
+        else:  # no logged decision chose what it would: its estimate means nothing
+            lines.append(row.format(name, "n/a", "no support", "0"))
     lines.append(row.format("lift: served − random", f"{lift.value:+.3f}",
                             _interval(lift.ci_low, lift.ci_high), "").rstrip())
     return [*lines, f"  → {version.summary}"]
@@ -119,11 +123,12 @@ def _panel(ax, version: VersionReport) -> None:  # type: ignore[no-untyped-def]
     if version.verdict is Verdict.NO_DATA or version.observed is None:
         ax.set_axis_off()
         return
-    names = ["served (observed)", *(LABELS.get(e.policy, e.policy) for e in version.estimates)]
-    estimates = [version.observed, *(e.estimate for e in version.estimates)]
+    supported = [e for e in version.estimates if e.estimate.ess > 0]  # no bar for an estimate without support
+    names = ["served (observed)", *(LABELS.get(e.policy, e.policy) for e in supported)]
+    estimates = [version.observed, *(e.estimate for e in supported)]
     values = [e.value for e in estimates]
     errors = [[max(e.value - e.ci_low, 0.0) for e in estimates], [max(e.ci_high - e.value, 0.0) for e in estimates]]
-    colours = ["tab:red", *("tab:gray" for _ in version.estimates)]
+    colours = ["tab:red", *("tab:gray" for _ in supported)]
     ax.barh(range(len(names)), values, xerr=errors, color=colours, capsize=4, alpha=0.85)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
