@@ -33,6 +33,7 @@ the same request would fail the same way, or add to the load.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import random
@@ -42,25 +43,31 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from engine.explain import Explanation, FeatureContribution
-from engine.report import LearningReport, PolicyValue, Verdict, VersionReport
 from engine.types import Candidate, Item, Status
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.auth import auth_metadata
-from server.converters import (
-    explanation_to_domain,
-    features_to_proto,
-    item_to_domain,
-    item_to_proto,
-    learning_report_to_domain,
-    record_status_to_domain,
-)
-from server.transport import MAX_RESPONSE_BYTES
+from server.wire import MAX_RESPONSE_BYTES, features_to_proto, item_to_domain, item_to_proto, record_status_to_domain
+
+if TYPE_CHECKING:
+    from engine.explain import Explanation, FeatureContribution
+    from engine.report import LearningReport, PolicyValue, Verdict, VersionReport
+
+_DIAGNOSTICS = {"Explanation": "engine.explain", "FeatureContribution": "engine.explain",
+                "LearningReport": "engine.report", "PolicyValue": "engine.report", "Verdict": "engine.report",
+                "VersionReport": "engine.report"}
+"""The admin calls' result types, imported when first asked for: a storefront that only decides and
+reports never loads the engine's report and explanation code (nor numpy or VW)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DIAGNOSTICS:
+        return getattr(importlib.import_module(_DIAGNOSTICS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Candidate",
@@ -319,6 +326,8 @@ class RecbanditClient:
         order and the model's greedy choice, per model version, with a verdict (needs the admin
         role). ``window_seconds`` 0 means a day, ``max_decisions`` 0 means 10,000; scoring them
         takes seconds, hence the longer default deadline."""
+        from server.converters import learning_report_to_domain
+
         request = pb.GetLearningReportRequest(window_seconds=window_seconds, max_decisions=max_decisions)
         return learning_report_to_domain(self._call("GetLearningReport", self._admin.GetLearningReport, request,
                                                     deadline))
@@ -328,6 +337,8 @@ class RecbanditClient:
         """Why the decision ``event_id`` offered ``item_id`` (empty: its slot-0 item): the pmf it was
         drawn from, the version that decided, the features with the largest contributions to its
         score (needs the admin role)."""
+        from server.converters import explanation_to_domain
+
         request = pb.ExplainRequest(event_id=event_id, item_id=item_id, max_features=max_features)
         return explanation_to_domain(self._call("Explain", self._admin.Explain, request, deadline))
 

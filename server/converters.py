@@ -3,59 +3,22 @@
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.cache import BoundedCache
 from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
-from engine.errors import InvalidRequest, shown
 from engine.explain import Explanation, FeatureContribution
 from engine.features import frozen_features
 from engine.records import LoggedDecision
 from engine.ope import Estimate
 from engine.report import LearningReport, PolicyValue, ReportRequest, Verdict, VersionReport
 from engine.retrieval import EmbeddingsInfo
-from engine.types import Candidate, DecisionRequest, Features, FeatureValue, Item, RewardReport, Status
+from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
 from engine.validation import Limits, check_count, check_features, check_id
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-
-
-def features_to_domain(field: str, features: Mapping[str, pb.FeatureValue]) -> dict[str, FeatureValue]:
-    out: dict[str, FeatureValue] = {}
-    for name, value in features.items():
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            out[name] = value.string_value
-        elif kind == "number_value":
-            out[name] = value.number_value
-        elif kind == "bool_value":
-            out[name] = value.bool_value
-        elif kind == "list_value":
-            out[name] = tuple(value.list_value.values)
-        else:
-            raise InvalidRequest(
-                f"{field}[{shown(name)}]", "must set one of string_value, number_value, bool_value, list_value"
-            )
-    return out
-
-
-def features_to_proto(features: Features, target: MutableMapping[str, pb.FeatureValue]) -> None:
-    """Plain values into FeatureValues: ``str``, a real number (numpy.s too), ``bool``, or a list
-    or tuple of ``str``; anything else is a TypeError naming the feature."""
-    for name, value in features.items():
-        if isinstance(value, bool):
-            target[name].bool_value = value
-        elif isinstance(value, numbers.Real):
-            target[name].number_value = float(value)
-        elif isinstance(value, str):
-            target[name].string_value = value
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            target[name].list_value.values.extend(value)
-        else:
-            raise TypeError(f"feature {name!r}: {type(value).__name__} is not a str, a number, a bool or "
-                            "a list of str")
+from server.wire import features_to_domain, item_to_domain, record_status_to_proto
 
 
 _candidates: BoundedCache[bytes, Candidate] = BoundedCache(max_entries=1 << 15, max_bytes=32 << 20)
@@ -125,15 +88,6 @@ def feedback_request_to_domain(request: pb.FeedbackRequest) -> RewardReport:
     return RewardReport(event_id=request.event_id, reward=request.reward, item_id=request.item_id, label=request.label)
 
 
-def record_status_to_proto(status: Status) -> pb.RecordStatus.ValueType:
-    return pb.RecordStatus.Value("RECORD_STATUS_" + status.name)
-
-
-def record_status_to_domain(status: pb.RecordStatus.ValueType) -> Status:
-    """The inverse of :func:`record_status_to_proto`, for clients (:mod:`server.client`)."""
-    return Status[pb.RecordStatus.Name(status).removeprefix("RECORD_STATUS_")]
-
-
 def feedback_status_to_proto(status: Status) -> pb.FeedbackResponse:
     return pb.FeedbackResponse(status=record_status_to_proto(status))
 
@@ -146,16 +100,6 @@ def items_to_domain(items: Sequence[pb.Item], limits: Limits) -> list[Item]:
     """UpsertItems' items, their count checked on the raw message first."""
     check_count("items", len(items), limits.max_items_per_call)
     return [item_to_domain(f"items[{i}]", item) for i, item in enumerate(items)]
-
-
-def item_to_domain(field: str, item: pb.Item) -> Item:
-    return Item(item.item_id, features_to_domain(f"{field}.features", item.features), item.active)
-
-
-def item_to_proto(item: Item) -> pb.Item:
-    message = pb.Item(item_id=item.item_id, active=item.active)
-    features_to_proto(item.features, message.features)
-    return message
 
 
 def timestamp(ts: float | None) -> Timestamp | None:

@@ -23,6 +23,7 @@ from server.champion import ChampionFollower
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.errors import InFlight, rpc
+from server.wire import item_to_proto
 
 if TYPE_CHECKING:
     from server.metrics import Metrics
@@ -93,7 +94,7 @@ class CatalogServicer(pb_grpc.CatalogServicer):
     @rpc
     async def ListItems(self, request: pb.ListItemsRequest, context: Context) -> pb.ListItemsResponse:
         items, token = self._engine.list_items(request.page_size, request.page_token, request.active_only)
-        return pb.ListItemsResponse(items=[converters.item_to_proto(i) for i in items], next_page_token=token)
+        return pb.ListItemsResponse(items=[item_to_proto(i) for i in items], next_page_token=token)
 
 
 class AdminServicer(pb_grpc.AdminServicer):

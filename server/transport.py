@@ -22,8 +22,8 @@ import grpc
 
 from engine.errors import InvalidRequest
 from server.settings import Settings
+from server.wire import MAX_RESPONSE_BYTES
 
-MAX_RESPONSE_BYTES = 16 << 20
 MAX_REQUEST_BYTES = 64 << 20
 MAX_PENDING_CALLS = 10_000
 """Calls gRPC's core may hold before the event loop takes them. Its defaults (1,000, then 3,000)

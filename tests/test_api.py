@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.client import RecbanditCallError, RecbanditClient, Status
-from server.converters import features_to_proto
+from server.wire import features_to_proto
 
 
 def recommend_request(n: int = 5, **fields: object) -> pb.RecommendRequest:

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -302,3 +303,11 @@ def test_a_lost_reply_is_retried_into_the_same_decision(server, caplog) -> None:
     logged = running.engine.log.get_decision(page.event_id)
     assert page.items == tuple(RankedItem(s.item_id, s.probability, i) for i, s in enumerate(logged.slots))
     assert not logged.undelivered  # the retry took the decision to its caller
+
+
+def test_a_storefront_imports_the_client_without_the_engines_serving_code() -> None:
+    script = ("import sys, server.client; print(sorted(m for m in ('numpy', 'vowpalwabbit', 'engine.core', "
+              "'engine.report', 'engine.explain', 'server.settings', 'server.converters', 'mlflow') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert loaded == "[]"

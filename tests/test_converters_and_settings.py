@@ -9,7 +9,7 @@ import pytest
 from engine.errors import InvalidRequest
 from engine.rewards import Aggregation
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server.converters import features_to_domain, features_to_proto, item_to_domain, item_to_proto
+from server.wire import features_to_domain, features_to_proto, item_to_domain, item_to_proto
 from server.settings import Settings, choices
 
 

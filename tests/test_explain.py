@@ -9,7 +9,8 @@ import pytest
 
 from engine.explain import Explanation, FeatureContribution, audit, audit_arguments
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server.converters import explanation_to_proto, features_to_proto
+from server.converters import explanation_to_proto
+from server.wire import features_to_proto
 
 CATEGORIES = ["shoes", "hats", "bags", "socks", "hats", "shoes", "caps", "bags", "socks", "caps"]
 PLANTED = "User^segment=vip*Item^category=shoes"

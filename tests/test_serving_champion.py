@@ -11,7 +11,7 @@ import pytest
 
 from engine.checkpoint import read_checkpoint
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server.converters import features_to_proto
+from server.wire import features_to_proto
 from tests.conftest import Traffic
 from tests.test_evaluate import SEGMENTS, make_log
 from tests.test_registry import EXPLORER, LEARNER

@@ -11,7 +11,7 @@ import pytest
 
 from engine.embeddings import AFFINITY_FEATURES, Embeddings, write_artifact
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server.converters import features_to_proto, item_to_proto
+from server.wire import features_to_proto, item_to_proto
 from tests.conftest import Traffic
 from training.bench_embeddings import reward_with_and_without
 from training.embeddings import EmbeddingConfig, TrainingData, planted_world, train_embeddings
