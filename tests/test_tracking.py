@@ -96,6 +96,9 @@ def test_the_registered_policy_is_a_pyfunc_model_whose_pmf_is_the_vw_models_own(
     predicted = model.predict(frame)
     policy = download_policy(registered, uri, tmp_path / "served")
     assert policy.model_path.name == "model.vw" and policy.model_path.parent.name == "artifacts"
+    model_dir = policy.model_path.parent.parent  # the model carries recbandit's code, installs no "recbandit"
+    assert (model_dir / "code" / "engine" / "bandit.py").is_file()
+    assert not any(line.split("=")[0].strip() == "recbandit" for line in (model_dir / "requirements.txt").read_text().split())
     vw = vowpalwabbit.Workspace(f"-i {policy.model_path} --quiet")
     try:
         for record, ids, pmf in zip(records, predicted["item_ids"], predicted["pmf"], strict=True):

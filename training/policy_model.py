@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ import pandas as pd
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.records import features_from_dict
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # see quiet_mlflow
+_quieting = threading.Lock()
 
 VW_ARTIFACT = "vw_model"
 INPUT_COLUMNS = ("user_features", "context", "candidates")
@@ -92,7 +96,10 @@ def input_example() -> dict[str, list[str]]:
 
 def save_policy_model(vw_model: Path, settings: dict[str, object], path: Path) -> Path:
     """Write the pyfunc model folder at ``path`` (which must not exist): the VW file and ``policy.json``."""
+    import numpy
     import vowpalwabbit
+
+    import engine
 
     with quiet_mlflow(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # advice on type hints and input examples
@@ -101,7 +108,10 @@ def save_policy_model(vw_model: Path, settings: dict[str, object], path: Path) -
             python_model=str(Path(__file__).with_name("pyfunc_policy.py")),
             artifacts={VW_ARTIFACT: str(vw_model)},
             signature=signature(),
-            pip_requirements=[f"vowpalwabbit=={vowpalwabbit.__version__}", "recbandit", "pandas"],
+            # recbandit's own code travels with the model: no package of that name is ever installed
+            code_paths=[str(Path(engine.__file__).parent), str(Path(__file__).parent)],
+            pip_requirements=[f"vowpalwabbit=={vowpalwabbit.__version__}", f"pandas=={pd.__version__}",
+                              f"numpy=={numpy.__version__}"],
         )
     (path / "input_example.json").write_text(json.dumps(input_example(), indent=2))
     (path / "policy.json").write_text(json.dumps(settings, indent=2))
@@ -128,20 +138,19 @@ def quiet_mlflow() -> Iterator[None]:
     """No artifact progress bar and no INFO lines from MLflow while a model is copied.
 
     A policy is a few files copied locally: a bar per copy is noise on a terminal, and a bar
-    redrawn with carriage returns in a log file (a server's, a CI job's) is worse.
+    redrawn with carriage returns in a log file (a server's, a CI job's) is worse. The bar is
+    turned off once for the process, when this module is imported (never from a worker thread);
+    MLflow's logger is held at WARNING while the block runs, one block at a time.
     """
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    os.environ[name] = "false"
-    logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+    with _quieting:
+        logger = logging.getLogger("mlflow")
+        level = logger.level
+        logger.setLevel(max(level, logging.WARNING))
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
+
+def _quiet(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
