@@ -174,12 +174,12 @@ def learning_report(
     closing_lag: float = 1.0,
     bootstrap: Bootstrap = Bootstrap(),
 ) -> LearningReport:
-    """The report over ``request``'s window ending ``now``, the greedy policy being ``bandit``'s.
+    """The report over ``request``'s window ending ``now`` (``request`` resolved: :meth:`ReportRequest.resolved`),
+    the greedy policy being ``bandit``'s.
 
     Decisions whose reward window ended within ``closing_lag`` seconds of ``now`` are left out: the
     windows that ended are closed on a timer, and until then only their rewarded slots are final.
     """
-    request = request.resolved()
     start = now - request.window_seconds
     rows = list(_window_rows(log, bandit, start, now - closing_lag, request.max_decisions))
     versions: dict[str, list[_Row]] = {}

@@ -62,6 +62,10 @@ def check_count(field: str, count: int, maximum: int) -> None:
         raise InvalidRequest(field, f"must have at most {maximum} entries, got {count}")
 
 
+MAX_FEATURE_NUMBER = 3.4e38
+"""The largest magnitude of a number feature: VW keeps feature values as 32-bit floats."""
+
+
 def check_features(field: str, features: Features, limits: Limits) -> None:
     check_count(field, len(features), limits.max_features)
     for name, value in features.items():
@@ -81,8 +85,9 @@ def _check_value(field: str, value: object, limits: Limits) -> None:
     elif isinstance(value, bool):
         pass
     elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidRequest(field, f"must be finite, got {value}")
+        if not -MAX_FEATURE_NUMBER <= value <= MAX_FEATURE_NUMBER:  # NaN fails this too
+            raise InvalidRequest(field, f"must be a finite number of magnitude at most {MAX_FEATURE_NUMBER:.3g} "
+                                        f"(VW keeps 32-bit floats), got {value}")
     elif isinstance(value, tuple):
         if len(value) > limits.max_list_length:
             raise InvalidRequest(field, f"must have at most {limits.max_list_length} values, got {len(value)}")

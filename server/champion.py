@@ -21,6 +21,9 @@ from engine.errors import PreconditionFailed
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 5.0
+"""Seconds the server waits at shutdown for a champion poll in progress."""
+
 
 class ChampionFollower:
     """Polls ``tracking_uri``'s champion every ``poll_interval`` seconds (0 or less: only on demand)."""
@@ -72,7 +75,11 @@ class ChampionFollower:
                 return
             wait = self.poll_interval
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop polling; wait at most ``timeout`` seconds for a poll in progress (an unreachable
+        registry's client may retry for minutes: the daemon thread is left to end with the process)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the champion poll did not end within %.0f s; leaving it", timeout)

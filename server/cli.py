@@ -201,7 +201,8 @@ def import_obd(context: click.Context, **flags: Any) -> None:
     options = _load(context, "import-obd", flags).import_obd
     try:
         run_import(options.data_dir, source=options.source, cache_dir=options.cache_dir,
-                   policies=options.policies.split(","), campaigns=options.campaigns.split(","))
+                   policies=options.policies.split(","), campaigns=options.campaigns.split(","),
+                   progress=not options.no_progress)
     except (ValueError, OSError, RuntimeError) as error:
         _refuse("import-obd", error)
 

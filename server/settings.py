@@ -84,6 +84,7 @@ class ImportObdOptions(_Options):
     cache_dir: Path | None = Field(None, description="where the download is kept; default: DATA_DIR/cache")
     policies: str = Field("random,bts", description="logging policies to import, comma-separated: random, bts")
     campaigns: str = Field("all,men,women", description="campaigns to import, comma-separated: all, men, women")
+    no_progress: bool = Field(False, description="no progress bar on stderr (there is one only on a terminal)")
 
 
 class TrainEmbeddingsOptions(_Options):

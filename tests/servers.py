@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -40,9 +39,3 @@ def spawn_serve(data_dir: Path, *flags: str, log_file: Path | None = None,
     process.kill()
     process.wait()
     raise AssertionError(f"recbandit serve did not start: {log_file.read_text(errors='replace')[-2000:]}")
-
-
-def free_port() -> int:
-    """A port nothing listens on (the kernel's pick, released at once)."""
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])

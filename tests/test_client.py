@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from server.bench import free_port
 from server.client import (
     Candidate,
     Explanation,
@@ -31,7 +32,7 @@ from server.client import (
     Verdict,
 )
 from tests.conftest import write_tokens
-from tests.servers import free_port, spawn_serve
+from tests.servers import spawn_serve
 
 CANDIDATES = [Candidate(f"i{j}", {"category": f"c{j % 2}", "price": 10.0 + j}) for j in range(5)]
 

@@ -17,12 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine.cache import BoundedCache
 from server import converters
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
-from server.bench import InProcessContext
+from server.bench import InProcessContext, free_port
 from server.bench_edge import resident_mb
 from server.edge import undecodable
 from server.servicers import LARGE_REQUEST_WORK, RecommenderServicer
 from tests.test_api import recommend_request, status_of
-from tests.servers import free_port
 from tests.test_metrics import scrape
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

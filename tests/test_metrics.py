@@ -10,8 +10,8 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.bench import free_port
 from server.metrics import MAX_LABELS
-from tests.servers import free_port
 from tests.test_api import recommend_request, status_of
 
 

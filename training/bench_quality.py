@@ -109,10 +109,9 @@ def format_rows(rows: list[dict[str, float | str]]) -> str:
 
 
 def plot_curves(results: list[StreamResult], oracle: np.ndarray, path: Path, window: int = 2500) -> None:
-    import matplotlib
+    from training.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     kernel = np.ones(window)
     reference = np.convolve(oracle, kernel, mode="valid")

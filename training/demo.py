@@ -101,10 +101,9 @@ def exploration_rate(engine_log) -> float:  # type: ignore[no-untyped-def]
 
 
 def plot_learning_curve(blocks: list[Block], path: Path) -> None:
-    import matplotlib
+    from training.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = [b.start + b.events for b in blocks]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from training.evaluate import Evaluation, PolicyEvaluation
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg backend (files only, no display): the one way recbandit draws."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +37,7 @@ def plot_candidates(evaluation: Evaluation, path: Path) -> None:
     """
     from training.evaluate import LOGGING
 
-    plt = _pyplot()
+    plt = pyplot()
 
     key = evaluation.config.primary_estimator
     policies = candidate_order(evaluation, key)
@@ -66,7 +67,7 @@ def plot_training(history: Sequence[tuple[int, Mapping[str, float]]], metrics: M
     final ones. With fewer than two evaluated epochs, the right panel shows the seconds each
     epoch took instead.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = [f"precision_at_{k}", f"recall_at_{k}", "auc"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     if all(n in metrics for n in names):

@@ -103,10 +103,9 @@ def _time(ts: float) -> str:
 
 def plot_report(report: LearningReport, path: Path) -> None:
     """One panel per version (the whole window first): each policy's reward per decision, 95% intervals."""
-    import matplotlib
+    from training.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     versions = _versions(report)[:MAX_PANELS]
     fig, axes = plt.subplots(len(versions), 1, figsize=(8, 2.2 + 2.6 * len(versions)), squeeze=False)
