@@ -433,7 +433,7 @@ class InProcessContext:
     def cancelled(self) -> bool:
         return False
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: object = ()) -> None:
         raise RuntimeError(f"{code.name}: {details}")
 
 

@@ -183,10 +183,12 @@ class RecbanditCallError(grpc.RpcError):
     """A call that failed, after its last attempt: the status code and the server's message.
 
     ``code()`` and ``details()`` answer as on gRPC's own errors; ``event_id`` is the Recommend's
-    (so that it can be asked again later), empty for other calls.
+    (so that it can be asked again later), empty for other calls; ``field_violations`` holds the
+    ``(field, rule)`` pairs of the server's ``google.rpc.BadRequest`` for ``INVALID_ARGUMENT``.
     """
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str, attempts: int, event_id: str = "") -> None:
+    def __init__(self, method: str, code: grpc.StatusCode, details: str, attempts: int, event_id: str = "",
+                 field_violations: tuple[tuple[str, str], ...] = ()) -> None:
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         super().__init__(f"{method} failed with {code.name} after {tries}: {details}")
         self.method = method
@@ -194,12 +196,27 @@ class RecbanditCallError(grpc.RpcError):
         self._details = details
         self.attempts = attempts
         self.event_id = event_id
+        self.field_violations = field_violations  # (field, rule) of an INVALID_ARGUMENT's google.rpc.BadRequest
 
     def code(self) -> grpc.StatusCode:
         return self._code
 
     def details(self) -> str:
         return self._details
+
+
+def field_violations(error: grpc.RpcError) -> tuple[tuple[str, str], ...]:
+    """The ``(field, rule)`` pairs of a refused call's ``google.rpc.BadRequest`` detail, if any."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    violations: list[tuple[str, str]] = []
+    for detail in status.details if status is not None else ():
+        request = error_details_pb2.BadRequest()
+        if detail.Unpack(request):
+            violations += [(v.field, v.description) for v in request.field_violations]
+    return tuple(violations)
 
 
 class RecbanditClient:
@@ -365,7 +382,8 @@ class RecbanditClient:
                 code, details = error.code(), error.details() or ""
                 pause = self._pause(attempt)
                 if code not in RETRYABLE or attempt > self.retries or time.monotonic() + pause >= give_up_at:
-                    raise RecbanditCallError(method, code, details, attempt, event_id) from error
+                    raise RecbanditCallError(method, code, details, attempt, event_id,
+                                             field_violations(error)) from error
                 log.info("%s: %s (%s) on attempt %d of %d; trying again in %.2f s",
                          method, code.name, details, attempt, self.retries + 1, pause)
                 time.sleep(pause)

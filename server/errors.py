@@ -59,6 +59,46 @@ class InFlight:
         self.count = 0
 
 
+RETRY_DELAY_SECONDS = 1
+"""The RetryInfo delay of RESOURCE_EXHAUSTED and UNAVAILABLE: a client's first backoff, at least."""
+
+
+def rich_status(code: grpc.StatusCode, message: str, error: Exception | None = None) -> grpc.Status:
+    """The refusal as a ``google.rpc.Status`` (grpcio-status) with the detail clients of any language read:
+
+    - ``INVALID_ARGUMENT``: ``BadRequest`` with the field violation (the field path and the rule);
+    - ``NOT_FOUND``: ``ResourceInfo`` naming the decision (or the item of a decision) not found;
+    - ``FAILED_PRECONDITION``: ``PreconditionFailure`` (``STATE`` of the field: a closed window, …);
+    - ``RESOURCE_EXHAUSTED`` and ``UNAVAILABLE``: ``RetryInfo``, how long to wait at least.
+
+    It travels in the ``grpc-status-details-bin`` trailer, beside the status code and message.
+    """
+    from google.protobuf import duration_pb2
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    detail: Any = None
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        field, rule = (error.field, error.reason) if isinstance(error, InvalidRequest) else ("", message)
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field[:MAX_MESSAGE_LENGTH],
+                                                        description=rule[:MAX_MESSAGE_LENGTH])])
+    elif code is grpc.StatusCode.NOT_FOUND:
+        kind, name = ("candidate", error.item_id) if isinstance(error, UnknownCandidate) else (
+            "decision", getattr(error, "event_id", ""))
+        detail = error_details_pb2.ResourceInfo(resource_type=kind, resource_name=name[:MAX_MESSAGE_LENGTH],
+                                                description=message)
+    elif code is grpc.StatusCode.FAILED_PRECONDITION and isinstance(error, PreconditionFailed):
+        detail = error_details_pb2.PreconditionFailure(violations=[error_details_pb2.PreconditionFailure.Violation(
+            type="STATE", subject=error.field[:MAX_MESSAGE_LENGTH], description=error.reason[:MAX_MESSAGE_LENGTH])])
+    elif code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        detail = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_DELAY_SECONDS))
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if detail is not None:
+        status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
 def status_code(error: RecbanditError) -> grpc.StatusCode | None:
     """The status of ``error``'s nearest class in :data:`STATUS_CODES`; None if it has none."""
     for cls in type(error).__mro__:
@@ -108,9 +148,10 @@ class _Outcome:
 
 async def _serve(method: Callable[..., Any], servicer: Any, request: Any, context: grpc.aio.ServicerContext,
                  outcome: _Outcome) -> Any:
-    async def refuse(code: grpc.StatusCode, message: str) -> None:
+    async def refuse(code: grpc.StatusCode, message: str, error: Exception | None = None) -> None:
         outcome.code = code
-        await context.abort(code, message)
+        status = rich_status(code, message, error)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     if type(request) is Undecodable:
         await refuse(grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded as {request.message_name}")
@@ -136,6 +177,6 @@ async def _serve(method: Callable[..., Any], servicer: Any, request: Any, contex
             log.exception("%s failed", method.__name__)
             await refuse(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
         else:
-            await refuse(code, str(error)[:MAX_MESSAGE_LENGTH])
+            await refuse(code, str(error)[:MAX_MESSAGE_LENGTH], error)
     finally:
         in_flight.count -= 1
