@@ -60,6 +60,7 @@ class EngineConfig:
     retrieval_top_n: int = 100  # candidates retrieved by LightFM score when a request sends none
     embeddings_poll_interval: float = 5.0  # seconds between looks at the embeddings manifest; 0: none
     user_id_key: bytes | None = None  # set: user ids are stored as HMAC-SHA256(key, user_id), never raw
+    retention_seconds: float | None = None  # set: final, learned events older than this are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class Engine:
         self._learner = Learner(
             self._dir, self.log, config.bandit, self._stopping,
             checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
+            retention=config.retention_seconds,
         )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         self._reporting = threading.Lock()

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_open ON decisions (deadline) WHERE closed = 0;
 CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
+CREATE INDEX IF NOT EXISTS decisions_closed ON decisions (ts) WHERE closed = 1;
 CREATE TABLE IF NOT EXISTS rewards (
     event_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
@@ -88,6 +89,8 @@ _MIGRATIONS = {
     1: "ALTER TABLE decisions ADD COLUMN undelivered INTEGER NOT NULL DEFAULT 0;"
        "CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);",
 }
+PRUNE_BATCH = 500
+"""Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered"
@@ -98,7 +101,7 @@ class SQLiteEventLog:
         self.path = str(path)
         self.rules = rules
         _create_private(self.path)
-        writer = self._connect()
+        writer = self._connect(new=True)
         self._migrate(writer)
         self._name_new_log(writer)
         self._writer = GroupCommitWriter(writer)
@@ -106,8 +109,10 @@ class SQLiteEventLog:
         self._readers: list[sqlite3.Connection] = [writer]
         self._readers_lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, new: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        if new:  # takes effect on a log without tables only: its deleted rows' pages can go back (prune)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")  # deleted rows (ForgetUser) are zeroed, not left in free pages
@@ -286,17 +291,33 @@ class SQLiteEventLog:
 
         def forget(conn: sqlite3.Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
-            rewards = outcomes = 0
-            for chunk in _chunks(event_ids, 500):
-                marks = ",".join("?" * len(chunk))
-                rewards += conn.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk).rowcount
-                outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
-            conn.execute("DELETE FROM decisions WHERE user_id = ?", (user_id,))
+            rewards, outcomes = _delete_events(conn, event_ids)
             return Forgotten(tuple(event_ids), rewards, outcomes)
 
         forgotten = self._writer.submit(forget)
         self._checkpoint_wal()
         return forgotten
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def prune(self, before: float, learned_seq: int, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` events decided before ``before`` whose every slot is final and
+        learned (window closed, no outcome after ``learned_seq``), with their rewards and outcomes,
+        in one transaction; return how many. The pages they held go back to the file system
+        (incremental vacuum) in the same transaction."""
+
+        def prune(conn: sqlite3.Connection) -> int:
+            event_ids = [e for (e,) in conn.execute(
+                "SELECT event_id FROM decisions d WHERE closed = 1 AND ts < ? AND NOT EXISTS"
+                " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts LIMIT ?",
+                (before, learned_seq, limit))]
+            _delete_events(conn, event_ids)
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            for _ in range(free):  # one page a statement: Python steps a pragma once
+                conn.execute("PRAGMA incremental_vacuum(1)").close()
+            return len(event_ids)
+
+        return self._writer.submit(prune)
 
     def _checkpoint_wal(self) -> None:
         """Copy the WAL into the database and empty it, so that deleted rows leave the WAL file too."""
@@ -588,6 +609,17 @@ def event_log_path(source: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}")
     return path
+
+
+def _delete_events(conn: sqlite3.Connection, event_ids: list[str]) -> tuple[int, int]:
+    """Delete these events' rewards, outcomes and decisions; return how many rewards and outcomes."""
+    rewards = outcomes = 0
+    for chunk in _chunks(event_ids, 500):
+        marks = ",".join("?" * len(chunk))
+        rewards += conn.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk).rowcount
+        outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
+        conn.execute(f"DELETE FROM decisions WHERE event_id IN ({marks})", chunk)
+    return rewards, outcomes
 
 
 def _create_private(path: str) -> None:

@@ -23,11 +23,16 @@ from pathlib import Path
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import PRUNE_BATCH, SQLiteEventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
 
 log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL = 5.0
+PRUNE_BATCHES = 20
+"""Seconds between retention passes, and the most batches of :data:`~engine.eventlog.PRUNE_BATCH`
+events one pass deletes (serving writes take turns with each batch)."""
 
 LEARN_BATCH_DELAY = 0.005
 """Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
@@ -78,6 +83,8 @@ class Learner:
         Set when the engine closes; the background thread ends then.
     checkpoint_interval, maintenance_interval:
         Seconds between checkpoints, and between closings of reward windows.
+    retention:
+        Seconds an event is kept once it is final and learned (None: for ever); see :meth:`prune`.
 
     ``served``, ``examples_learned``, ``learned_seq`` and ``last_checkpoint`` describe the model
     in use; only this class changes them.
@@ -92,11 +99,13 @@ class Learner:
         *,
         checkpoint_interval: float,
         maintenance_interval: float,
+        retention: float | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
         self.checkpoint_interval = checkpoint_interval
         self.maintenance_interval = maintenance_interval
+        self.retention = retention
         self._stopping = stopping
         self._recent = RecentExamples()
         self._learn_lock = threading.Lock()
@@ -211,6 +220,21 @@ class Learner:
             self._recent.forget(outcome.event_id)
         self.updated = time.time()
 
+    def prune(self) -> int:
+        """Delete the events older than :attr:`retention` whose slots are final and learned, a
+        batch (one short transaction) at a time, at most :data:`PRUNE_BATCHES` batches a pass."""
+        assert self.retention is not None
+        pruned = 0
+        for _ in range(PRUNE_BATCHES):
+            count = self.log.prune(time.time() - self.retention, self.learned_seq)
+            pruned += count
+            if count < PRUNE_BATCH:
+                break
+        if pruned:
+            log.info("retention: deleted %d events older than %.0f s, final and learned", pruned, self.retention)
+            report(self.observer.pruned, pruned)
+        return pruned
+
     @contextmanager
     def at_rest(self, timeout: float) -> Iterator[tuple[VWBandit, str]]:
         """The served model and its version, with learning, swaps and checkpoints held off while
@@ -269,7 +293,7 @@ class Learner:
 
     def _background(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval
-        next_close = time.monotonic()
+        next_close = next_prune = time.monotonic()
         while not self._stopping.is_set():
             if self._wake.wait(self.maintenance_interval) and not self._stopping.is_set():
                 time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
@@ -279,6 +303,9 @@ class Learner:
                     self.close_windows()
                     next_close = time.monotonic() + self.maintenance_interval
                 self.learn_pending()
+                if self.retention is not None and time.monotonic() >= next_prune:
+                    self.prune()
+                    next_prune = time.monotonic() + PRUNE_INTERVAL
                 if time.monotonic() >= next_checkpoint:
                     if self._changed_since_checkpoint():
                         self.checkpoint()

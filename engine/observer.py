@@ -44,6 +44,9 @@ class Observer:
     def learned(self, slot: LearnedSlot) -> None:
         """The model learned one final outcome."""
 
+    def pruned(self, events: int) -> None:
+        """Retention deleted ``events`` old events, final and learned."""
+
     def undelivered(self) -> None:
         """A decision was committed but its caller was gone before the reply."""
 

@@ -19,6 +19,7 @@ labels.
   the most probable of its pmf). In PromQL: ``(rate(recbandit_learned_reward_total[1h]) -
   rate(recbandit_learned_negative_reward_total[1h])) / rate(recbandit_learned_slots_total[1h])``.
 - ``recbandit_undelivered_decisions_total``: decisions committed whose caller was gone.
+- ``recbandit_events_pruned_total``: events ``--retention`` deleted.
 - ``recbandit_reward_delay_seconds``: from a decision to the reward that made its slot final
   (aggregation ``earliest``).
 - ``recbandit_event_log_commit_seconds``: each event-log transaction (a group of writes).
@@ -75,6 +76,8 @@ class Metrics(Observer):
                                      ["model", "choice"], registry=registry)
         self._learned_slots = Counter("recbandit_learned_slots", "Slots learned, by model and choice (explore or exploit).",
                                       ["model", "choice"], registry=registry)
+        self._pruned = Counter("recbandit_events_pruned", "Events retention deleted (final, learned, older than it).",
+                               registry=registry)
         self._undelivered = Counter("recbandit_undelivered_decisions", "Decisions committed whose caller was gone.",
                                     registry=registry)
         self._delay = Histogram("recbandit_reward_delay_seconds", "From a decision to the reward that made its slot final.",
@@ -115,6 +118,9 @@ class Metrics(Observer):
 
     def undelivered(self) -> None:
         self._undelivered.inc()
+
+    def pruned(self, events: int) -> None:
+        self._pruned.inc(events)
 
     def _bounded(self, label: str, value: str) -> str:
         """``value``, or ``other`` once :data:`MAX_LABELS` values of ``label`` have been seen."""

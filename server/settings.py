@@ -53,6 +53,8 @@ NESTED = "__"
 CONFIG_ENV = "RECBANDIT_CONFIG"
 """The environment variable naming the TOML config file (the ``--config`` flag wins over it)."""
 
+MAX_RETENTION_SECONDS = 100 * 365 * 86_400.0
+
 _outside: ContextVar[tuple[Path | None] | None] = ContextVar("recbandit_settings_outside", default=None)
 """Set by :meth:`Settings.load` to the config file (or None): only then are the environment and
 the file read; ``Settings(...)`` built in code holds what it is given and the defaults."""
@@ -171,6 +173,8 @@ class Settings(BaseSettings):
     min_reward: float = Field(-1e6, description="the least reward Feedback accepts")
     max_reward: float = Field(1e6, description="the largest reward Feedback accepts")
     reward_range: str = Field("0,1", description="LOW,HIGH: the rewards regcbopt assumes")
+    retention: str = Field("", description="keep events this long once final and learned, then delete them "
+                                           "(30d, 12h, …); empty: keep every event")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
     seed: int = Field(0, description="seed of the exploration draws")
     checkpoint_interval: float = Field(60.0, description="seconds between checkpoints of the model")
@@ -283,6 +287,7 @@ class Settings(BaseSettings):
             retrieval_top_n=self.retrieval_top_n,
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
+            retention_seconds=_retention(self.retention),
         )
 
     def _check_ranges(self) -> None:
@@ -329,6 +334,19 @@ def _aggregation(value: str) -> Aggregation:
     except ValueError:
         choices = ", ".join(a.value for a in Aggregation)
         raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
+
+
+def _retention(text: str) -> float | None:
+    """``--retention``: a duration above 0, or empty for none."""
+    if not text.strip():
+        return None
+    try:
+        seconds = parse_duration(text)
+    except InvalidRequest as error:
+        raise InvalidRequest("retention", error.reason) from None
+    if not 0 < seconds <= MAX_RETENTION_SECONDS:
+        raise InvalidRequest("retention", f"must be above 0 and at most 100 years, got {text!r}")
+    return seconds
 
 
 def _reward_range(text: str) -> tuple[float, float]:

@@ -1,0 +1,68 @@
+"""--retention: events older than it, final and learned, are deleted in small batches by the
+learner's background pass, and the event log's file gives their pages back."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import InvalidRequest
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.bench import free_port
+from server.settings import Settings
+from tests.test_api import recommend_request
+from tests.test_metrics import scrape
+
+
+def pages(database: Path) -> tuple[int, int]:
+    """The log file's pages in use and free, after its WAL is folded in."""
+    with sqlite3.connect(database) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return conn.execute("PRAGMA page_count").fetchone()[0], conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+def test_old_final_learned_events_are_deleted_and_their_pages_given_back(start_server) -> None:  # type: ignore[no-untyped-def]
+    metrics_port = free_port()
+    running, client = start_server(retention="2s", reward_window="1s", metrics_port=metrics_port)
+    request = recommend_request()
+    for k in range(4):  # about a page per decision
+        request.user_features[f"note{k}"].string_value = "x" * 1000
+    old = []
+    for i in range(60):
+        request.event_id = f"old-{i}"
+        old.append(client.recommender.Recommend(request).event_id)
+        if i % 2 == 0:
+            client.recommender.Feedback(pb.FeedbackRequest(event_id=old[-1], reward=1.0))
+    assert running.engine.wait_until_learned()
+    database = running.engine.log.path
+    used_before, _ = pages(Path(database))
+    deadline = time.monotonic() + 20
+    while running.engine.log.counts()["decisions"] > 0:  # windows close (1 s), then 2 s of retention
+        assert time.monotonic() < deadline, running.engine.log.counts()
+        time.sleep(0.2)
+    request.event_id = "new"
+    client.recommender.Recommend(request)  # recent and its window open: kept
+    counts = running.engine.log.counts()
+    assert (counts["decisions"], counts["rewards"], counts["outcomes"]) == (1, 0, 0)
+    used_after, free_after = pages(Path(database))
+    assert free_after == 0 and used_after < used_before / 2, (used_before, used_after)
+    assert scrape(metrics_port)[("recbandit_events_pruned_total", ())] == 60
+    assert [r["event_id"] for r in running.engine.log.joined()] == ["new"]
+    assert running.engine.model_info().examples_learned == 60  # the model keeps what it learned
+
+
+def test_an_event_not_yet_learned_is_kept_however_old(start_server) -> None:  # type: ignore[no-untyped-def]
+    running, client = start_server(retention="1s", reward_window="1h")
+    event_id = client.recommender.Recommend(recommend_request()).event_id  # its window stays open
+    time.sleep(1.5)
+    assert running.engine.log.prune(time.time() - 1.0, running.engine.model_info().examples_learned) == 0
+    assert running.engine.log.get_decision(event_id) is not None
+
+
+@pytest.mark.parametrize("text, says", [("soon", "not a duration"), ("0s", "must be above 0")])
+def test_a_bad_retention_is_refused_naming_it(text: str, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=rf"^retention: .*{says}"):
+        Settings(retention=text).engine_config()
