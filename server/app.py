@@ -75,7 +75,8 @@ async def build_server(
         options=edge.options,
     )
     in_flight = InFlight(settings.max_in_flight)  # one bound for every service
-    metrics = Metrics(engine, in_flight) if settings.metrics_port else None
+    labels = frozenset(label.strip() for label in settings.reward_labels.split(",") if label.strip())
+    metrics = Metrics(engine, in_flight, labels) if settings.metrics_port else None
     if metrics is not None:
         engine.observe(metrics)
     add_services(server, {

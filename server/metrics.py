@@ -9,7 +9,8 @@ labels.
   ``recbandit_rpc_in_flight``: every call the servicers see (Health excluded).
 - ``recbandit_decisions_total{model}``: decisions by the model that made them (its id, without the
   count of examples learned, so that the label set stays small).
-- ``recbandit_rewards_total{label}``: new rewards by label.
+- ``recbandit_rewards_total{label}``: new rewards by label: those of ``--reward-labels`` when it
+  is set (any other is ``other``), else the first :data:`MAX_LABELS` seen.
 - ``recbandit_outcomes_learned_total{source}``: final outcomes learned, by where their reward came
   from: ``reward``, ``sum`` or ``default`` (the window closed without one: the default-reward count).
 - ``recbandit_learned_reward_total{model,choice}`` (minus
@@ -55,7 +56,7 @@ class Metrics(Observer):
     """The server's metrics; :meth:`serve` starts their HTTP endpoint. The engine reports to it
     (``engine.observe(metrics)``): commits, learned outcomes, undelivered decisions."""
 
-    def __init__(self, engine: Engine, in_flight: InFlight) -> None:
+    def __init__(self, engine: Engine, in_flight: InFlight, reward_labels: frozenset[str] = frozenset()) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
         disable_created_metrics()  # no *_created series: a scrape is counters and gauges only
@@ -84,6 +85,7 @@ class Metrics(Observer):
                                 buckets=DELAY_BUCKETS, registry=registry)
         self._commits = Histogram("recbandit_event_log_commit_seconds", "Each event-log transaction (a group of writes).",
                                   buckets=DURATION_BUCKETS, registry=registry)
+        self._labels = reward_labels  # set: the only reward labels with series of their own
         self._seen: dict[str, set[str]] = {"label": set(), "model": set()}
         self._seen_lock = threading.Lock()
         Gauge("recbandit_rpc_in_flight", "Calls being served now.", registry=registry).set_function(
@@ -100,7 +102,10 @@ class Metrics(Observer):
         self._decisions.labels(self._bounded("model", model)).inc()
 
     def rewarded(self, label: str) -> None:
-        self._rewards.labels(self._bounded("label", label or "unlabelled")).inc()
+        if self._labels:  # the operator's list: a client cannot take the series from it
+            self._rewards.labels(label if label in self._labels else "other").inc()
+        else:
+            self._rewards.labels(self._bounded("label", label or "unlabelled")).inc()
 
     def committed(self, seconds: float, operations: int) -> None:
         self._commits.observe(seconds)

@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or as JSON objects")
     access_log: bool = Field(True, description="one log line per RPC: method, status, duration, event id")
     metrics_port: int = Field(0, description="serve Prometheus metrics on this port; 0: off")
+    reward_labels: str = Field("", description="the Feedback labels that get metrics series of their own, "
+                                                "comma-separated (others count as 'other'); empty: the first 32 seen")
     metrics_host: str = Field("127.0.0.1", description="address of the metrics endpoint (it has no authentication)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the least level logged")
 

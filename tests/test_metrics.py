@@ -93,6 +93,16 @@ def test_client_labels_cannot_grow_the_metrics_without_bound(start_server) -> No
     assert len(rewards) == MAX_LABELS + 1 and rewards[(("label", "other"),)] == 8
 
 
+def test_an_operators_label_list_cannot_be_crowded_out(start_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    _, client = start_server(metrics_port=port, reward_labels="click, purchase")
+    event_id = client.recommender.Recommend(recommend_request()).event_id
+    for label in [f"junk-{j}" for j in range(MAX_LABELS + 4)] + ["purchase", "other"]:
+        client.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0, label=label))
+    rewards = {dict(labels)["label"]: v for (name, labels), v in scrape(port).items() if name == "recbandit_rewards_total"}
+    assert rewards == {"purchase": 1.0, "other": MAX_LABELS + 5.0}
+
+
 def test_metrics_are_off_unless_asked_for(start_server) -> None:  # type: ignore[no-untyped-def]
     from engine.observer import Observer
 
