@@ -102,6 +102,7 @@ class SQLiteEventLog:
         self.rules = rules
         _create_private(self.path)
         writer = self._connect(new=True)
+        self._vacuums = writer.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL: logs made since retention
         self._migrate(writer)
         self._name_new_log(writer)
         self._writer = GroupCommitWriter(writer)
@@ -312,9 +313,9 @@ class SQLiteEventLog:
                 " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts LIMIT ?",
                 (before, learned_seq, limit))]
             _delete_events(conn, event_ids)
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            for _ in range(free):  # one page a statement: Python steps a pragma once
-                conn.execute("PRAGMA incremental_vacuum(1)").close()
+            if self._vacuums:  # an older log reuses the freed pages but cannot give them back
+                for _ in range(conn.execute("PRAGMA freelist_count").fetchone()[0]):
+                    conn.execute("PRAGMA incremental_vacuum(1)").close()  # one page a statement: Python steps once
             return len(event_ids)
 
         return self._writer.submit(prune)

@@ -84,7 +84,7 @@ class Learner:
     checkpoint_interval, maintenance_interval:
         Seconds between checkpoints, and between closings of reward windows.
     retention:
-        Seconds an event is kept once it is final and learned (None: for ever); see :meth:`prune`.
+        Seconds after its decision an event is deleted, once final and learned (None: never); see :meth:`prune`.
 
     ``served``, ``examples_learned``, ``learned_seq`` and ``last_checkpoint`` describe the model
     in use; only this class changes them.

@@ -173,8 +173,8 @@ class Settings(BaseSettings):
     min_reward: float = Field(-1e6, description="the least reward Feedback accepts")
     max_reward: float = Field(1e6, description="the largest reward Feedback accepts")
     reward_range: str = Field("0,1", description="LOW,HIGH: the rewards regcbopt assumes")
-    retention: str = Field("", description="keep events this long once final and learned, then delete them "
-                                           "(30d, 12h, …); empty: keep every event")
+    retention: str = Field("", description="delete events decided longer ago than this (30d, 12h, …) once "
+                                           "every slot is final and learned; empty: keep every event")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
     seed: int = Field(0, description="seed of the exploration draws")
     checkpoint_interval: float = Field(60.0, description="seconds between checkpoints of the model")

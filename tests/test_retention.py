@@ -66,3 +66,23 @@ def test_an_event_not_yet_learned_is_kept_however_old(start_server) -> None:  # 
 def test_a_bad_retention_is_refused_naming_it(text: str, says: str) -> None:
     with pytest.raises(InvalidRequest, match=rf"^retention: .*{says}"):
         Settings(retention=text).engine_config()
+
+
+def test_a_log_made_before_retention_reuses_its_pages_without_a_vacuum_per_page(tmp_path: Path) -> None:
+    """A log without incremental vacuum cannot give pages back: pruning must not try, page by page."""
+    from engine.eventlog import SQLiteEventLog
+    from engine.rewards import RewardRules
+
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as conn:  # as an older recbandit made it: auto_vacuum off
+        conn.execute("CREATE TABLE placeholder (x)")
+    log = SQLiteEventLog(path, RewardRules())
+    try:
+        assert not log._vacuums and log.prune(time.time(), 0) == 0
+    finally:
+        log.close()
+    fresh = SQLiteEventLog(tmp_path / "fresh.db", RewardRules())
+    try:
+        assert fresh._vacuums
+    finally:
+        fresh.close()
