@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from engine.errors import InvalidRequest, RecbanditError
 from engine.eventlog import EVENT_LOG
 from server.logs import configure as configure_logs
-from server.settings import CONFIG_ENV, ENV_PREFIX, NESTED, Settings, choices
+from server.settings import CONFIG_ENV, ENV_PREFIX, NESTED, ReportOptions, Settings, choices
 
 REBUILD_SETTINGS = ("data_dir", "exploration", "exploration_parameter", "interactions", "learning_rate", "reward_range")
 """The settings ``rebuild-model`` reads: where the log is, and the policy of a model started afresh."""
@@ -259,14 +259,7 @@ def promote(context: click.Context, **flags: Any) -> None:
 @click.pass_context
 def report(context: click.Context, **flags: Any) -> None:
     """Ask a running server whether it is learning; print the report and write it as a PNG."""
-    from training.report import run
-
-    settings = _load(context, "report", flags)
-    try:
-        sys.exit(run(_namespace(settings, "report")))
-    except (InvalidRequest, ValueError, OSError) as error:
-        _refuse("report", error)
-
+    sys.exit(_report(_load(context, "report", flags).report))
 
 
 # -- what the commands do -------------------------------------------------------------------------
@@ -319,6 +312,35 @@ def _export_log(settings: Settings) -> int:
         print(f"export-log: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
         return 2
     print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {out}")
+    return 0
+
+
+def _report(options: ReportOptions) -> int:
+    """Fetch the report through the client, print it and draw it (:mod:`training.report`); 2 when
+    the server or the options refuse."""
+    from engine.rewards import parse_duration
+    from server.client import RecbanditCallError, RecbanditClient, Tls
+    from training.report import format_report, plot_report
+
+    try:
+        window = parse_duration(options.window)
+        token = options.token_file.read_text().strip() if options.token_file is not None else None
+        tls = Tls.from_files(options.tls_ca) if options.tls_ca is not None else None
+    except InvalidRequest as error:
+        print(f"report: --window: {error.reason}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unreadable token or CA file
+        print(f"report: {error}", file=sys.stderr)
+        return 2
+    try:
+        with RecbanditClient(options.target, token=token, tls=tls) as client:
+            learning = client.learning_report(window_seconds=window, max_decisions=options.max_decisions)
+    except RecbanditCallError as error:
+        print(f"report: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+    print(format_report(learning))
+    plot_report(learning, options.out)
+    print(f"wrote {options.out}")
     return 0
 
 

@@ -1,7 +1,7 @@
-"""``recbandit report``: is it learning? Ask a running server, print the answer, draw it.
+"""``recbandit report``'s output: the learning report as text and as a PNG.
 
-Calls ``Admin/GetLearningReport`` (the admin role's token when tokens are on), prints one table per
-model version — the served policy's observed reward per decision and the estimates of uniform
+The command (:mod:`server.cli`) asks a running server through ``Admin/GetLearningReport``; this
+module only reads the engine's report types. It prints one table per model version — the served policy's observed reward per decision and the estimates of uniform
 random, the first candidate, the live model's greedy choice (in-sample) and the deciding model's
 greedy choice, each with its 95% interval and effective sample size — and the verdict lines, and
 writes a PNG of the same numbers with their intervals as error bars.
@@ -9,15 +9,10 @@ writes a PNG of the same numbers with their intervals as error bars.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
-from engine.errors import InvalidRequest
-from engine.report import Verdict, VersionReport
-from engine.rewards import parse_duration
-from server.client import LearningReport, RecbanditCallError, RecbanditClient, Tls
+from engine.report import LearningReport, Verdict, VersionReport
 
 LABELS = {
     "random": "uniform random",
@@ -27,31 +22,6 @@ LABELS = {
 }
 MAX_PANELS = 6
 """The PNG draws the whole window and the newest versions, up to this many panels."""
-
-
-def run(args: SimpleNamespace) -> int:
-    """Ask for the report (``args``: target, token_file, tls_ca, window, max_decisions, out), print
-    it and draw it; 0 when done, 2 when the server or the options refuse."""
-    try:
-        window = parse_duration(args.window)
-        token = args.token_file.read_text().strip() if args.token_file is not None else None
-        tls = Tls.from_files(args.tls_ca) if args.tls_ca is not None else None
-    except InvalidRequest as error:
-        print(f"report: --window: {error.reason}", file=sys.stderr)
-        return 2
-    except OSError as error:  # an unreadable token or CA file
-        print(f"report: {error}", file=sys.stderr)
-        return 2
-    try:
-        with RecbanditClient(args.target, token=token, tls=tls) as client:
-            report = client.learning_report(window_seconds=window, max_decisions=args.max_decisions)
-    except RecbanditCallError as error:
-        print(f"report: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    plot_report(report, args.out)
-    print(f"wrote {args.out}")
-    return 0
 
 
 def format_report(report: LearningReport) -> str:

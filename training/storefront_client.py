@@ -23,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.client import RecbanditClient, Recommendation
 from training.simulator import Storefront, Visit
+
+if TYPE_CHECKING:  # the client is handed in: training does not import the server
+    from server.client import RecbanditClient, Recommendation
 
 SIMULATED_DEADLINE = 60.0
 """Seconds a simulated call may take, retries included: no page waits for it, and a machine busy
