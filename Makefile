@@ -29,8 +29,9 @@ demo: $(STAMP)  ## start a server on embedded defaults and drive a simulated sto
 serve: $(STAMP)  ## serve on port 50051 with the data directory DATA (default recbandit-data)
 	$(VENV)/bin/recbandit serve --data-dir $(DATA)
 
-bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TLS), the edge under abuse, then embeddings
+bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TLS), the event log's bytes per decision, the edge under abuse, then embeddings
 	$(PY) -m server.bench
+	$(PY) -m server.bench_log
 	$(PY) -m server.bench_edge
 	$(PY) -m training.bench_embeddings
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from engine.cache import BoundedCache
 from engine.errors import InvalidRequest
+from engine.exploration import normalised
 from engine.types import Features
 
 # Each algorithm's VW flag for its parameter, and the parameter's default.
@@ -195,14 +196,14 @@ class VWBandit:
         return arguments.strip() if isinstance(arguments, str) else " ".join(arguments)
 
     def pmf(self, shared: str, actions: Sequence[str]) -> list[float]:
-        """Probabilities over ``actions`` in input order, normalised to sum to 1."""
+        """Probabilities over ``actions`` in input order: the :func:`~engine.exploration.normalised` :meth:`scores`."""
+        return normalised(self.scores(shared, actions))
+
+    def scores(self, shared: str, actions: Sequence[str]) -> list[float]:
+        """VW's pmf over ``actions`` in input order, as it computed it (single precision, sum about 1)."""
         text = "\n".join((shared, *actions))
         with self._lock:
-            scores = self._run(text, learn=False)
-        total = math.fsum(scores)
-        if not total > 0:
-            return [1.0 / len(actions)] * len(actions)
-        return [s / total for s in scores]
+            return self._run(text, learn=False)
 
     def learn(self, shared: str, actions: Sequence[str], chosen: int, reward: float, probability: float) -> None:
         text = "\n".join(labelled_lines(shared, actions, chosen, reward, probability))

@@ -40,15 +40,16 @@ class Catalog:
         self.limits = limits
         self.lock = lock
         self.embeddings = embeddings
-        self.items: dict[str, Item] = {item.item_id: _frozen_item(item) for item in log.items()}
+        self.items: dict[str, Item] = {item.item_id: _frozen_item(item, item.version) for item in log.items()}
 
     def upsert_items(self, items: list[Item]) -> int:
         check_items("items", items, self.limits)
         with self.lock:
-            count = self.log.upsert_items(items)
-            self.items = {**self.items, **{item.item_id: _frozen_item(item) for item in items}}
+            versions = self.log.upsert_items(items)
+            stored = {item.item_id: _frozen_item(item, v) for item, v in zip(items, versions, strict=True)}
+            self.items = {**self.items, **stored}
             self.embeddings.upsert_items(items)  # new items get a representation from their features
-        return count
+        return len(items)
 
     def delete_items(self, item_ids: list[str]) -> int:
         check_count("item_ids", len(item_ids), self.limits.max_items_per_call)
@@ -92,11 +93,14 @@ class Catalog:
                 item = catalog.get(c.item_id)
                 if c.item_id in excluded or (item is not None and not item.active):
                     continue
-                candidates.append(Candidate(c.item_id, merge_features(item.features if item else None, c.features)))
+                if item is None:
+                    candidates.append(c)
+                else:
+                    candidates.append(Candidate(c.item_id, merge_features(item.features, c.features), item))
         elif live is not None and user is not None:
             candidates = self._retrieve(live, user, excluded, retrieval_top_n)
         else:
-            candidates = [Candidate(i.item_id, i.features) for i in catalog.values() if i.active]
+            candidates = [Candidate(i.item_id, i.features, i) for i in catalog.values() if i.active]
             candidates = [c for c in candidates if c.item_id not in excluded]
             if not candidates:
                 raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
@@ -120,12 +124,12 @@ class Catalog:
         for item_id, _ in live.embeddings.top_n(user, n, exclude=excluded):
             item = catalog.get(item_id)
             if item is not None and item.active:  # the index follows the catalog; this covers a write in progress
-                candidates.append(Candidate(item_id, item.features))
+                candidates.append(Candidate(item_id, item.features, item))
         return candidates
 
 
-def _frozen_item(item: Item) -> Item:
-    return Item(item.item_id, frozen_features(item.features), item.active)
+def _frozen_item(item: Item, version: int) -> Item:
+    return Item(item.item_id, frozen_features(item.features), item.active, version)
 
 
 _MAX_TOKEN_LENGTH = 2048  # base64 of the longest item id, with room to spare

@@ -23,21 +23,23 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.archive import Archive
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
 from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
-from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady
+from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady, StartupRefused
 from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
 from engine.explain import Explainer, Explanation
-from engine.exploration import draw, uniform_draw
+from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
 from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.report import LearningReport, ReportRequest, learning_report
+from engine.retention import Retention
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
@@ -61,6 +63,7 @@ class EngineConfig:
     embeddings_poll_interval: float = 5.0  # seconds between looks at the embeddings manifest; 0: none
     user_id_key: bytes | None = None  # set: user ids are stored as HMAC-SHA256(key, user_id), never raw
     retention_seconds: float | None = None  # set: final, learned events older than this are deleted
+    archive_dir: Path | None = None  # set (with retention): what retention deletes is archived here first
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +103,11 @@ class Engine:
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
         self._stopping = threading.Event()
+        self._retention = Retention(self.log, config.retention_seconds, _archive(config, self.log))
         self._learner = Learner(
             self._dir, self.log, config.bandit, self._stopping,
             checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
-            retention=config.retention_seconds,
+            retention=self._retention,
         )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         self._reporting = threading.Lock()
@@ -250,13 +254,14 @@ class Engine:
         slots = []
         bandit = self.bandit  # every slot from the same model, even if a new policy is swapped in meanwhile
         for slot in range(num_results):
-            pmf = bandit.pmf(shared, [actions[i] for i in remaining])
+            scores = bandit.scores(shared, [actions[i] for i in remaining])
+            pmf = normalised(scores)
             k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))
-            full = [0.0] * len(candidates)
+            full, full_scores = [0.0] * len(candidates), [0.0] * len(candidates)
             for j, i in enumerate(remaining):
-                full[i] = pmf[j]
+                full[i], full_scores[i] = pmf[j], scores[j]
             chosen = remaining.pop(k)
-            slots.append(SlotChoice(candidates[chosen].item_id, pmf[k], tuple(full)))
+            slots.append(SlotChoice(candidates[chosen].item_id, pmf[k], tuple(full), tuple(full_scores)))
         return tuple(slots)
 
     @staticmethod
@@ -293,15 +298,15 @@ class Engine:
     def forget_user(self, user_id: str) -> ForgottenUser:
         """Delete what the log and memory hold about ``user_id`` (raw; pseudonymised here when on).
 
-        The user's decisions, rewards and final outcomes leave the log in one transaction, their
-        examples leave the learner's memory, and their identity leaves the embeddings in use.
-        The bandit's weights are an aggregate over all users and are kept.
+        The user's decisions, rewards and final outcomes leave the log in one transaction and the
+        archive after it, their examples leave the learner's memory, and their identity leaves the
+        embeddings in use. The bandit's weights are an aggregate over all users and are kept.
         """
         check_id("user_id", user_id, self.config.limits)
         stored_id = self._pseudonym(user_id) if self._pseudonym is not None else user_id
-        forgotten = self.log.forget_user(stored_id)
-        self._learner.forget(forgotten.event_ids)
-        return ForgottenUser(forgotten, self.embeddings.forget_user(stored_id))
+        forgotten = self._retention.forget_user(stored_id)
+        self._learner.forget(forgotten.log.event_ids)
+        return ForgottenUser(forgotten.log, self.embeddings.forget_user(stored_id), forgotten.archived)
 
     def watch_storage(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` whenever writes to the event log start or stop failing."""
@@ -361,7 +366,7 @@ class Engine:
             learner = self._learner
             served, examples_learned = learner.served, learner.examples_learned  # one model, even mid-swap
             return learning_report(self.log, served.bandit, served.version(examples_learned), request, time.time(),
-                                   closing_lag=2 * self.config.maintenance_interval)
+                                   closing_lag=2 * self.config.maintenance_interval, archive=self._retention.archive)
         finally:
             self._reporting.release()
 
@@ -401,6 +406,21 @@ class ForgottenUser:
 
     log: Forgotten
     embedding_removed: bool
+    archived: int = 0  # records removed from the archive
+
+
+def _archive(config: EngineConfig, log: SQLiteEventLog) -> Archive | None:
+    """The archive of ``log``: the one it has archived to, else ``config.archive_dir``; a different
+    folder than the log's is refused, as is an archive without retention (nothing would go there)."""
+    recorded = log.archive_dir()
+    wanted = None if config.archive_dir is None else Path(config.archive_dir).resolve()
+    if wanted is not None and config.retention_seconds is None:
+        raise StartupRefused("--archive-dir keeps what --retention deletes: set --retention too")
+    if wanted is not None and recorded is not None and wanted != recorded:
+        raise StartupRefused(f"this event log archives to {recorded}, not {wanted}: "
+                             f"pass --archive-dir {recorded}, or move that archive there first")
+    directory = wanted or recorded
+    return None if directory is None else Archive(directory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +450,7 @@ def _with_affinity(
     for candidate, (line, record), features in zip(candidates, encoded, affinity, strict=True):
         if features:
             own = any(name.startswith(AFFINITY_PREFIX) for name in candidate.features)
-            candidate = Candidate(candidate.item_id, {**candidate.features, **features})
+            candidate = Candidate(candidate.item_id, {**candidate.features, **features}, candidate.catalog)
             line = action_line(candidate.item_id, candidate.features) if own else f"{line} {affinity_segment(features)}"
             record = candidate_to_json(candidate)
         out_candidates.append(candidate)

@@ -6,11 +6,14 @@ every committed write.
 
 Tables: ``decisions`` (one row per Recommend), ``rewards`` (one per distinct event, item and
 label), ``outcomes`` (the final reward of each event slot, numbered by ``seq`` in commit order —
-what the bandit learns, in that order, exactly once) and ``items`` (the catalog).
+what the bandit learns, in that order, exactly once), ``items`` (the catalog) and
+``item_versions`` (every catalog item's features as they have been, each content once: what
+decisions name their catalog candidates by, see :mod:`engine.records`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,17 +27,21 @@ from typing import TypeVar
 
 from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, StartupRefused, UnknownEvent, shown
 from engine.groupcommit import GroupCommitWriter, Rejected
+from engine.cache import BoundedCache
 from engine.records import (
     LoggedDecision,
     Outcome,
     Reward,
+    CatalogVersions,
     decision_from_json,
+    decision_pmfs,
     decision_to_json,
     features_from_json,
     features_to_json,
 )
+from engine.features import frozen_features
 from engine.rewards import Aggregation, RewardRules
-from engine.types import Item, Status
+from engine.types import Features, Item, Status
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,11 +56,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     closed INTEGER NOT NULL DEFAULT 0,
     model_version TEXT NOT NULL,
     record TEXT NOT NULL,
-    undelivered INTEGER NOT NULL DEFAULT 0
+    undelivered INTEGER NOT NULL DEFAULT 0,
+    pmf BLOB
 );
 CREATE INDEX IF NOT EXISTS decisions_open ON decisions (deadline) WHERE closed = 0;
 CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
-CREATE INDEX IF NOT EXISTS decisions_closed ON decisions (ts) WHERE closed = 1;
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 CREATE TABLE IF NOT EXISTS rewards (
     event_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
@@ -75,25 +83,38 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY,
     features TEXT NOT NULL,
-    active INTEGER NOT NULL
+    active INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS item_versions (
+    version INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    item_id TEXT NOT NULL,
+    features TEXT NOT NULL
 );
 """
 EVENT_LOG = "events.db"
 """The event log's file name in a data directory."""
 
-LOG_SCHEMA_VERSION = 2
+LOG_SCHEMA_VERSION = 3
 """The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
 
 _MIGRATIONS = {
     # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default
     1: "ALTER TABLE decisions ADD COLUMN undelivered INTEGER NOT NULL DEFAULT 0;"
        "CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);",
+    # 2 → 3: catalog versions (items get theirs in _version_items); decisions are read in time order
+    2: "ALTER TABLE items ADD COLUMN version INTEGER NOT NULL DEFAULT 0;"
+       "ALTER TABLE decisions ADD COLUMN pmf BLOB;"
+       "DROP INDEX IF EXISTS decisions_closed;",
 }
+_VERSIONS_CACHED = (1 << 16, 64 << 20)
+"""Catalog versions a log keeps decoded (entries, bytes of their JSON): every version a decision names is read once."""
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered"
+_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"
 
 
 class SQLiteEventLog:
@@ -104,7 +125,9 @@ class SQLiteEventLog:
         writer = self._connect(new=True)
         self._vacuums = writer.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL: logs made since retention
         self._migrate(writer)
+        self._version_items(writer)
         self._name_new_log(writer)
+        self._versions: BoundedCache[int, tuple[str, Features]] = BoundedCache(*_VERSIONS_CACHED)
         self._writer = GroupCommitWriter(writer)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = [writer]
@@ -135,6 +158,33 @@ class SQLiteEventLog:
             script += "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION))
         script += _SCHEMA + f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{LOG_SCHEMA_VERSION}');COMMIT;"
         conn.executescript(script)
+
+    @staticmethod
+    def _version_items(conn: sqlite3.Connection) -> None:
+        """Give every item without a catalog version (those of a log older than versions) its version."""
+        rows = conn.execute("SELECT item_id, features FROM items WHERE version = 0").fetchall()
+        if rows:
+            conn.execute("BEGIN")
+            versions = _store_versions(conn, rows)
+            conn.executemany("UPDATE items SET version = ? WHERE item_id = ?",
+                             [(v, item_id) for v, (item_id, _) in zip(versions, rows, strict=True)])
+            conn.execute("COMMIT")
+
+    def _catalog_versions(self, conn: sqlite3.Connection) -> CatalogVersions:
+        """The reader of catalog versions for records read on ``conn``: each version decoded once,
+        read-only, and shared by every candidate that names it."""
+
+        def item(version: int) -> tuple[str, Features]:
+            found = self._versions.get(version)
+            if found is None:
+                row = conn.execute("SELECT item_id, features FROM item_versions WHERE version = ?", (version,)).fetchone()
+                if row is None:
+                    raise ValueError(f"a record names catalog version {version}, which this log does not hold")
+                found = (row[0], frozen_features(features_from_json(row[1])))
+                self._versions.put(version, found, len(row[0]) + len(row[1]))
+            return found
+
+        return item
 
     @staticmethod
     def _name_new_log(conn: sqlite3.Connection) -> None:
@@ -200,16 +250,16 @@ class SQLiteEventLog:
             int(decision.deferred),
             decision.model_version,
             decision_to_json(decision) if record is None else record,
+            decision_pmfs(decision),
         )
-        return _InsertDecision(row)
+        return _InsertDecision(row, self._select_decision)
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         return self._select_decision(self._reader(), event_id)
 
-    @staticmethod
-    def _select_decision(conn: sqlite3.Connection, event_id: str) -> LoggedDecision | None:
+    def _select_decision(self, conn: sqlite3.Connection, event_id: str) -> LoggedDecision | None:
         row = conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
-        return _decision(row) if row else None
+        return _decision(row, self._catalog_versions(conn)) if row else None
 
     # -- rewards and activation -----------------------------------------------------------------
 
@@ -292,7 +342,7 @@ class SQLiteEventLog:
 
         def forget(conn: sqlite3.Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
-            rewards, outcomes = _delete_events(conn, event_ids)
+            rewards, outcomes, _ = _delete_events(conn, event_ids)
             return Forgotten(tuple(event_ids), rewards, outcomes)
 
         forgotten = self._writer.submit(forget)
@@ -301,24 +351,38 @@ class SQLiteEventLog:
 
     # -- retention -------------------------------------------------------------------------------
 
-    def prune(self, before: float, learned_seq: int, limit: int = PRUNE_BATCH) -> int:
-        """Delete up to ``limit`` events decided before ``before`` whose every slot is final and
-        learned (window closed, no outcome after ``learned_seq``), with their rewards and outcomes,
-        in one transaction; return how many. The pages they held go back to the file system
-        (incremental vacuum) in the same transaction."""
+    def prunable(self, before: float, learned_seq: int, limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` events decided before ``before`` whose every slot is final and learned
+        (window closed, no outcome after ``learned_seq``), oldest first, as ``(event_id, ts)``.
+        They stay prunable: a closed window never reopens and what is learned stays learned."""
+        return self._reader().execute(
+            "SELECT event_id, ts FROM decisions d WHERE closed = 1 AND ts < ? AND NOT EXISTS"
+            " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts LIMIT ?",
+            (before, learned_seq, limit)).fetchall()
 
-        def prune(conn: sqlite3.Connection) -> int:
-            event_ids = [e for (e,) in conn.execute(
-                "SELECT event_id FROM decisions d WHERE closed = 1 AND ts < ? AND NOT EXISTS"
-                " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts LIMIT ?",
-                (before, learned_seq, limit))]
-            _delete_events(conn, event_ids)
+    def delete_events(self, event_ids: list[str]) -> int:
+        """Delete these events (keep them to :data:`PRUNE_BATCH`: one short transaction) with their
+        rewards and outcomes; return how many were here. The pages they held go back to the file
+        system (incremental vacuum) in the same transaction."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            deleted = _delete_events(conn, event_ids)[2]
             if self._vacuums:  # an older log reuses the freed pages but cannot give them back
                 for _ in range(conn.execute("PRAGMA freelist_count").fetchone()[0]):
                     conn.execute("PRAGMA incremental_vacuum(1)").close()  # one page a statement: Python steps once
-            return len(event_ids)
+            return deleted
 
-        return self._writer.submit(prune)
+        return self._writer.submit(delete)
+
+    def archive_dir(self) -> Path | None:
+        """The folder retention archives this log's deleted events to (:mod:`engine.archive`), once it has."""
+        row = self._reader().execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone()
+        return None if row is None else Path(row[0])
+
+    def set_archive_dir(self, directory: Path) -> None:
+        """Record where this log's events are archived, so that every reader of the log finds them."""
+        value = str(directory.resolve())
+        self._writer.submit(lambda conn: conn.execute("INSERT OR REPLACE INTO meta VALUES ('archive_dir', ?)", (value,)))
 
     def _checkpoint_wal(self) -> None:
         """Copy the WAL into the database and empty it, so that deleted rows leave the WAL file too."""
@@ -363,10 +427,11 @@ class SQLiteEventLog:
         ids = list(dict.fromkeys(event_ids))
         found: dict[str, LoggedDecision] = {}
         conn = self._reader()
+        versions = self._catalog_versions(conn)
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
-                found[row[0]] = _decision(row)
+                found[row[0]] = _decision(row, versions)
         return found
 
     def outcome_time_after(self, seq: int) -> float | None:
@@ -398,12 +463,18 @@ class SQLiteEventLog:
 
     # -- catalog ---------------------------------------------------------------------------------
 
-    def upsert_items(self, items: Iterable[Item]) -> int:
-        rows = [(i.item_id, features_to_json(i.features), int(i.active)) for i in items]
+    def upsert_items(self, items: Iterable[Item]) -> list[int]:
+        """Store the items, and each one's features as a catalog version; return their versions in order."""
+        items = list(items)
+        features = [(i.item_id, features_to_json(i.features)) for i in items]
 
-        def upsert(conn: sqlite3.Connection) -> int:
-            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", rows)
-            return len(rows)
+        def upsert(conn: sqlite3.Connection) -> list[int]:
+            versions = _store_versions(conn, features)
+            conn.executemany(
+                "INSERT OR REPLACE INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?)",
+                [(i.item_id, f, int(i.active), v) for i, (_, f), v in zip(items, features, versions, strict=True)],
+            )
+            return versions
 
         return self._writer.submit(upsert)
 
@@ -418,28 +489,59 @@ class SQLiteEventLog:
         return self._writer.submit(delete)
 
     def items(self, *, after: str = "", limit: int | None = None, active_only: bool = False) -> list[Item]:
-        query = "SELECT item_id, features, active FROM items WHERE item_id > ?"
+        query = "SELECT item_id, features, active, version FROM items WHERE item_id > ?"
         if active_only:
             query += " AND active = 1"
         query += " ORDER BY item_id" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return [Item(i, features_from_json(f), bool(a)) for i, f, a in self._reader().execute(query, (after,))]
+        return [Item(i, features_from_json(f), bool(a), v) for i, f, a, v in self._reader().execute(query, (after,))]
 
     # -- export ----------------------------------------------------------------------------------
 
+    def history(self) -> Iterator[dict[str, object]]:
+        """The whole history: what retention archived (:meth:`archive_dir`) and :meth:`joined`, as one,
+        in the same order. FileNotFoundError when the log has archived to a folder that is gone."""
+        directory = self.archive_dir()
+        if directory is None:
+            return self.joined()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"the archive of this event log, {directory}, is missing")
+        from engine.archive import Archive, one_history
+
+        return one_history(Archive(directory).records(), self.joined())
+
     def joined(self, batch: int = 500) -> Iterator[dict[str, object]]:
-        """Every decision in time order, with its slots' final outcomes and all its rewards."""
+        """Every decision the log holds in time order (by ``ts``, then ``event_id``: the archive's
+        order too), with its slots' final outcomes and all its rewards."""
         conn = self._reader()
-        last_rowid = 0
+        after = float("-inf")
         while True:
+            bound = conn.execute("SELECT ts FROM decisions WHERE ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
+                                 (after, batch - 1)).fetchone()  # the page ends with every decision of its last ts
             rows = conn.execute(
-                f"SELECT rowid, activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE rowid > ?"
-                " ORDER BY rowid LIMIT ?",
-                (last_rowid, batch),
+                f"SELECT activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE ts > ? AND ts <= ?",
+                (after, float("inf") if bound is None else bound[0]),
             ).fetchall()
             if not rows:
                 return
-            last_rowid = rows[-1][0]
-            ids = [row[2] for row in rows]
+            yield from self._joined_rows(conn, rows)
+            after = max(row[2] for row in rows)
+
+    def joined_events(self, event_ids: list[str]) -> list[dict[str, object]]:
+        """The joined records of these events (unknown ids are left out), in time order."""
+        conn = self._reader()
+        rows = []
+        for chunk in _chunks(event_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows += conn.execute(f"SELECT activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})",
+                                 chunk).fetchall()
+        return list(self._joined_rows(conn, rows))
+
+    def _joined_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> Iterator[dict[str, object]]:  # type: ignore[type-arg]
+        """Rows of ``activated_ts`` and :data:`_DECISION_COLUMNS` as joined records, by ``(ts, event_id)``."""
+        rows = sorted(rows, key=lambda row: (row[2], row[1]))
+        versions = self._catalog_versions(conn)
+        for chunk in _chunks(rows, 500):
+            ids = [row[1] for row in chunk]
             marks = ",".join("?" * len(ids))
             outcomes: dict[tuple[str, int], tuple[float, str, float]] = {
                 (e, s): (r, src, ts)
@@ -453,25 +555,28 @@ class SQLiteEventLog:
                 ids,
             ):
                 rewards.setdefault(e, []).append({"item_id": item, "label": label, "value": value, "ts": ts})
-            for row in rows:
-                yield _joined_record(_decision(row[2:]), row[1], outcomes, rewards.get(row[2], []))
+            for row in chunk:
+                yield _joined_record(_decision(row[1:], versions), row[0], outcomes, rewards.get(row[1], []))
 
 
 class _InsertDecision:
     """The group-commit operation of one decision: None when inserted, else the logged decision."""
 
-    __slots__ = ("row",)
-    _SQL = "INSERT OR IGNORE INTO decisions (event_id, ts, deadline, user_id, chosen, deferred, model_version, record)"
-    _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?)"
-    _ROWS_PER_STATEMENT = 100  # 800 parameters: within every SQLite build's limit
+    __slots__ = ("row", "logged")
+    _SQL = ("INSERT OR IGNORE INTO decisions"
+            " (event_id, ts, deadline, user_id, chosen, deferred, model_version, record, pmf)")
+    _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    _ROWS_PER_STATEMENT = 100  # 900 parameters: within every SQLite build's limit
 
-    def __init__(self, row: tuple[object, ...]) -> None:
+    def __init__(self, row: tuple[object, ...],
+                 logged: Callable[[sqlite3.Connection, str], LoggedDecision | None]) -> None:
         self.row = row
+        self.logged = logged  # reads the decision that holds the event id
 
     def __call__(self, conn: sqlite3.Connection) -> LoggedDecision | None:
         if conn.execute(f"{self._SQL} VALUES {self._VALUES}", self.row).rowcount:
             return None
-        return SQLiteEventLog._select_decision(conn, str(self.row[0]))
+        return self.logged(conn, str(self.row[0]))
 
     @staticmethod
     def run_together(conn: sqlite3.Connection, inserts: list[_InsertDecision]) -> list[None]:
@@ -612,15 +717,15 @@ def event_log_path(source: str | Path) -> Path:
     return path
 
 
-def _delete_events(conn: sqlite3.Connection, event_ids: list[str]) -> tuple[int, int]:
-    """Delete these events' rewards, outcomes and decisions; return how many rewards and outcomes."""
-    rewards = outcomes = 0
+def _delete_events(conn: sqlite3.Connection, event_ids: list[str]) -> tuple[int, int, int]:
+    """Delete these events' rewards, outcomes and decisions; return how many of each."""
+    rewards = outcomes = decisions = 0
     for chunk in _chunks(event_ids, 500):
         marks = ",".join("?" * len(chunk))
         rewards += conn.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk).rowcount
         outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
-        conn.execute(f"DELETE FROM decisions WHERE event_id IN ({marks})", chunk)
-    return rewards, outcomes
+        decisions += conn.execute(f"DELETE FROM decisions WHERE event_id IN ({marks})", chunk).rowcount
+    return rewards, outcomes, decisions
 
 
 def _create_private(path: str) -> None:
@@ -642,10 +747,25 @@ class _EventIdTaken(Exception):
     """A decision's event id is in the log already (handled by running the batch's writes one by one)."""
 
 
-def _decision(row: tuple) -> LoggedDecision:  # type: ignore[type-arg]
-    event_id, ts, user_id, model_version, deferred, deadline, record, undelivered = row
+def _store_versions(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> list[int]:
+    """The catalog versions of ``(item_id, features_json)`` pairs, stored if new.
+
+    A version is addressed by its content: the digest of the item id and the features' JSON (whose
+    order it keeps), so the same features of the same item are stored once however often they are
+    written, and a decision's reference always reads back what it was decided with.
+    """
+    digests = [hashlib.blake2b(f"{item_id}\x00{features}".encode(), digest_size=16).digest() for item_id, features in items]
+    conn.executemany("INSERT OR IGNORE INTO item_versions (digest, item_id, features) VALUES (?, ?, ?)",
+                     [(d, item_id, features) for d, (item_id, features) in zip(digests, items, strict=True)])
+    return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
+
+
+def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type: ignore[type-arg]
+    event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmfs = row
     return decision_from_json(
         record,
+        versions=versions,
+        pmfs=pmfs,
         event_id=event_id,
         ts=ts,
         user_id=user_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 
@@ -10,6 +11,19 @@ def uniform_draw(seed: int, event_id: str, slot: int) -> float:
     """A number in [0, 1) that depends only on (seed, event_id, slot)."""
     digest = hashlib.blake2b(f"{seed}:{event_id}:{slot}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
+
+
+def normalised(scores: Sequence[float]) -> list[float]:
+    """The pmf of a policy's scores: each divided by their exact sum (uniform if that is not above 0).
+
+    VW's ``cb_explore_adf`` scores are a pmf in single precision, whose sum is 1 only up to its
+    rounding; dividing by ``math.fsum`` makes the logged propensities sum to 1 in double precision,
+    and, being exact arithmetic on the scores, gives the same pmf from the same scores every time.
+    """
+    total = math.fsum(scores)
+    if not total > 0:
+        return [1.0 / len(scores)] * len(scores)
+    return [s / total for s in scores]
 
 
 def draw(pmf: Sequence[float], u: float) -> int:

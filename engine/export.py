@@ -1,6 +1,7 @@
 """Write the joined event log (decisions with their rewards) as JSON Lines or Parquet.
 
-JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
+The export is the log's whole history: what retention archived, then what the log holds
+(:meth:`~engine.eventlog.SQLiteEventLog.history`). JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
 candidates as JSON text, which is the shape off-policy evaluation and notebooks want.
 """
 
@@ -23,7 +24,7 @@ def _private(path: Path) -> Path:
 def export_jsonl(log: SQLiteEventLog, path: Path) -> int:
     count = 0
     with open(_private(path), "w") as out:
-        for record in log.joined():
+        for record in log.history():
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
             count += 1
     return count
@@ -34,7 +35,7 @@ def export_parquet(log: SQLiteEventLog, path: Path) -> int:
     import pyarrow.parquet as pq
 
     rows = []
-    for record in log.joined():
+    for record in log.history():
         shared = {
             "event_id": record["event_id"],
             "ts": record["ts"],

@@ -23,16 +23,12 @@ from pathlib import Path
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
-from engine.eventlog import PRUNE_BATCH, SQLiteEventLog
+from engine.eventlog import SQLiteEventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
+from engine.retention import PRUNE_INTERVAL, Retention
 
 log = logging.getLogger(__name__)
-
-PRUNE_INTERVAL = 5.0
-PRUNE_BATCHES = 20
-"""Seconds between retention passes, and the most batches of :data:`~engine.eventlog.PRUNE_BATCH`
-events one pass deletes (serving writes take turns with each batch)."""
 
 LEARN_BATCH_DELAY = 0.005
 """Seconds the learner waits after a reward wakes it, so that it learns rewards in batches."""
@@ -84,7 +80,7 @@ class Learner:
     checkpoint_interval, maintenance_interval:
         Seconds between checkpoints, and between closings of reward windows.
     retention:
-        Seconds after its decision an event is deleted, once final and learned (None: never); see :meth:`prune`.
+        What deletes events once final and learned (:mod:`engine.retention`); see :meth:`prune`.
 
     ``served``, ``examples_learned``, ``learned_seq`` and ``last_checkpoint`` describe the model
     in use; only this class changes them.
@@ -99,7 +95,7 @@ class Learner:
         *,
         checkpoint_interval: float,
         maintenance_interval: float,
-        retention: float | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
@@ -221,17 +217,12 @@ class Learner:
         self.updated = time.time()
 
     def prune(self) -> int:
-        """Delete the events older than :attr:`retention` whose slots are final and learned, a
-        batch (one short transaction) at a time, at most :data:`PRUNE_BATCHES` batches a pass."""
+        """One retention pass (:meth:`engine.retention.Retention.run`) over what this model learned."""
         assert self.retention is not None
-        pruned = 0
-        for _ in range(PRUNE_BATCHES):
-            count = self.log.prune(time.time() - self.retention, self.learned_seq)
-            pruned += count
-            if count < PRUNE_BATCH:
-                break
+        pruned = self.retention.run(self.learned_seq)
         if pruned:
-            log.info("retention: deleted %d events older than %.0f s, final and learned", pruned, self.retention)
+            log.info("retention: deleted %d events older than %.0f s, final and learned%s", pruned,
+                     self.retention.seconds, ", archived first" if self.retention.archive is not None else "")
             report(self.observer.pruned, pruned)
         return pruned
 
@@ -303,7 +294,7 @@ class Learner:
                     self.close_windows()
                     next_close = time.monotonic() + self.maintenance_interval
                 self.learn_pending()
-                if self.retention is not None and time.monotonic() >= next_prune:
+                if self.retention is not None and self.retention.seconds is not None and time.monotonic() >= next_prune:
                     self.prune()
                     next_prune = time.monotonic() + PRUNE_INTERVAL
                 if time.monotonic() >= next_checkpoint:

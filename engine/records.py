@@ -3,17 +3,31 @@
 A :class:`LoggedDecision` is written before Recommend returns and carries everything needed to
 replay or evaluate it later: the features the bandit saw, every candidate, and for each slot the
 chosen item, its probability and the whole distribution it was drawn from.
+
+A record names a catalog candidate by its item's catalog version (:attr:`engine.types.Item.version`)
+and holds only the features the request changed or added; the log keeps each version once.
+Request-supplied features (the user's, the context's, candidates not in the catalog) are stored
+whole.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from engine.exploration import normalised
 from engine.types import Candidate, Features, FeatureValue
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The record format written: 1 held every candidate's features whole and each slot's pmf as JSON
+numbers; 2 may name a catalog candidate by its catalog version (:func:`candidate_to_json`) and
+keeps the pmfs apart, as binary doubles (:func:`decision_pmfs`). Both are read."""
+READ_SCHEMA_VERSIONS = (1, 2)
+
+CatalogVersions = Callable[[int], tuple[str, Features]]
+"""The item id and features of a catalog version, by its number: how a record's catalog candidates are read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +41,9 @@ class SlotChoice:
     item_id: str
     probability: float
     pmf: tuple[float, ...]
+    scores: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
+    """The bandit's scores ``pmf`` is :func:`~engine.exploration.normalised` from (same positions; 0
+    for the earlier slots' items), when it drew this slot: the log keeps these, in half the bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +107,75 @@ def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | 
             "context": _features_out(decision.context),
         }
     )
-    slots = _compact([[s.item_id, s.probability, s.pmf] for s in decision.slots])
+    slots = _compact([s.item_id for s in decision.slots])
     return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}}}'
 
 
+_PMF_DOUBLES, _PMF_SCORES = b"d", b"f"
+
+
+def decision_pmfs(decision: LoggedDecision) -> bytes:
+    """The ``pmf`` column of a record of format 2: every slot's pmf, one after the other, exactly.
+
+    ``f`` and the slots' scores as little-endian single-precision floats, when the bandit's
+    scores give back every pmf bit for bit (:func:`~engine.exploration.normalised`): 4 bytes a
+    probability. Otherwise ``d`` and the pmfs as doubles: 8 bytes (their shortest decimal form
+    takes about 20).
+    """
+    slots = decision.slots
+    if all(s.scores is not None for s in slots):
+        scores = [v for s in slots for v in s.scores]  # type: ignore[union-attr]
+        packed = struct.pack(f"<{len(scores)}f", *scores)
+        if [tuple(normalised(part)) for part in _unpacked(packed, _PMF_SCORES, len(slots))] == [s.pmf for s in slots]:
+            return _PMF_SCORES + packed
+    values = [p for s in slots for p in s.pmf]
+    return _PMF_DOUBLES + struct.pack(f"<{len(values)}d", *values)
+
+
+def _unpacked(packed: bytes, kind: bytes, slots: int) -> list[tuple[float, ...]]:
+    """Each slot's values (pmf or scores, by ``kind``) from :func:`decision_pmfs`' bytes after the kind."""
+    values = struct.unpack(f"<{len(packed) // (4 if kind == _PMF_SCORES else 8)}{kind.decode()}", packed)
+    size = len(values) // slots if slots else 0
+    if size * slots != len(values):
+        raise ValueError(f"the pmf column holds {len(values)} values, not a whole number for {slots} slots")
+    return [values[i * size : (i + 1) * size] for i in range(slots)]
+
+
+_ABSENT = object()
+
+
 def candidate_to_json(candidate: Candidate) -> str:
-    """One entry of the record's ``candidates``: ``[item_id, features]``."""
-    return _compact([candidate.item_id, _features_out(candidate.features)])
+    """One entry of the record's ``candidates``.
+
+    - ``version``: the candidate is its catalog item's version ``version`` (item id and features);
+    - ``[version, own]``: its features are that version's overlaid with ``own``, the features whose
+      value is not the catalog's (the request's, LightFM's affinity);
+    - ``[item_id, features]``: a candidate not in the catalog, whose features are all here.
+
+    Reading ``{**version_features, **own}`` gives back the candidate's features, in their order.
+    """
+    item, features = candidate.catalog, candidate.features
+    if item is None or not item.version or any(name not in features for name in item.features):
+        return _compact([candidate.item_id, _features_out(features)])
+    if features is item.features:
+        return str(item.version)
+    base = item.features
+    own = {name: value for name, value in features.items() if base.get(name, _ABSENT) is not value}
+    return _compact([item.version, own]) if own else str(item.version)
+
+
+def _no_catalog(version: int) -> tuple[str, Features]:
+    raise ValueError(f"the record names catalog version {version}: read it with the log's catalog versions")
+
+
+def _candidate_from_json(entry: int | list[object], versions: CatalogVersions) -> Candidate:
+    if isinstance(entry, int):
+        return Candidate(*versions(entry))
+    first, features = entry
+    if isinstance(first, str):
+        return Candidate(first, features_from_dict(features))  # type: ignore[arg-type]
+    item_id, base = versions(first)  # type: ignore[arg-type]
+    return Candidate(item_id, {**base, **features_from_dict(features)})  # type: ignore[arg-type]
 
 
 def decision_from_json(
@@ -109,22 +188,69 @@ def decision_from_json(
     deferred: bool,
     deadline: float,
     undelivered: bool = False,
+    versions: CatalogVersions = _no_catalog,
+    pmfs: bytes | None = None,
 ) -> LoggedDecision:
+    """The decision a ``record`` column holds, with the row's other columns: ``versions`` reads the
+    catalog versions it names (:func:`candidate_to_json`), ``pmfs`` is its :func:`decision_pmfs`
+    (None for format 1, whose slots hold theirs)."""
     data = json.loads(record)
-    if data["schema_version"] != SCHEMA_VERSION:
+    if data["schema_version"] not in READ_SCHEMA_VERSIONS:
         raise ValueError(f"event {event_id!r}: unsupported schema_version {data['schema_version']}")
+    candidates = tuple(_candidate_from_json(entry, versions) for entry in data["candidates"])
     return LoggedDecision(
         event_id=event_id,
         ts=ts,
         user_id=user_id,
         user_features=features_from_dict(data["user_features"]),
         context=features_from_dict(data["context"]),
-        candidates=tuple(Candidate(item_id, features_from_dict(f)) for item_id, f in data["candidates"]),
-        slots=tuple(SlotChoice(item_id, p, tuple(pmf)) for item_id, p, pmf in data["slots"]),
+        candidates=candidates,
+        slots=_slots_from_json(data["slots"], pmfs, candidates) if data["schema_version"] > 1
+        else tuple(SlotChoice(item_id, p, tuple(pmf)) for item_id, p, pmf in data["slots"]),
         model_version=model_version,
         deferred=deferred,
         deadline=deadline,
+        schema_version=data["schema_version"],
         undelivered=undelivered,
+    )
+
+
+def _slots_from_json(slots: list[str], pmfs: bytes | None, candidates: tuple[Candidate, ...]) -> tuple[SlotChoice, ...]:
+    """The slots of a record of format 2: the chosen item ids, their pmfs in ``pmfs``, and each
+    probability the pmf's entry of its item."""
+    if not pmfs or pmfs[:1] not in (_PMF_SCORES, _PMF_DOUBLES):
+        raise ValueError("a record of format 2 is read with its pmf column")
+    kind = pmfs[:1]
+    parts = _unpacked(pmfs[1:], kind, len(slots))
+    if any(len(part) != len(candidates) for part in parts):
+        raise ValueError(f"the pmf column does not hold {len(slots)} pmfs of {len(candidates)} candidates")
+    if kind == _PMF_SCORES:
+        pmfs_and_scores = [(tuple(normalised(part)), part) for part in parts]
+    else:
+        pmfs_and_scores = [(part, None) for part in parts]
+    index = {c.item_id: i for i, c in enumerate(candidates)}
+    return tuple(SlotChoice(item_id, pmf[index[item_id]], pmf, scores)
+                 for item_id, (pmf, scores) in zip(slots, pmfs_and_scores, strict=True))
+
+
+def decision_from_export(record: Mapping[str, object]) -> LoggedDecision:
+    """The decision of a joined record (:meth:`engine.eventlog.SQLiteEventLog.joined`, its JSON
+    Lines export, or the archive)."""
+    return LoggedDecision(
+        event_id=record["event_id"],  # type: ignore[arg-type]
+        ts=record["ts"],  # type: ignore[arg-type]
+        user_id=record["user_id"],  # type: ignore[arg-type]
+        user_features=features_from_dict(record["user_features"]),  # type: ignore[arg-type]
+        context=features_from_dict(record["context"]),  # type: ignore[arg-type]
+        candidates=tuple(Candidate(c["item_id"], features_from_dict(c["features"]))
+                         for c in record["candidates"]),  # type: ignore[attr-defined]
+        slots=tuple(SlotChoice(s["item_id"], s["probability"], tuple(s["pmf"]))
+                    for s in record["slots"]),  # type: ignore[attr-defined]
+        model_version=record["model_version"],  # type: ignore[arg-type]
+        deferred=record["deferred"],  # type: ignore[arg-type]
+        deadline=record["deadline"],  # type: ignore[arg-type]
+        schema_version=record["schema_version"],  # type: ignore[arg-type]
+        undelivered=record["undelivered"],  # type: ignore[arg-type]
     )
 
 

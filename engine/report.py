@@ -53,12 +53,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.archive import Archive
 from engine.bandit import VWBandit, action_line, shared_line
 from engine.errors import InvalidRequest
 from engine.eventlog import SQLiteEventLog
 from engine.ope import IPS, SNIPS, BanditFeedback, Bootstrap, Estimate, Estimator
 from engine.ope.base import Terms
-from engine.records import LoggedDecision
+from engine.records import LoggedDecision, decision_from_export
 from engine.types import Candidate
 
 DEFAULT_WINDOW_SECONDS = 86_400.0
@@ -173,15 +174,17 @@ def learning_report(
     now: float,
     closing_lag: float = 1.0,
     bootstrap: Bootstrap = Bootstrap(),
+    archive: Archive | None = None,
 ) -> LearningReport:
     """The report over ``request``'s window ending ``now`` (``request`` resolved: :meth:`ReportRequest.resolved`),
     the greedy policy being ``bandit``'s.
 
     Decisions whose reward window ended within ``closing_lag`` seconds of ``now`` are left out: the
     windows that ended are closed on a timer, and until then only their rewarded slots are final.
+    The part of the window that retention deleted from the log is read from its ``archive``.
     """
     start = now - request.window_seconds
-    rows = list(_window_rows(log, bandit, start, now - closing_lag, request.max_decisions))
+    rows = list(_window_rows(log, archive, bandit, start, now - closing_lag, request.max_decisions))
     versions: dict[str, list[_Row]] = {}
     for row in rows:  # newest first, so versions come in order of their newest decision
         versions.setdefault(row.version, []).append(row)
@@ -195,21 +198,35 @@ def learning_report(
 
 
 def _window_rows(
-    log: SQLiteEventLog, bandit: VWBandit, start: float, closed_by: float, max_decisions: int
+    log: SQLiteEventLog, archive: Archive | None, bandit: VWBandit, start: float, closed_by: float, max_decisions: int
 ) -> Iterator[_Row]:
     """The newest decisions since ``start`` whose reward window ended by ``closed_by``, newest first,
-    within the limits.
-
-    Outcomes are read by ``seq`` downwards; an outcome is final after its decision, so the first
-    one older than ``start`` ends the window (up to the commit order of simultaneous rewards).
-    """
-    before: int | None = None
+    within the limits: from the log, then from the archive if the log ran out before ``start``."""
     taken = scored = 0
     lines = _ActionLines()
+    for decision, reward in _settled(log, archive, start, closed_by):
+        yield _row(decision, reward, bandit, lines)
+        taken += 1
+        scored += len(decision.candidates)
+        if taken >= max_decisions or scored >= MAX_CANDIDATES_SCORED:
+            return
+
+
+def _settled(
+    log: SQLiteEventLog, archive: Archive | None, start: float, closed_by: float
+) -> Iterator[tuple[LoggedDecision, float]]:
+    """Decisions since ``start`` whose window ended by ``closed_by``, with slot 0's final reward, newest first.
+
+    Outcomes are read by ``seq`` downwards; an outcome is final after its decision, so the first
+    one older than ``start`` ends the window (up to the commit order of simultaneous rewards). When
+    the log's outcomes run out first, the older part of the window is what retention archived.
+    """
+    before: int | None = None
+    seen: set[str] = set()  # an event archived but not yet deleted from the log is counted once
     while True:
         batch = log.settled_outcomes_before(before, slot=0, deadline=closed_by, limit=_BATCH)
         if not batch:
-            return
+            break
         before = batch[-1].seq
         recent = [o for o in batch if o.ts >= start]
         decisions = log.decisions(o.event_id for o in recent)
@@ -217,13 +234,17 @@ def _window_rows(
             decision = decisions.get(outcome.event_id)
             if decision is None or decision.ts < start or not decision.slots:
                 continue
-            yield _row(decision, outcome.reward, bandit, lines)
-            taken += 1
-            scored += len(decision.candidates)
-            if taken >= max_decisions or scored >= MAX_CANDIDATES_SCORED:
-                return
+            seen.add(decision.event_id)
+            yield decision, outcome.reward
         if len(recent) < len(batch):
             return
+    if archive is None:
+        return
+    for record in archive.records_newest_first(start=start):
+        slots = record["slots"]
+        if record["event_id"] in seen or not slots or slots[0]["reward"] is None or record["deadline"] > closed_by:  # type: ignore[index, operator]
+            continue
+        yield decision_from_export(record), float(slots[0]["reward"])  # type: ignore[index]
 
 
 class _ActionLines:

@@ -13,20 +13,31 @@ Features = Mapping[str, FeatureValue]
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    """An item offered to the bandit for one request."""
-
-    item_id: str
-    features: Features = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class Item:
-    """A catalog item: the features every request inherits for it, and whether it may be shown."""
+    """A catalog item: the features every request inherits for it, and whether it may be shown.
+
+    ``version`` names these features in the event log's catalog versions (content-addressed: the
+    same item id and features always get the same one); 0 until the log has stored them.
+    """
 
     item_id: str
     features: Features = field(default_factory=dict)
     active: bool = True
+    version: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item offered to the bandit for one request.
+
+    ``catalog`` is the catalog item whose features ``features`` extend (None: not from the
+    catalog). The event log then stores the candidate as a reference to that item's version plus
+    the features that differ from it, instead of all its features.
+    """
+
+    item_id: str
+    features: Features = field(default_factory=dict)
+    catalog: Item | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,9 +268,13 @@ class BenchClient:
         self._feedback = recommender.Feedback
         self._check = health_pb2_grpc.HealthStub(channel).Check
         self._health_request = health_pb2.HealthCheckRequest(service="")
-        self._requests = make_recommend_requests(seed)
+        self._requests = self.make_requests(seed)
         self._next_request = 0
         self._events: deque[str] = deque()
+
+    def make_requests(self, seed: int) -> list[pb.RecommendRequest]:
+        """The Recommend requests this client cycles through (a subclass may send others)."""
+        return make_recommend_requests(seed)
 
     async def call(self, operation: str) -> bool:
         """Make one call of ``operation``; False when Feedback has no unrewarded event left."""
@@ -336,12 +340,12 @@ def open_channel(target: Target) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=target.root_certificates))
 
 
-async def serve_jobs(conn: Connection, target: Target, seed: int) -> None:
+async def serve_jobs(conn: Connection, target: Target, seed: int, client_class: type[BenchClient]) -> None:
     """Answer each :class:`Job` received on ``conn`` until ``None``; report failures as text."""
     loop = asyncio.get_running_loop()
     async with open_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        client = BenchClient(channel, seed, target.token)
+        client = client_class(channel, seed, target.token)
         conn.send("ready")
         while (job := await loop.run_in_executor(None, conn.recv)) is not None:
             try:
@@ -350,10 +354,10 @@ async def serve_jobs(conn: Connection, target: Target, seed: int) -> None:
                 conn.send(f"{job.operation} at concurrency {job.concurrency} failed:\n{traceback.format_exc()}")
 
 
-def client_main(conn: Connection, target: Target, seed: int) -> None:
+def client_main(conn: Connection, target: Target, seed: int, client_class: type[BenchClient]) -> None:
     """Entry point of the spawned client process."""
     try:
-        asyncio.run(serve_jobs(conn, target, seed))
+        asyncio.run(serve_jobs(conn, target, seed, client_class))
     finally:
         conn.close()
 
@@ -362,12 +366,14 @@ def client_main(conn: Connection, target: Target, seed: int) -> None:
 
 
 class ClientProcess:
-    """The spawned client process and the pipe that carries its jobs and results."""
+    """The spawned client process, running a ``client_class`` (importable by name), and the pipe that
+    carries its jobs and results."""
 
-    def __init__(self, target: Target, seed: int) -> None:
+    def __init__(self, target: Target, seed: int, client_class: type[BenchClient] = BenchClient) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        self._process = context.Process(target=client_main, args=(child_conn, target, seed), name="bench-client")
+        self._process = context.Process(target=client_main, args=(child_conn, target, seed, client_class),
+                                        name="bench-client")
         self._process.daemon = True
         self._process.start()
         child_conn.close()
@@ -532,11 +538,18 @@ def run_benchmark(running: RunningServer, tls: RunningServer, tls_target: Target
             results.append(measure(tls, tls_client, Job(RECOMMEND_TLS, concurrency, args.seconds, args.warmup)))
         ceilings = {r.concurrency: r.rate for r in results if r.operation == HEALTH}
         for concurrency in args.concurrency:
-            needed = math.ceil(ceilings[concurrency] * (args.seconds + args.warmup) * 1.25)
-            budget = max(MIN_EVENT_SECONDS, 3 * args.seconds)
-            client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), seconds=budget, count=needed))
-            results.append(measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup)))
+            results.append(measure_feedback(running, client, concurrency, args, ceilings[concurrency]))
         return results
+
+
+def measure_feedback(running: RunningServer, client: ClientProcess, concurrency: int, args: argparse.Namespace,
+                     ceiling_rate: float) -> Result:
+    """Feedback at ``concurrency`` over the client's events, after untimed Recommends have made enough
+    for a window at the ceiling's rate."""
+    needed = math.ceil(ceiling_rate * (args.seconds + args.warmup) * 1.25)
+    budget = max(MIN_EVENT_SECONDS, 3 * args.seconds)
+    client.ask(Job(CREATE_EVENTS, max(concurrency, TARGET_CONCURRENCY), seconds=budget, count=needed))
+    return measure(running, client, Job(FEEDBACK, concurrency, args.seconds, args.warmup))
 
 
 def combined(windows: Sequence[Result]) -> Result:
@@ -580,8 +593,9 @@ def format_table(results: Sequence[Result]) -> str:
         cpu = (f"{r.server_cpu_us:,.0f}", f"{r.client_cpu_us:,.0f}", f"{r.cores_busy:.2f}")
         latency_and_ratio = (f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", "n/a" if ratio is None else f"{ratio:.2f}")
         lines.append("| " + " | ".join((*cells, *latency_and_ratio, *cpu)) + " |")
-    lines += ["", f"Baseline: the ceiling at the same concurrency; for {RECOMMEND_TLS} and {RECOMMEND_METRICS}, "
-                  f"plaintext {RECOMMEND}."]
+    lines += ["", "Baseline: the ceiling at the same concurrency" + (
+        f"; for {RECOMMEND_TLS} and {RECOMMEND_METRICS}, plaintext {RECOMMEND}."
+        if any(r.operation in (RECOMMEND_TLS, RECOMMEND_METRICS) for r in results) else ".")]
     return "\n".join(lines)
 
 

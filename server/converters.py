@@ -145,6 +145,7 @@ def forgotten_user_to_proto(forgotten: ForgottenUser) -> pb.ForgetUserResponse:
         rewards_deleted=forgotten.log.rewards,
         outcomes_deleted=forgotten.log.outcomes,
         embedding_removed=forgotten.embedding_removed,
+        archived_decisions_deleted=forgotten.archived,
     )
 
 

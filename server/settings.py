@@ -175,6 +175,8 @@ class Settings(BaseSettings):
     reward_range: str = Field("0,1", description="LOW,HIGH: the rewards regcbopt assumes")
     retention: str = Field("", description="delete events decided longer ago than this (30d, 12h, …) once "
                                            "every slot is final and learned; empty: keep every event")
+    archive_dir: str = Field("", description="with --retention: first write what it deletes to day-partitioned "
+                                             "Parquet files in this folder, which every reader of the log reads too")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
     seed: int = Field(0, description="seed of the exploration draws")
     checkpoint_interval: float = Field(60.0, description="seconds between checkpoints of the model")
@@ -290,6 +292,7 @@ class Settings(BaseSettings):
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
             retention_seconds=_retention(self.retention),
+            archive_dir=Path(self.archive_dir) if self.archive_dir.strip() else None,
         )
 
     def _check_ranges(self) -> None:

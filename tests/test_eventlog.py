@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -136,13 +137,18 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
     with sqlite3.connect(tmp_path / "events.db") as conn:  # make it the version-1 layout
         conn.execute("DROP INDEX decisions_user")
         conn.execute("ALTER TABLE decisions DROP COLUMN undelivered")
+        conn.execute("ALTER TABLE decisions DROP COLUMN pmf")
+        conn.execute("UPDATE decisions SET record = json_set(record, '$.schema_version', 1, '$.slots',"
+                     " json('[[\"b\",0.5,[0.25,0.5,0.25]],[\"a\",0.75,[0.75,0.0,0.25]]]'))")
+        conn.execute("ALTER TABLE items DROP COLUMN version")
+        conn.execute("DROP TABLE item_versions")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     log = open_log(tmp_path)
     try:
         old = log.get_decision("old")
-        assert old == decision("old", old.ts) and not old.undelivered
+        assert old == dataclasses.replace(decision("old", old.ts), schema_version=1) and not old.undelivered
         (version,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == "2"
+        assert version == "3"
     finally:
         log.close()
 
@@ -155,5 +161,5 @@ def test_a_log_of_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
     open_log(tmp_path).close()
     with sqlite3.connect(tmp_path / "events.db") as conn:
         conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
-    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 2 this recbandit reads"):
+    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 3 this recbandit reads"):
         open_log(tmp_path)

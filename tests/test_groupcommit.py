@@ -14,7 +14,7 @@ from engine.bandit import action_line
 from engine.errors import UnknownEvent
 from engine.eventlog import SQLiteEventLog
 from engine.features import EncodedCandidates, frozen_features
-from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_from_json, decision_to_json
+from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_from_json, decision_pmfs, decision_to_json
 from engine.rewards import RewardRules
 from engine.types import Candidate, Status
 
@@ -121,7 +121,7 @@ def test_records_built_from_cached_candidate_json_read_back_equal(tmp_path: Path
     record = decision_to_json(d, [candidate_to_json(c) for c in d.candidates])
     assert record == decision_to_json(d)
     back = decision_from_json(record, event_id="e1", ts=d.ts, user_id="u1", model_version=d.model_version,
-                              deferred=False, deadline=d.deadline)
+                              deferred=False, deadline=d.deadline, pmfs=decision_pmfs(d))
     assert back == d
 
 

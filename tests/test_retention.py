@@ -14,6 +14,7 @@ from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.bench import free_port
 from server.settings import Settings
 from tests.test_api import recommend_request
+from tests.test_eventlog import decision
 from tests.test_metrics import scrape
 
 
@@ -58,7 +59,7 @@ def test_an_event_not_yet_learned_is_kept_however_old(start_server) -> None:  # 
     running, client = start_server(retention="1s", reward_window="1h")
     event_id = client.recommender.Recommend(recommend_request()).event_id  # its window stays open
     time.sleep(1.5)
-    assert running.engine.log.prune(time.time() - 1.0, running.engine.model_info().examples_learned) == 0
+    assert running.engine.log.prunable(time.time() - 1.0, running.engine.model_info().examples_learned, 10) == []
     assert running.engine.log.get_decision(event_id) is not None
 
 
@@ -78,7 +79,8 @@ def test_a_log_made_before_retention_reuses_its_pages_without_a_vacuum_per_page(
         conn.execute("CREATE TABLE placeholder (x)")
     log = SQLiteEventLog(path, RewardRules())
     try:
-        assert not log._vacuums and log.prune(time.time(), 0) == 0
+        log.append_decision(decision("e1", time.time() - 10))
+        assert not log._vacuums and log.delete_events(["e1", "unknown"]) == 1 and log.counts()["decisions"] == 0
     finally:
         log.close()
     fresh = SQLiteEventLog(tmp_path / "fresh.db", RewardRules())

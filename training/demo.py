@@ -119,6 +119,10 @@ def plot_learning_curve(blocks: list[Block], path: Path) -> None:
     plt.close(fig)
 
 
+REWARD_WINDOW_SECONDS = 5
+"""The demo's reward window: the simulated storefront reports at once, so a short one suffices."""
+
+
 def demo_world(events: int, seed: int, drift: bool = False) -> WorldConfig:
     """The demo's storefront: 200 items, 20 more arriving halfway, optionally a taste drift at 60%."""
     return WorldConfig(seed=seed, new_items_at=events // 2, new_items=20, drift_at=int(events * 0.6) if drift else None)
@@ -137,7 +141,8 @@ def run_demo(
 ) -> list[Block]:
     began = time.perf_counter()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
-    settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window="5s", seed=seed)
+    settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window=f"{REWARD_WINDOW_SECONDS}s",
+                        seed=seed)
     running = start(settings)
     try:
         with RecbanditClient(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE) as recbandit:
@@ -151,6 +156,8 @@ def run_demo(
                 if not quiet:
                     print(f"serving embeddings {reloaded.artifact}")
                 pages += _play(client, halfway, events - halfway, concurrency, quiet)
+        time.sleep(REWARD_WINDOW_SECONDS)  # every reward is in: the last windows close, so the log is final
+        running.engine.close_windows()
         running.engine.wait_until_learned()
         blocks = summarise(pages, block)
         explored = exploration_rate(running.engine.log)

@@ -380,7 +380,7 @@ def load_training_data(
             interactions, user_features = interactions_from_log(load_joined(events), config)
             sources.append(interactions_dataset(Path(events), interactions))
         elif log is not None:
-            interactions, user_features = interactions_from_log(log.joined(), config)
+            interactions, user_features = interactions_from_log(log.history(), config)
             sources.append(interactions_dataset(database, interactions))
         else:
             interactions, user_features = [], {}

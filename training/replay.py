@@ -109,7 +109,7 @@ def load_joined(source: str | Path) -> list[dict[str, object]]:
 
     log = SQLiteEventLog(path, RewardRules())
     try:
-        return list(log.joined())
+        return list(log.history())
     finally:
         log.close()
 

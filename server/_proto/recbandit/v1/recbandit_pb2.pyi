@@ -325,16 +325,18 @@ class ForgetUserRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class ForgetUserResponse(_message.Message):
-    __slots__ = ("decisions_deleted", "rewards_deleted", "outcomes_deleted", "embedding_removed")
+    __slots__ = ("decisions_deleted", "rewards_deleted", "outcomes_deleted", "embedding_removed", "archived_decisions_deleted")
     DECISIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
     REWARDS_DELETED_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_DELETED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_DECISIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
     decisions_deleted: int
     rewards_deleted: int
     outcomes_deleted: int
     embedding_removed: bool
-    def __init__(self, decisions_deleted: _Optional[int] = ..., rewards_deleted: _Optional[int] = ..., outcomes_deleted: _Optional[int] = ..., embedding_removed: _Optional[bool] = ...) -> None: ...
+    archived_decisions_deleted: int
+    def __init__(self, decisions_deleted: _Optional[int] = ..., rewards_deleted: _Optional[int] = ..., outcomes_deleted: _Optional[int] = ..., embedding_removed: _Optional[bool] = ..., archived_decisions_deleted: _Optional[int] = ...) -> None: ...
 
 class GetLearningReportRequest(_message.Message):
     __slots__ = ("window_seconds", "max_decisions")

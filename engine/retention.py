@@ -1,0 +1,84 @@
+"""What deletes events from the log: retention passes, and forgetting a user.
+
+A retention pass deletes the events decided longer ago than the retention whose every slot is
+final and learned, :data:`~engine.eventlog.PRUNE_BATCH` per transaction so that serving writes take
+turns with it. With an archive (:mod:`engine.archive`) it first writes them to the day's Parquet
+file, durably, and records the archive's folder in the log, so that every reader of the log reads
+the archive with it (:meth:`~engine.eventlog.SQLiteEventLog.history`).
+
+The archive prefers few large files to many small ones: a pass archives when at least
+:data:`ARCHIVE_MIN_EVENTS` events are due, or when the oldest due event has waited for
+:data:`ARCHIVE_MAX_WAIT` beyond the retention (or the retention itself, if shorter).
+
+Forgetting a user and a pass never run at once: a pass between reading a user's events and
+deleting them would otherwise archive what the user had asked to be forgotten.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from engine.archive import Archive
+from engine.eventlog import PRUNE_BATCH, Forgotten, SQLiteEventLog
+
+PRUNE_INTERVAL = 5.0
+"""Seconds between retention passes."""
+
+PASS_LIMIT = 20 * PRUNE_BATCH
+"""The most events one pass deletes (and archives, into one file per day)."""
+
+ARCHIVE_MIN_EVENTS = 1_000
+ARCHIVE_MAX_WAIT = 3_600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForgottenEvents:
+    """What forgetting a user deleted: from the log, and how many archived records."""
+
+    log: Forgotten
+    archived: int
+
+
+class Retention:
+    """Deletes events past ``seconds`` (None: never) from ``log``, archiving them first to ``archive``."""
+
+    def __init__(self, log: SQLiteEventLog, seconds: float | None, archive: Archive | None) -> None:
+        self.log = log
+        self.seconds = seconds
+        self.archive = archive
+        self._lock = threading.Lock()  # a pass, or forgetting a user
+        self._archive_recorded = archive is not None and log.archive_dir() is not None
+
+    def run(self, learned_seq: int) -> int:
+        """One pass: delete (and archive) the due events of a model that learned up to ``learned_seq``."""
+        if self.seconds is None:
+            return 0
+        before = time.time() - self.seconds
+        with self._lock:
+            due = self.log.prunable(before, learned_seq, PASS_LIMIT)
+            if not due:
+                return 0
+            event_ids = [event_id for event_id, _ in due]
+            if self.archive is not None:
+                oldest = due[0][1]
+                if len(due) < ARCHIVE_MIN_EVENTS and oldest > before - min(self.seconds, ARCHIVE_MAX_WAIT):
+                    return 0  # one small file now, or a fuller one later: wait while the oldest is young
+                self._archive(event_ids)
+            return sum(self.log.delete_events(event_ids[i : i + PRUNE_BATCH])
+                       for i in range(0, len(event_ids), PRUNE_BATCH))
+
+    def _archive(self, event_ids: list[str]) -> None:
+        assert self.archive is not None
+        self.archive.write(self.log.joined_events(event_ids))
+        if not self._archive_recorded:
+            self.log.set_archive_dir(self.archive.directory)
+            self._archive_recorded = True
+
+    def forget_user(self, user_id: str) -> ForgottenEvents:
+        """Delete ``user_id``'s events from the log and from the archive."""
+        with self._lock:
+            forgotten = self.log.forget_user(user_id)
+            archived = self.archive.forget_user(user_id) if self.archive is not None else 0
+        return ForgottenEvents(forgotten, archived)

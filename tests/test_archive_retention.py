@@ -1,0 +1,178 @@
+"""--archive-dir: what retention deletes goes to Parquet first, and every reader reads the archive
+and the live log as one history, equal to the log had nothing been deleted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.archive import Archive
+from engine.core import Engine, EngineConfig
+from engine.errors import StartupRefused
+from engine.eventlog import SQLiteEventLog
+from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.report import ReportRequest
+from engine.rewards import RewardRules
+from engine.types import Candidate, Item
+from server.cli import main
+from training.evaluate import EvaluationConfig, evaluate
+from training.replay import PolicyCandidate
+
+DAY = 86_400.0
+WINDOW = 60.0
+
+
+def write_history(path: Path, now: float) -> list[str]:
+    """A log of 120 decisions over the last ten days, catalog candidates by version and request
+    candidates whole, a third rewarded, every window closed: 100 of them older than a day."""
+    log = SQLiteEventLog(path, RewardRules(window_seconds=WINDOW))
+    try:
+        items = [Item(f"sku-{i}", {"category": f"cat-{i % 3}", "price": 10.0 + i, "tags": ("sale",) * (i % 2)})
+                 for i in range(6)]
+        catalog = [Item(i.item_id, i.features, True, v) for i, v in zip(items, log.upsert_items(items), strict=True)]
+        event_ids = []
+        for n in range(120):
+            ts = now - 10 * DAY + n * (8.8 * DAY / 100) if n < 100 else now - 3600.0 + n
+            candidates = (*(Candidate(i.item_id, i.features, i) for i in catalog[n % 3 : n % 3 + 3]),
+                          Candidate(f"gift-{n % 4}", {"kind": "card", "value": float(n % 4)}))
+            pmf = (0.4, 0.3, 0.2, 0.1) if n % 2 else (0.1, 0.2, 0.3, 0.4)
+            chosen = n % 4
+            event_id = f"event-{n:03d}"
+            log.append_decision(LoggedDecision(
+                event_id=event_id, ts=ts, user_id=f"user-{n % 7}", user_features={"segment": f"s{n % 2}", "visits": float(n)},
+                context={"channel": "app"}, candidates=candidates,
+                slots=(SlotChoice(candidates[chosen].item_id, pmf[chosen], pmf),),
+                model_version="vw-test@0", deferred=False, deadline=ts + WINDOW))
+            if n % 3 == 0:
+                log.append_reward(Reward(event_id, "", "click", 1.0, ts + 1.0))
+            event_ids.append(event_id)
+        log.close_windows(now)
+        return event_ids
+    finally:
+        log.close()
+
+
+def exported(records: object) -> list[dict[str, object]]:
+    return [json.loads(json.dumps(r)) for r in records]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pruned(tmp_path: Path) -> Iterator[tuple[Engine, Path, Path]]:
+    """An engine with one day of retention and an archive, over a log of ten days; and an unpruned copy of that log."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_history(data / "events.db", time.time())
+    unpruned = tmp_path / "unpruned"
+    unpruned.mkdir()
+    shutil.copy(data / "events.db", unpruned / "events.db")
+    engine = Engine(EngineConfig(data_dir=data, rewards=RewardRules(window_seconds=WINDOW),
+                                 retention_seconds=DAY, archive_dir=tmp_path / "archive"))
+    try:
+        deadline = time.monotonic() + 30
+        while engine.log.counts()["decisions"] > 20:  # the learner re-learns the log, then its pass archives
+            assert time.monotonic() < deadline, engine.log.counts()
+            time.sleep(0.1)
+        yield engine, unpruned, tmp_path / "archive"
+    finally:
+        engine.close()
+
+
+def test_pruned_events_are_archived_by_day_and_the_history_equals_the_unpruned_log(pruned) -> None:  # type: ignore[no-untyped-def]
+    engine, unpruned, archive_dir = pruned
+    archive = Archive(archive_dir)
+    assert archive.count() == 100 and len(archive.days()) >= 10
+    assert engine.log.counts()["decisions"] == 20
+    assert engine.log.archive_dir() == archive_dir.resolve()
+    whole = SQLiteEventLog(unpruned / "events.db", RewardRules(window_seconds=WINDOW))
+    try:
+        expected = exported(whole.joined())
+    finally:
+        whole.close()
+    assert exported(engine.log.history()) == expected
+    assert exported(engine.log.history())[:100] == exported(archive.records())
+
+
+def test_estimates_from_archive_and_log_equal_those_of_the_unpruned_log(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    engine, unpruned, _ = pruned
+    engine.close()
+    config = EvaluationConfig(candidates=(PolicyCandidate(),), n_resamples=50, compare_python_replay=False)
+    estimates = [
+        {p.name: {k: (e.value, e.ci_low, e.ci_high) for k, e in p.overall.items()} for p in evaluate(source, config).policies}
+        for source in (engine.log.path, unpruned)
+    ]
+    assert estimates[0] == estimates[1]
+    assert estimates[0]["logging"]["ips"][0] == pytest.approx(40 / 120)  # every third decision was rewarded
+
+
+def test_export_log_and_the_learning_report_read_the_archive_too(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    engine, _, _ = pruned
+    report = engine.learning_report(ReportRequest(window_seconds=30 * DAY, max_decisions=1000))
+    assert report.overall.decisions == 120
+    engine.close()
+    out = tmp_path / "events.jsonl"
+    assert main(["export-log", "--data-dir", str(Path(engine.log.path).parent), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 120
+
+
+def test_forgetting_a_user_removes_their_archived_events(pruned) -> None:  # type: ignore[no-untyped-def]
+    engine, _, archive_dir = pruned
+    forgotten = engine.forget_user("user-3")
+    archived = sum(1 for n in range(100) if n % 7 == 3)
+    assert forgotten.archived == archived and len(forgotten.log.event_ids) == sum(1 for n in range(100, 120) if n % 7 == 3)
+    assert all(r["user_id"] != "user-3" for r in engine.log.history())
+    assert Archive(archive_dir).count() == 100 - archived
+
+
+def test_an_archive_elsewhere_than_the_logs_or_without_retention_is_refused(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    engine, _, archive_dir = pruned
+    engine.close()
+    data = Path(engine.log.path).parent
+    with pytest.raises(StartupRefused, match=f"archives to {archive_dir.resolve()}"):
+        Engine(EngineConfig(data_dir=data, retention_seconds=DAY, archive_dir=tmp_path / "elsewhere"))
+    with pytest.raises(StartupRefused, match="set --retention too"):
+        Engine(EngineConfig(data_dir=tmp_path / "fresh", archive_dir=tmp_path / "elsewhere"))
+
+
+def test_a_missing_archive_is_named_rather_than_read_as_no_history(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    engine, _, archive_dir = pruned
+    engine.close()
+    shutil.rmtree(archive_dir)
+    log = SQLiteEventLog(engine.log.path, RewardRules())
+    try:
+        with pytest.raises(FileNotFoundError, match="the archive of this event log"):
+            log.history()
+    finally:
+        log.close()
+    out = tmp_path / "events.jsonl"
+    assert main(["export-log", "--data-dir", str(Path(engine.log.path).parent), "--out", str(out)]) == 2
+
+
+def test_a_few_young_due_events_wait_for_a_fuller_archive_file(tmp_path: Path) -> None:
+    """Fewer than ARCHIVE_MIN_EVENTS due, the oldest not yet past twice the retention: nothing is archived yet."""
+    data = tmp_path / "data"
+    data.mkdir()
+    log = SQLiteEventLog(data / "events.db", RewardRules(window_seconds=1.0))
+    try:
+        now = time.time()
+        for n in range(5):
+            ts = now - 90.0 + n
+            log.append_decision(LoggedDecision(f"e{n}", ts, "u", {}, {}, (Candidate("a"), Candidate("b")),
+                                               (SlotChoice("a", 0.5, (0.5, 0.5)),), "m", False, ts + 1.0))
+        log.close_windows(now)
+    finally:
+        log.close()
+    engine = Engine(EngineConfig(data_dir=data, rewards=RewardRules(window_seconds=1.0), retention_seconds=60.0,
+                                 archive_dir=tmp_path / "archive"))
+    try:
+        assert engine.wait_until_learned()
+        assert engine._learner.prune() == 0 and engine.log.counts()["decisions"] == 5
+        with sqlite3.connect(engine.log.path) as conn:
+            assert conn.execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone() is None
+    finally:
+        engine.close()
