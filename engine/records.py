@@ -124,9 +124,10 @@ def decision_pmfs(decision: LoggedDecision) -> bytes:
     """
     slots = decision.slots
     if all(s.scores is not None for s in slots):
-        scores = [v for s in slots for v in s.scores]  # type: ignore[union-attr]
+        scores = tuple(v for s in slots for v in s.scores)  # type: ignore[union-attr]
         packed = struct.pack(f"<{len(scores)}f", *scores)
-        if [tuple(normalised(part)) for part in _unpacked(packed, _PMF_SCORES, len(slots))] == [s.pmf for s in slots]:
+        if (struct.unpack(f"<{len(scores)}f", packed) == scores  # single precision holds them exactly
+                and all(tuple(normalised(s.scores)) == s.pmf for s in slots)):  # type: ignore[arg-type]
             return _PMF_SCORES + packed
     values = [p for s in slots for p in s.pmf]
     return _PMF_DOUBLES + struct.pack(f"<{len(values)}d", *values)

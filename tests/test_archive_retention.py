@@ -110,11 +110,15 @@ def test_estimates_from_archive_and_log_equal_those_of_the_unpruned_log(pruned, 
     assert estimates[0]["logging"]["ips"][0] == pytest.approx(40 / 120)  # every third decision was rewarded
 
 
-def test_export_log_and_the_learning_report_read_the_archive_too(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    engine, _, _ = pruned
+def test_export_log_train_embeddings_and_the_learning_report_read_the_archive_too(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training.embeddings import EmbeddingConfig, load_training_data
+
+    engine, unpruned, _ = pruned
     report = engine.learning_report(ReportRequest(window_seconds=30 * DAY, max_decisions=1000))
     assert report.overall.decisions == 120
     engine.close()
+    interactions = [load_training_data(source, EmbeddingConfig()).interactions for source in (Path(engine.log.path).parent, unpruned)]
+    assert len(interactions[0]) == 40 and interactions[0] == interactions[1]
     out = tmp_path / "events.jsonl"
     assert main(["export-log", "--data-dir", str(Path(engine.log.path).parent), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 120
