@@ -13,7 +13,7 @@ import threading
 
 from engine.embeddings import Representation
 from engine.errors import InvalidRequest, PreconditionFailed
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.features import frozen_features, merge_features
 from engine.retrieval import LiveEmbeddings, Loaded
 from engine.types import Candidate, DecisionRequest, Item
@@ -35,7 +35,7 @@ class Catalog:
         The embeddings in use, whose retrieval index follows every write.
     """
 
-    def __init__(self, log: SQLiteEventLog, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
+    def __init__(self, log: EventLog, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
         self.log = log
         self.limits = limits
         self.lock = lock

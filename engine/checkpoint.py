@@ -35,7 +35,7 @@ class Checkpoint:
     bandit: dict[str, object]
     policy: dict[str, str] | None = None  # the registered policy (model_name, version, alias) it came from
     checksums: dict[str, str] = field(default_factory=dict)  # file name → sha256 (hex) of every file it names
-    log_id: str | None = None  # the event log it learned from (``SQLiteEventLog.log_id``); None: written before ids
+    log_id: str | None = None  # the event log it learned from (``EventLog.log_id``); None: written before ids
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -30,7 +30,7 @@ from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir
 from engine.embeddings import Representation
 from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady, StartupRefused
-from engine.eventlog import EVENT_LOG, Forgotten, SQLiteEventLog
+from engine.eventlog import EVENT_LOG, Forgotten, EventLog
 from engine.explain import Explainer, Explanation
 from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
@@ -64,6 +64,7 @@ class EngineConfig:
     user_id_key: bytes | None = None  # set: user ids are stored as HMAC-SHA256(key, user_id), never raw
     retention_seconds: float | None = None  # set: final, learned events older than this are deleted
     archive_dir: Path | None = None  # set (with retention): what retention deletes is archived here first
+    store: str = ""  # a postgresql:// URL: the event log lives there; empty: events.db in data_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +89,10 @@ class Engine:
         with ExitStack() as undo:  # a failed start leaves the log closed and the directory unlocked
             self._data_dir_lock = lock_data_dir(self._dir)
             undo.callback(self._data_dir_lock.release)
-            self.log = SQLiteEventLog(self._dir / EVENT_LOG, config.rewards)
+            self.log = EventLog(config.store or self._dir / EVENT_LOG, config.rewards)
             undo.callback(self.log.close)
+            self._store_claim = self.log.claim()
+            undo.callback(self._store_claim.release)
             self._start()
             undo.pop_all()
 
@@ -395,8 +398,9 @@ class Engine:
             self.embeddings.close()
             self._learner.learn_pending()
             self._learner.checkpoint()
-        finally:  # whatever failed, the next server may open the directory
+        finally:  # whatever failed, the next server may open the directory and the store
             self.log.close()
+            self._store_claim.release()
             self._data_dir_lock.release()
 
 
@@ -409,7 +413,7 @@ class ForgottenUser:
     archived: int = 0  # records removed from the archive
 
 
-def _archive(config: EngineConfig, log: SQLiteEventLog) -> Archive | None:
+def _archive(config: EngineConfig, log: EventLog) -> Archive | None:
     """The archive of ``log``: the one it has archived to, else ``config.archive_dir``; a different
     folder than the log's is refused, as is an archive without retention (nothing would go there)."""
     recorded = log.archive_dir()

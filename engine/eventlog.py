@@ -1,7 +1,9 @@
-"""The durable event log on SQLite (WAL): decisions, rewards, final outcomes and the catalog.
+"""The durable event log: decisions, rewards, final outcomes and the catalog.
 
-Writes go through :class:`~engine.groupcommit.GroupCommitWriter` with ``synchronous=FULL``, so a
-call returns only after its transaction is on disk. Reads use one connection per thread and see
+It lives in a SQLite file (WAL, ``synchronous=FULL``) in the data directory, or in a PostgreSQL
+database (``--store postgresql://…``); :mod:`engine.storage` holds what differs, and the SQL here
+is written once for both. Writes go through :class:`~engine.groupcommit.GroupCommitWriter`, so a
+call returns only after its transaction is durable. Reads use one connection per thread and see
 every committed write.
 
 Tables: ``decisions`` (one row per Recommend), ``rewards`` (one per distinct event, item and
@@ -17,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,7 @@ from engine.records import (
     features_to_json,
 )
 from engine.features import frozen_features
+from engine.storage import Claim, Connection, open_database
 from engine.rewards import Aggregation, RewardRules
 from engine.types import Features, Item, Status
 
@@ -47,17 +49,17 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     event_id TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    deadline REAL NOT NULL,
+    ts {real} NOT NULL,
+    deadline {real} NOT NULL,
     user_id TEXT NOT NULL,
     chosen TEXT NOT NULL,
     deferred INTEGER NOT NULL,
-    activated_ts REAL,
+    activated_ts {real},
     closed INTEGER NOT NULL DEFAULT 0,
     model_version TEXT NOT NULL,
     record TEXT NOT NULL,
     undelivered INTEGER NOT NULL DEFAULT 0,
-    pmf BLOB
+    pmf {blob}
 );
 CREATE INDEX IF NOT EXISTS decisions_open ON decisions (deadline) WHERE closed = 0;
 CREATE INDEX IF NOT EXISTS decisions_user ON decisions (user_id);
@@ -66,18 +68,18 @@ CREATE TABLE IF NOT EXISTS rewards (
     event_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     label TEXT NOT NULL,
-    value REAL NOT NULL,
-    ts REAL NOT NULL,
+    value {real} NOT NULL,
+    ts {real} NOT NULL,
     PRIMARY KEY (event_id, item_id, label)
 );
 CREATE TABLE IF NOT EXISTS outcomes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq {integer_key},
     event_id TEXT NOT NULL,
     slot INTEGER NOT NULL,
     item_id TEXT NOT NULL,
-    reward REAL NOT NULL,
+    reward {real} NOT NULL,
     source TEXT NOT NULL,
-    ts REAL NOT NULL,
+    ts {real} NOT NULL,
     UNIQUE (event_id, slot)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -87,8 +89,8 @@ CREATE TABLE IF NOT EXISTS items (
     version INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS item_versions (
-    version INTEGER PRIMARY KEY,
-    digest BLOB NOT NULL UNIQUE,
+    version {integer_key},
+    digest {blob} NOT NULL UNIQUE,
     item_id TEXT NOT NULL,
     features TEXT NOT NULL
 );
@@ -115,35 +117,32 @@ PRUNE_BATCH = 500
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"
+_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
-class SQLiteEventLog:
-    def __init__(self, path: str | Path, rules: RewardRules) -> None:
-        self.path = str(path)
+class EventLog:
+    """The event log of ``store``: a SQLite file's path, or a ``postgresql://`` URL (:mod:`engine.storage`)."""
+
+    def __init__(self, store: str | Path, rules: RewardRules) -> None:
+        self.database = open_database(store)
+        self.path = self.database.name
         self.rules = rules
-        _create_private(self.path)
-        writer = self._connect(new=True)
-        self._vacuums = writer.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL: logs made since retention
-        self._migrate(writer)
-        self._version_items(writer)
-        self._name_new_log(writer)
+        writer = self.database.connect(writer=True)
+        try:
+            self._migrate(writer)
+            self._version_items(writer)
+            self._name_new_log(writer)
+        except BaseException:
+            writer.close()
+            raise
         self._versions: BoundedCache[int, tuple[str, Features]] = BoundedCache(*_VERSIONS_CACHED)
-        self._writer = GroupCommitWriter(writer)
+        self._writer = GroupCommitWriter(writer, begin=self.database.begin,
+                                         storage_failure=self.database.storage_failure)
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = [writer]
+        self._readers: list[Connection] = [writer]
         self._readers_lock = threading.Lock()
 
-    def _connect(self, *, new: bool = False) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        if new:  # takes effect on a log without tables only: its deleted rows' pages can go back (prune)
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA secure_delete=ON")  # deleted rows (ForgetUser) are zeroed, not left in free pages
-        return conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: Connection) -> None:
         """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one."""
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -153,24 +152,33 @@ class SQLiteEventLog:
             raise StartupRefused(f"the event log's schema version is {found}, " + (
                 f"newer than the {LOG_SCHEMA_VERSION} this recbandit reads: upgrade recbandit" if newer
                 else "which no recbandit wrote: is it a recbandit event log?"))
-        script = "BEGIN;"
-        if found is not None:
-            script += "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION))
-        script += _SCHEMA + f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{LOG_SCHEMA_VERSION}');COMMIT;"
-        conn.executescript(script)
+        if found == LOG_SCHEMA_VERSION:
+            return
+        script = "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION)) if found else ""
+        script += _SCHEMA.format(real=self.database.real, blob=self.database.blob,
+                                 integer_key=self.database.integer_key)
+        conn.execute(self.database.begin)
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(_SET_META, ("schema_version", str(LOG_SCHEMA_VERSION)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
-    @staticmethod
-    def _version_items(conn: sqlite3.Connection) -> None:
+    def _version_items(self, conn: Connection) -> None:
         """Give every item without a catalog version (those of a log older than versions) its version."""
         rows = conn.execute("SELECT item_id, features FROM items WHERE version = 0").fetchall()
         if rows:
-            conn.execute("BEGIN")
+            conn.execute(self.database.begin)
             versions = _store_versions(conn, rows)
             conn.executemany("UPDATE items SET version = ? WHERE item_id = ?",
                              [(v, item_id) for v, (item_id, _) in zip(versions, rows, strict=True)])
             conn.execute("COMMIT")
 
-    def _catalog_versions(self, conn: sqlite3.Connection) -> CatalogVersions:
+    def _catalog_versions(self, conn: Connection) -> CatalogVersions:
         """The reader of catalog versions for records read on ``conn``: each version decoded once,
         read-only, and shared by every candidate that names it."""
 
@@ -187,17 +195,21 @@ class SQLiteEventLog:
         return item
 
     @staticmethod
-    def _name_new_log(conn: sqlite3.Connection) -> None:
+    def _name_new_log(conn: Connection) -> None:
         """Give a new log its random :meth:`log_id`; a log that has one keeps it."""
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (os.urandom(16).hex(),))
+        conn.execute("INSERT INTO meta VALUES ('log_id', ?) ON CONFLICT DO NOTHING", (os.urandom(16).hex(),))
 
-    def _reader(self) -> sqlite3.Connection:
+    def _reader(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._connect()
+            conn = self._local.conn = self.database.connect()
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def claim(self) -> Claim:
+        """Hold the store for this server (:meth:`engine.storage.Database.claim`); refused if another has it."""
+        return self.database.claim()
 
     def watch_storage(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` from the writer thread whenever writes start or stop failing."""
@@ -257,7 +269,7 @@ class SQLiteEventLog:
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         return self._select_decision(self._reader(), event_id)
 
-    def _select_decision(self, conn: sqlite3.Connection, event_id: str) -> LoggedDecision | None:
+    def _select_decision(self, conn: Connection, event_id: str) -> LoggedDecision | None:
         row = conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
         return _decision(row, self._catalog_versions(conn)) if row else None
 
@@ -275,7 +287,7 @@ class SQLiteEventLog:
         return _InsertReward(reward, self.rules.aggregation is Aggregation.EARLIEST)
 
     def activate(self, event_id: str, ts: float) -> Status:
-        def update(conn: sqlite3.Connection) -> Status:
+        def update(conn: Connection) -> Status:
             _, deferred, activated_ts, closed, deadline = self._event_state(conn, event_id)
             if not deferred or activated_ts is not None:
                 return Status.DUPLICATE
@@ -287,7 +299,7 @@ class SQLiteEventLog:
         return self._writer.submit(update)
 
     @staticmethod
-    def _event_state(conn: sqlite3.Connection, event_id: str) -> tuple[list[str], bool, float | None, bool, float]:
+    def _event_state(conn: Connection, event_id: str) -> tuple[list[str], bool, float | None, bool, float]:
         row = conn.execute(
             "SELECT chosen, deferred, activated_ts, closed, deadline FROM decisions WHERE event_id = ?",
             (event_id,),
@@ -299,7 +311,7 @@ class SQLiteEventLog:
     def close_windows(self, now: float, *, limit: int = 2000) -> int:
         """Finalise every slot of events whose window closed by ``now``; return how many slots."""
 
-        def close(conn: sqlite3.Connection) -> int:
+        def close(conn: Connection) -> int:
             due = conn.execute(
                 "SELECT event_id, chosen, deferred, activated_ts, undelivered FROM decisions"
                 " WHERE closed = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
@@ -340,7 +352,7 @@ class SQLiteEventLog:
     def forget_user(self, user_id: str) -> Forgotten:
         """Delete the user's decisions, their rewards and final outcomes in one transaction."""
 
-        def forget(conn: sqlite3.Connection) -> Forgotten:
+        def forget(conn: Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
             rewards, outcomes, _ = _delete_events(conn, event_ids)
             return Forgotten(tuple(event_ids), rewards, outcomes)
@@ -365,11 +377,9 @@ class SQLiteEventLog:
         rewards and outcomes; return how many were here. The pages they held go back to the file
         system (incremental vacuum) in the same transaction."""
 
-        def delete(conn: sqlite3.Connection) -> int:
+        def delete(conn: Connection) -> int:
             deleted = _delete_events(conn, event_ids)[2]
-            if self._vacuums:  # an older log reuses the freed pages but cannot give them back
-                for _ in range(conn.execute("PRAGMA freelist_count").fetchone()[0]):
-                    conn.execute("PRAGMA incremental_vacuum(1)").close()  # one page a statement: Python steps once
+            self.database.give_back_pages(conn)
             return deleted
 
         return self._writer.submit(delete)
@@ -382,12 +392,11 @@ class SQLiteEventLog:
     def set_archive_dir(self, directory: Path) -> None:
         """Record where this log's events are archived, so that every reader of the log finds them."""
         value = str(directory.resolve())
-        self._writer.submit(lambda conn: conn.execute("INSERT OR REPLACE INTO meta VALUES ('archive_dir', ?)", (value,)))
+        self._writer.submit(lambda conn: conn.execute(_SET_META, ("archive_dir", value)))
 
     def _checkpoint_wal(self) -> None:
-        """Copy the WAL into the database and empty it, so that deleted rows leave the WAL file too."""
-        busy, _, _ = self._reader().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
+        """Copy SQLite's WAL into the database and empty it, so that deleted rows leave the WAL file too."""
+        if not self.database.fold_write_ahead_log(self._reader()):
             log.warning("the write-ahead log could not be emptied now (readers or writers busy); "
                         "the deleted rows leave it at the next checkpoint")
 
@@ -446,8 +455,7 @@ class SQLiteEventLog:
     def last_assigned_seq(self) -> int:
         """The highest outcome ``seq`` ever assigned: unlike :meth:`last_outcome_seq`, deleting outcomes
         never lowers it, so a checkpoint that learned beyond it was learned from another copy of the log."""
-        row = self._reader().execute("SELECT seq FROM sqlite_sequence WHERE name = 'outcomes'").fetchone()
-        return int(row[0]) if row else 0
+        return self.database.last_assigned(self._reader(), "outcomes", "seq")
 
     def log_id(self) -> str:
         """This log's random id, given when it was created: a checkpoint records the log it learned from."""
@@ -468,10 +476,11 @@ class SQLiteEventLog:
         items = list(items)
         features = [(i.item_id, features_to_json(i.features)) for i in items]
 
-        def upsert(conn: sqlite3.Connection) -> list[int]:
+        def upsert(conn: Connection) -> list[int]:
             versions = _store_versions(conn, features)
             conn.executemany(
-                "INSERT OR REPLACE INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?)",
+                "INSERT INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?) ON CONFLICT (item_id)"
+                " DO UPDATE SET features = excluded.features, active = excluded.active, version = excluded.version",
                 [(i.item_id, f, int(i.active), v) for i, (_, f), v in zip(items, features, versions, strict=True)],
             )
             return versions
@@ -482,7 +491,7 @@ class SQLiteEventLog:
         """Delete the given items; return the ids that existed."""
         ids = list(item_ids)
 
-        def delete(conn: sqlite3.Connection) -> list[str]:
+        def delete(conn: Connection) -> list[str]:
             deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
             return deleted
 
@@ -536,7 +545,7 @@ class SQLiteEventLog:
                                  chunk).fetchall()
         return list(self._joined_rows(conn, rows))
 
-    def _joined_rows(self, conn: sqlite3.Connection, rows: list[tuple]) -> Iterator[dict[str, object]]:  # type: ignore[type-arg]
+    def _joined_rows(self, conn: Connection, rows: list[tuple]) -> Iterator[dict[str, object]]:  # type: ignore[type-arg]
         """Rows of ``activated_ts`` and :data:`_DECISION_COLUMNS` as joined records, by ``(ts, event_id)``."""
         rows = sorted(rows, key=lambda row: (row[2], row[1]))
         versions = self._catalog_versions(conn)
@@ -563,23 +572,23 @@ class _InsertDecision:
     """The group-commit operation of one decision: None when inserted, else the logged decision."""
 
     __slots__ = ("row", "logged")
-    _SQL = ("INSERT OR IGNORE INTO decisions"
-            " (event_id, ts, deadline, user_id, chosen, deferred, model_version, record, pmf)")
+    _SQL = "INSERT INTO decisions (event_id, ts, deadline, user_id, chosen, deferred, model_version, record, pmf)"
+    _IGNORE = " ON CONFLICT DO NOTHING"
     _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
     _ROWS_PER_STATEMENT = 100  # 900 parameters: within every SQLite build's limit
 
     def __init__(self, row: tuple[object, ...],
-                 logged: Callable[[sqlite3.Connection, str], LoggedDecision | None]) -> None:
+                 logged: Callable[[Connection, str], LoggedDecision | None]) -> None:
         self.row = row
         self.logged = logged  # reads the decision that holds the event id
 
-    def __call__(self, conn: sqlite3.Connection) -> LoggedDecision | None:
-        if conn.execute(f"{self._SQL} VALUES {self._VALUES}", self.row).rowcount:
+    def __call__(self, conn: Connection) -> LoggedDecision | None:
+        if conn.execute(f"{self._SQL} VALUES {self._VALUES}{self._IGNORE}", self.row).rowcount:
             return None
         return self.logged(conn, str(self.row[0]))
 
     @staticmethod
-    def run_together(conn: sqlite3.Connection, inserts: list[_InsertDecision]) -> list[None]:
+    def run_together(conn: Connection, inserts: list[_InsertDecision]) -> list[None]:
         """Insert every decision with one statement per hundred.
 
         If any event id was taken (a retried Recommend) the count falls short: raise, so the
@@ -587,14 +596,15 @@ class _InsertDecision:
         """
         for chunk in _chunks(inserts, _InsertDecision._ROWS_PER_STATEMENT):
             values = ", ".join([_InsertDecision._VALUES] * len(chunk))
-            cursor = conn.execute(f"{_InsertDecision._SQL} VALUES {values}", [v for i in chunk for v in i.row])
+            cursor = conn.execute(f"{_InsertDecision._SQL} VALUES {values}{_InsertDecision._IGNORE}",
+                                  [v for i in chunk for v in i.row])
             if cursor.rowcount != len(chunk):
                 raise _EventIdTaken()
         return [None] * len(inserts)
 
 
-def _probe(conn: sqlite3.Connection) -> None:
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('storage_probe', ?)", (str(time.time()),))
+def _probe(conn: Connection) -> None:
+    conn.execute(_SET_META, ("storage_probe", str(time.time())))
 
 
 class _MarkDelivery:
@@ -606,7 +616,7 @@ class _MarkDelivery:
     def __init__(self, decision: LoggedDecision, delivered: bool) -> None:
         self.event_id, self.ts, self.undelivered = decision.event_id, decision.ts, int(not delivered)
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, conn: Connection) -> None:
         conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ? AND ts = ?",
                      (self.undelivered, self.event_id, self.ts))
 
@@ -620,11 +630,11 @@ class _InsertReward:
         self.reward = reward
         self.earliest = earliest  # the first reward of a slot makes it final
 
-    def __call__(self, conn: sqlite3.Connection) -> Status:
+    def __call__(self, conn: Connection) -> Status:
         reward = self.reward
-        item_id, slot = _reward_target(reward, SQLiteEventLog._event_state(conn, reward.event_id))
+        item_id, slot = _reward_target(reward, EventLog._event_state(conn, reward.event_id))
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO rewards VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (reward.event_id, item_id, reward.label, reward.value, reward.ts),
         )
         if not cursor.rowcount:
@@ -634,13 +644,13 @@ class _InsertReward:
         return Status.NEW
 
     @staticmethod
-    def run_together(conn: sqlite3.Connection, inserts: list[_InsertReward]) -> list[Status | Rejected]:
+    def run_together(conn: Connection, inserts: list[_InsertReward]) -> list[Status | Rejected]:
         """Commit many rewards with four statements: read their events and the rewards they already
         have, insert the new rewards, and (``earliest``) the outcomes they make final.
 
         Each reward gets what it would get alone, in order: refusals, DUPLICATE for one already
         logged or earlier in the batch, NEW otherwise; of several NEW rewards for one slot the
-        first makes it final (``INSERT OR IGNORE`` in batch order).
+        first makes it final (``ON CONFLICT DO NOTHING`` in batch order).
         """
         event_ids = list(dict.fromkeys(i.reward.event_id for i in inserts))
         states: dict[str, tuple[list[str], bool, float | None, bool, float]] = {}
@@ -683,8 +693,8 @@ class _InsertReward:
                          [v for row in chunk for v in row])
         for chunk in _chunks(outcomes, 150):
             conn.execute(
-                "INSERT OR IGNORE INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                "INSERT INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT DO NOTHING",
                 [v for row in chunk for v in row],
             )
         return results
@@ -717,7 +727,7 @@ def event_log_path(source: str | Path) -> Path:
     return path
 
 
-def _delete_events(conn: sqlite3.Connection, event_ids: list[str]) -> tuple[int, int, int]:
+def _delete_events(conn: Connection, event_ids: list[str]) -> tuple[int, int, int]:
     """Delete these events' rewards, outcomes and decisions; return how many of each."""
     rewards = outcomes = decisions = 0
     for chunk in _chunks(event_ids, 500):
@@ -726,16 +736,6 @@ def _delete_events(conn: sqlite3.Connection, event_ids: list[str]) -> tuple[int,
         outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
         decisions += conn.execute(f"DELETE FROM decisions WHERE event_id IN ({marks})", chunk).rowcount
     return rewards, outcomes, decisions
-
-
-def _create_private(path: str) -> None:
-    """Make the log file readable by its owner alone (a new one is created so); SQLite gives its -wal and
-    -shm files the same mode when it creates them."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        if os.stat(path).st_uid == os.getuid():
-            os.chmod(path, 0o600)
 
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
@@ -747,7 +747,7 @@ class _EventIdTaken(Exception):
     """A decision's event id is in the log already (handled by running the batch's writes one by one)."""
 
 
-def _store_versions(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> list[int]:
+def _store_versions(conn: Connection, items: list[tuple[str, str]]) -> list[int]:
     """The catalog versions of ``(item_id, features_json)`` pairs, stored if new.
 
     A version is addressed by its content: the digest of the item id and the features' JSON (whose
@@ -755,7 +755,7 @@ def _store_versions(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> l
     written, and a decision's reference always reads back what it was decided with.
     """
     digests = [hashlib.blake2b(f"{item_id}\x00{features}".encode(), digest_size=16).digest() for item_id, features in items]
-    conn.executemany("INSERT OR IGNORE INTO item_versions (digest, item_id, features) VALUES (?, ?, ?)",
+    conn.executemany("INSERT INTO item_versions (digest, item_id, features) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      [(d, item_id, features) for d, (item_id, features) in zip(digests, items, strict=True)])
     return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
 
@@ -778,7 +778,7 @@ def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type:
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
-    """What :meth:`SQLiteEventLog.forget_user` deleted: the user's events, and their rewards and outcomes."""
+    """What :meth:`EventLog.forget_user` deleted: the user's events, and their rewards and outcomes."""
 
     event_ids: tuple[str, ...]
     rewards: int
@@ -786,10 +786,11 @@ class Forgotten:
 
 
 def _insert_outcome(
-    conn: sqlite3.Connection, event_id: str, slot: int, item_id: str, reward: float, source: str, ts: float
+    conn: Connection, event_id: str, slot: int, item_id: str, reward: float, source: str, ts: float
 ) -> int:
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         (event_id, slot, item_id, reward, source, ts),
     )
     return cursor.rowcount

@@ -1,7 +1,7 @@
 """Write the joined event log (decisions with their rewards) as JSON Lines or Parquet.
 
 The export is the log's whole history: what retention archived, then what the log holds
-(:meth:`~engine.eventlog.SQLiteEventLog.history`). JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
+(:meth:`~engine.eventlog.EventLog.history`). JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
 candidates as JSON text, which is the shape off-policy evaluation and notebooks want.
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 
 
 def _private(path: Path) -> Path:
@@ -21,7 +21,7 @@ def _private(path: Path) -> Path:
     return path
 
 
-def export_jsonl(log: SQLiteEventLog, path: Path) -> int:
+def export_jsonl(log: EventLog, path: Path) -> int:
     count = 0
     with open(_private(path), "w") as out:
         for record in log.history():
@@ -30,7 +30,7 @@ def export_jsonl(log: SQLiteEventLog, path: Path) -> int:
     return count
 
 
-def export_parquet(log: SQLiteEventLog, path: Path) -> int:
+def export_parquet(log: EventLog, path: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

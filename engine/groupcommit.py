@@ -1,4 +1,4 @@
-"""Group commit: many callers' writes share one SQLite transaction and one fsync.
+"""Group commit: many callers' writes share one transaction and one durable commit.
 
 A durable commit costs a disk flush (hundreds of microseconds). Callers hand an operation to the
 single writer thread and block until the transaction holding it has committed, so every
@@ -8,8 +8,8 @@ Each SQLite call lets other threads take the interpreter lock, and getting it ba
 the busy event loop, so the writer makes few calls: consecutive operations of one kind that offer
 ``run_together(connection, operations) -> results`` (decisions, rewards) run as a few statements.
 
-A write that fails for the storage's sake (disk full, I/O error, a damaged file: any
-``sqlite3`` error but a constraint or a misuse) reaches its caller as
+A write that fails for the storage's sake (disk full, I/O error, a damaged file, a lost database
+connection: what the database's ``storage_failure`` says, never a constraint or a misuse) reaches its caller as
 :class:`~engine.errors.StorageUnavailable`, and :attr:`GroupCommitWriter.healthy` turns False
 until a transaction commits cleanly again; ``on_health_change`` hears of each turn.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -32,20 +31,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from engine.errors import StorageUnavailable
+from engine.storage import Connection
 
 T = TypeVar("T")
-Operation = Callable[[sqlite3.Connection], Any]
+Operation = Callable[[Connection], Any]
 log = logging.getLogger(__name__)
 
 
 RECOVERY_HOLD = 2.0
-
-
-def storage_failure(error: BaseException) -> bool:
-    """Whether ``error`` says the storage failed, not the operation (a constraint, a misuse)."""
-    return isinstance(error, sqlite3.DatabaseError | OSError) and not isinstance(
-        error, sqlite3.IntegrityError | sqlite3.ProgrammingError
-    )
 
 
 class Rejected:
@@ -79,8 +72,11 @@ class _Pending:
 
 
 class GroupCommitWriter:
-    def __init__(self, connection: sqlite3.Connection, *, max_batch: int = 512) -> None:
+    def __init__(self, connection: Connection, *, begin: str,
+                 storage_failure: Callable[[BaseException], bool], max_batch: int = 512) -> None:
         self._connection = connection
+        self._begin = begin  # the statement that starts a write transaction
+        self._storage_failure = storage_failure  # whether an error says the storage failed, not the operation
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
         self._ready = threading.Condition(threading.Lock())
@@ -92,7 +88,7 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+    def submit(self, operation: Callable[[Connection], T]) -> T:
         """Run ``operation`` in the next transaction; return its result once committed."""
         pending = _Pending(operation)
         self._enqueue(pending)
@@ -102,13 +98,13 @@ class GroupCommitWriter:
             raise pending.error
         return pending.result  # type: ignore[no-any-return]
 
-    async def submit_async(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+    async def submit_async(self, operation: Callable[[Connection], T]) -> T:
         """:meth:`submit` for a coroutine: the event loop runs on while the transaction commits."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._enqueue(_Pending(operation, future))
         return await future
 
-    def post(self, operation: Callable[[sqlite3.Connection], object]) -> None:
+    def post(self, operation: Callable[[Connection], object]) -> None:
         """Run ``operation`` in a coming transaction, after every operation submitted before it; nobody waits.
 
         A failure is logged; the caller has gone on.
@@ -156,7 +152,7 @@ class GroupCommitWriter:
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            except sqlite3.Error:
+            except Exception:
                 pass  # the transaction is gone with the storage; the error below says so
             for pending in batch:
                 pending.result, pending.error = None, error
@@ -186,7 +182,7 @@ class GroupCommitWriter:
         while small writes fit and large ones do not)."""
         failure = None
         for pending in batch:
-            if pending.error is not None and storage_failure(pending.error):
+            if pending.error is not None and self._storage_failure(pending.error):
                 failure = pending.error
                 pending.error = StorageUnavailable()
         now = time.monotonic()
@@ -203,10 +199,9 @@ class GroupCommitWriter:
         if self.on_health_change is not None:
             self.on_health_change(healthy)
 
-    @staticmethod
-    def _run_plain(conn: sqlite3.Connection, batch: list[_Pending]) -> bool:
+    def _run_plain(self, conn: Connection, batch: list[_Pending]) -> bool:
         """Run every operation in one transaction; False (and rolled back) if any raised."""
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(self._begin)
         try:
             i = 0
             while i < len(batch):
@@ -231,17 +226,16 @@ class GroupCommitWriter:
             return False
         return True
 
-    @staticmethod
-    def _run_with_savepoints(conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _run_with_savepoints(self, conn: Connection, batch: list[_Pending]) -> None:
+        conn.execute(self._begin)
         for pending in batch:
             conn.execute("SAVEPOINT op")
             try:
                 pending.result, pending.error = pending.operation(conn), None
             except Exception as error:  # handed to the caller, who re-raises it
-                conn.execute("ROLLBACK TO op")
+                conn.execute("ROLLBACK TO SAVEPOINT op")
                 pending.result, pending.error = None, error
-            conn.execute("RELEASE op")
+            conn.execute("RELEASE SAVEPOINT op")
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
 from engine.retention import PRUNE_INTERVAL, Retention
@@ -89,7 +89,7 @@ class Learner:
     def __init__(
         self,
         data_dir: Path,
-        log: SQLiteEventLog,
+        log: EventLog,
         bandit: BanditConfig,
         stopping: threading.Event,
         *,

@@ -13,7 +13,7 @@ from engine.checkpoint import MANIFEST, read_manifest
 from engine.core import EngineConfig
 from engine.datadir import lock_data_dir
 from engine.errors import CorruptCheckpoint, StartupRefused
-from engine.eventlog import EVENT_LOG, SQLiteEventLog
+from engine.eventlog import EVENT_LOG, EventLog
 from engine.learning import Learner
 
 
@@ -38,7 +38,7 @@ def rebuild_model(config: EngineConfig) -> RebuiltModel:
         raise StartupRefused(f"no event log at {event_log}: nothing to rebuild the model from")
     with ExitStack() as stack:
         stack.callback(lock_data_dir(directory).release)
-        log = SQLiteEventLog(event_log, config.rewards)
+        log = EventLog(event_log, config.rewards)
         stack.callback(log.close)
         bandit = _bandit_of_manifest(directory) or config.bandit
         _set_aside_manifest(directory)

@@ -235,7 +235,7 @@ def _slots_from_json(slots: list[str], pmfs: bytes | None, candidates: tuple[Can
 
 
 def decision_from_export(record: Mapping[str, object]) -> LoggedDecision:
-    """The decision of a joined record (:meth:`engine.eventlog.SQLiteEventLog.joined`, its JSON
+    """The decision of a joined record (:meth:`engine.eventlog.EventLog.joined`, its JSON
     Lines export, or the archive)."""
     return LoggedDecision(
         event_id=record["event_id"],  # type: ignore[arg-type]

@@ -56,7 +56,7 @@ import numpy as np
 from engine.archive import Archive
 from engine.bandit import VWBandit, action_line, shared_line
 from engine.errors import InvalidRequest
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.ope import IPS, SNIPS, BanditFeedback, Bootstrap, Estimate, Estimator
 from engine.ope.base import Terms
 from engine.records import LoggedDecision, decision_from_export
@@ -167,7 +167,7 @@ class _Row:
 
 
 def learning_report(
-    log: SQLiteEventLog,
+    log: EventLog,
     bandit: VWBandit,
     model_version: str,
     request: ReportRequest,
@@ -198,7 +198,7 @@ def learning_report(
 
 
 def _window_rows(
-    log: SQLiteEventLog, archive: Archive | None, bandit: VWBandit, start: float, closed_by: float, max_decisions: int
+    log: EventLog, archive: Archive | None, bandit: VWBandit, start: float, closed_by: float, max_decisions: int
 ) -> Iterator[_Row]:
     """The newest decisions since ``start`` whose reward window ended by ``closed_by``, newest first,
     within the limits: from the log, then from the archive if the log ran out before ``start``."""
@@ -213,7 +213,7 @@ def _window_rows(
 
 
 def _settled(
-    log: SQLiteEventLog, archive: Archive | None, start: float, closed_by: float
+    log: EventLog, archive: Archive | None, start: float, closed_by: float
 ) -> Iterator[tuple[LoggedDecision, float]]:
     """Decisions since ``start`` whose window ended by ``closed_by``, with slot 0's final reward, newest first.
 

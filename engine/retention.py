@@ -4,7 +4,7 @@ A retention pass deletes the events decided longer ago than the retention whose 
 final and learned, :data:`~engine.eventlog.PRUNE_BATCH` per transaction so that serving writes take
 turns with it. With an archive (:mod:`engine.archive`) it first writes them to the day's Parquet
 file, durably, and records the archive's folder in the log, so that every reader of the log reads
-the archive with it (:meth:`~engine.eventlog.SQLiteEventLog.history`).
+the archive with it (:meth:`~engine.eventlog.EventLog.history`).
 
 The archive prefers few large files to many small ones: a pass archives when at least
 :data:`ARCHIVE_MIN_EVENTS` events are due, or when the oldest due event has waited for
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from engine.archive import Archive
-from engine.eventlog import PRUNE_BATCH, Forgotten, SQLiteEventLog
+from engine.eventlog import PRUNE_BATCH, Forgotten, EventLog
 
 PRUNE_INTERVAL = 5.0
 """Seconds between retention passes."""
@@ -44,7 +44,7 @@ class ForgottenEvents:
 class Retention:
     """Deletes events past ``seconds`` (None: never) from ``log``, archiving them first to ``archive``."""
 
-    def __init__(self, log: SQLiteEventLog, seconds: float | None, archive: Archive | None) -> None:
+    def __init__(self, log: EventLog, seconds: float | None, archive: Archive | None) -> None:
         self.log = log
         self.seconds = seconds
         self.archive = archive

@@ -224,8 +224,9 @@ def serve(settings: Settings) -> None:
     info = running.engine.model_info()
     transport = "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
     log.info(
-        "listening on %s:%d (%s, %s; data %s, model %s, exploration %s%s)",
+        "listening on %s:%d (%s, %s; data %s%s, model %s, exploration %s%s)",
         settings.host, running.port, transport, "tokens" if tokens else "no tokens", settings.data_dir,
+        f", event log {running.engine.log.path}" if settings.store else "",
         info.model_version, info.bandit.exploration,
         f"; metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "",
         extra={"port": running.port},

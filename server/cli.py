@@ -284,7 +284,7 @@ def _rebuild_model(settings: Settings) -> int:
 
 
 def _export_log(settings: Settings) -> int:
-    from engine.eventlog import SQLiteEventLog
+    from engine.eventlog import EventLog
     from engine.export import export_jsonl, export_parquet
     from engine.rewards import RewardRules
 
@@ -303,7 +303,7 @@ def _export_log(settings: Settings) -> int:
         return 2
     fmt = args.format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     try:
-        log = SQLiteEventLog(database, RewardRules())
+        log = EventLog(database, RewardRules())
         try:
             count = (export_parquet if fmt == "parquet" else export_jsonl)(log, out)
         finally:

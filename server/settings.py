@@ -46,6 +46,7 @@ from engine.core import EngineConfig
 from engine.errors import InvalidRequest
 from engine.privacy import read_key
 from engine.rewards import Aggregation, RewardRules, parse_duration
+from engine.storage import is_postgres
 from engine.validation import Limits
 
 ENV_PREFIX = "RECBANDIT_"
@@ -175,6 +176,8 @@ class Settings(BaseSettings):
     reward_range: str = Field("0,1", description="LOW,HIGH: the rewards regcbopt assumes")
     retention: str = Field("", description="delete events decided longer ago than this (30d, 12h, …) once "
                                            "every slot is final and learned; empty: keep every event")
+    store: str = Field("", description="postgresql://user@host:port/db: keep the event log and catalog in "
+                                       "PostgreSQL; empty: events.db in the data directory")
     archive_dir: str = Field("", description="with --retention: first write what it deletes to day-partitioned "
                                              "Parquet files in this folder, which every reader of the log reads too")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
@@ -293,6 +296,7 @@ class Settings(BaseSettings):
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
             retention_seconds=_retention(self.retention),
             archive_dir=Path(self.archive_dir) if self.archive_dir.strip() else None,
+            store=_store(self.store),
         )
 
     def _check_ranges(self) -> None:
@@ -339,6 +343,15 @@ def _aggregation(value: str) -> Aggregation:
     except ValueError:
         choices = ", ".join(a.value for a in Aggregation)
         raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
+
+
+def _store(text: str) -> str:
+    """``--store``: a PostgreSQL URL, or empty for the data directory's SQLite file."""
+    store = text.strip()
+    if store and not is_postgres(store):
+        raise InvalidRequest("store", "must be a postgresql://user@host:port/db URL (empty: events.db in the "
+                                      "data directory)")
+    return store
 
 
 def _retention(text: str) -> float | None:

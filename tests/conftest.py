@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,6 +58,47 @@ class Traffic:
         self._stop.set()
         for t in self._threads:
             t.join()
+
+
+POSTGRES = os.environ.get("RECBANDIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL database tests make their schemas in (trust auth on 127.0.0.1 by default)."""
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """The URL of a new, empty schema of :data:`POSTGRES`, dropped with everything in it afterwards."""
+    import psycopg
+
+    name = f"recbandit_test_{os.urandom(6).hex()}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where an event log lives, on each backend: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "events.db")
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+def execute(store: str, sql: str) -> None:
+    """Run one statement on ``store`` outside recbandit (to age, break or inspect a log)."""
+    if store.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(sql)
+    else:
+        with sqlite3.connect(store) as conn:
+            conn.execute(sql)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from engine.archive import Archive
 from engine.core import Engine, EngineConfig
 from engine.errors import StartupRefused
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.report import ReportRequest
 from engine.rewards import RewardRules
@@ -31,7 +31,7 @@ WINDOW = 60.0
 def write_history(path: Path, now: float) -> list[str]:
     """A log of 120 decisions over the last ten days, catalog candidates by version and request
     candidates whole, a third rewarded, every window closed: 100 of them older than a day."""
-    log = SQLiteEventLog(path, RewardRules(window_seconds=WINDOW))
+    log = EventLog(path, RewardRules(window_seconds=WINDOW))
     try:
         items = [Item(f"sku-{i}", {"category": f"cat-{i % 3}", "price": 10.0 + i, "tags": ("sale",) * (i % 2)})
                  for i in range(6)]
@@ -89,7 +89,7 @@ def test_pruned_events_are_archived_by_day_and_the_history_equals_the_unpruned_l
     assert archive.count() == 100 and len(archive.days()) >= 10
     assert engine.log.counts()["decisions"] == 20
     assert engine.log.archive_dir() == archive_dir.resolve()
-    whole = SQLiteEventLog(unpruned / "events.db", RewardRules(window_seconds=WINDOW))
+    whole = EventLog(unpruned / "events.db", RewardRules(window_seconds=WINDOW))
     try:
         expected = exported(whole.joined())
     finally:
@@ -147,7 +147,7 @@ def test_a_missing_archive_is_named_rather_than_read_as_no_history(pruned, tmp_p
     engine, _, archive_dir = pruned
     engine.close()
     shutil.rmtree(archive_dir)
-    log = SQLiteEventLog(engine.log.path, RewardRules())
+    log = EventLog(engine.log.path, RewardRules())
     try:
         with pytest.raises(FileNotFoundError, match="the archive of this event log"):
             log.history()
@@ -161,7 +161,7 @@ def test_a_few_young_due_events_wait_for_a_fuller_archive_file(tmp_path: Path) -
     """Fewer than ARCHIVE_MIN_EVENTS due, the oldest not yet past twice the retention: nothing is archived yet."""
     data = tmp_path / "data"
     data.mkdir()
-    log = SQLiteEventLog(data / "events.db", RewardRules(window_seconds=1.0))
+    log = EventLog(data / "events.db", RewardRules(window_seconds=1.0))
     try:
         now = time.time()
         for n in range(5):

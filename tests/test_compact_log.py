@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.core import Engine, EngineConfig
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.features import frozen_features
 from engine.records import candidate_to_json
 from engine.rewards import RewardRules
@@ -118,7 +118,7 @@ def test_the_export_holds_every_feature_as_before(engine: Engine) -> None:
 def test_a_log_written_before_catalog_versions_migrates_and_reads_exactly_as_it_exported(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "events-schema2.db", tmp_path / "events.db")
     then = [json.loads(line) for line in (FIXTURES / "events-schema2.jsonl").read_text().splitlines()]
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     try:
         now = exported(log.joined())
         assert sorted(now, key=lambda r: r["event_id"]) == sorted(then, key=lambda r: r["event_id"])

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from engine.checkpoint import read_checkpoint
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.rewards import RewardRules
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from tests.conftest import stubs
@@ -84,7 +84,7 @@ def test_kill_9_during_traffic_loses_nothing_acknowledged(tmp_path: Path) -> Non
         worker.join(timeout=10)
     assert len(acknowledged_rewards) > 100
 
-    log = SQLiteEventLog(data / "events.db", RewardRules())
+    log = EventLog(data / "events.db", RewardRules())
     logged = {record["event_id"]: record for record in log.joined()}
     assert acknowledged_decisions <= logged.keys()
     assert all(logged[e]["rewards"] for e in acknowledged_rewards)

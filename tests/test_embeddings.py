@@ -12,7 +12,7 @@ import pytest
 
 from engine.embeddings import Embeddings, Representation, current_artifact, load_current, write_artifact
 from engine.errors import InvalidRequest
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.export import export_jsonl
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
@@ -212,7 +212,7 @@ def test_readers_see_a_consistent_index_while_items_are_upserted(embeddings: Emb
 
 
 def _joined(data_dir: Path) -> list[dict[str, object]]:
-    log = SQLiteEventLog(data_dir / "events.db", RewardRules())
+    log = EventLog(data_dir / "events.db", RewardRules())
     try:
         return list(log.joined())
     finally:
@@ -221,7 +221,7 @@ def _joined(data_dir: Path) -> list[dict[str, object]]:
 
 def _log_with_rewards(data_dir: Path, world: TrainingData) -> None:
     """An event log of the planted world: one decision per interaction, rewarded click or purchase."""
-    log = SQLiteEventLog(data_dir / "events.db", RewardRules())
+    log = EventLog(data_dir / "events.db", RewardRules())
     try:
         log.upsert_items(world.items)
         now = time.time()
@@ -274,7 +274,7 @@ def test_train_embeddings_command_reads_the_log_and_a_csv_and_writes_the_artifac
     profile, _ = inputs["imported.csv"]
     assert (profile["rows"], profile["undated"], profile["first_ts"], profile["last_ts"]) == (2, 1, 1.0, 1.0)
 
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     try:
         interactions, users = interactions_from_log(log.joined(), EmbeddingConfig(label_weights=(("purchase", 4.0),), default_weight=0.0))
     finally:
@@ -355,7 +355,7 @@ def test_bad_serving_inputs_name_the_argument(embeddings: Embeddings, call, fiel
 
 def test_training_data_from_a_jsonl_export_matches_the_log_and_parquet_is_refused(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _log_with_rewards(tmp_path, world)
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     try:
         export_jsonl(log, tmp_path / "events.jsonl")
     finally:

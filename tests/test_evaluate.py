@@ -10,7 +10,7 @@ import pytest
 
 from engine.bandit import BanditConfig, shared_line
 from engine.core import Engine, EngineConfig
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.export import export_jsonl, export_parquet
 from engine.rewards import RewardRules
 from engine.types import DecisionRequest, Item, RewardReport
@@ -115,7 +115,7 @@ def test_estimates_of_the_logging_policy_uniform_random_and_the_candidates(logge
 
 
 def test_an_exported_jsonl_or_parquet_log_gives_the_same_estimates(logged: Path, tmp_path: Path) -> None:
-    log = SQLiteEventLog(logged / "events.db", RewardRules())
+    log = EventLog(logged / "events.db", RewardRules())
     try:
         export_jsonl(log, tmp_path / "events.jsonl")
         export_parquet(log, tmp_path / "events.parquet")

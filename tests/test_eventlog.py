@@ -1,4 +1,7 @@
-"""The event log's reward joining: each event slot becomes final exactly once, by the rules."""
+"""The event log's reward joining: each event slot becomes final exactly once, by the rules.
+
+The tests that take ``store`` run on every backend: a SQLite file and a PostgreSQL schema.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.types import Candidate, Status
+from tests.conftest import execute
 
 
 def decision(event_id: str, ts: float, *, deferred: bool = False, window: float = 60.0) -> LoggedDecision:
@@ -30,24 +34,26 @@ def decision(event_id: str, ts: float, *, deferred: bool = False, window: float 
     )
 
 
-def open_log(tmp_path: Path, **rules: object) -> SQLiteEventLog:
-    return SQLiteEventLog(tmp_path / "events.db", RewardRules(**rules))  # type: ignore[arg-type]
+def open_log(store: str | Path, **rules: object) -> EventLog:
+    """The log of ``store`` (a ``store`` fixture's value, or a folder for its ``events.db``)."""
+    where = store / "events.db" if isinstance(store, Path) else store
+    return EventLog(where, RewardRules(**rules))  # type: ignore[arg-type]
 
 
-def finals(log: SQLiteEventLog) -> list[tuple[str, int, str, float, str]]:
+def finals(log: EventLog) -> list[tuple[str, int, str, float, str]]:
     return [(o.event_id, o.slot, o.item_id, o.reward, o.source) for o in log.final_outcomes_after(0)]
 
 
-def test_decisions_round_trip_with_every_feature_type(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
+def test_decisions_round_trip_with_every_feature_type(store: str) -> None:
+    log = open_log(store)
     original = decision("e1", 1000.0)
     assert log.append_decision(original) is original
     assert log.get_decision("e1") == original
     log.close()
 
 
-def test_earliest_learns_the_first_reward_and_defaults_the_rest(tmp_path: Path) -> None:
-    log = open_log(tmp_path, default_reward=-0.5)
+def test_earliest_learns_the_first_reward_and_defaults_the_rest(store: str) -> None:
+    log = open_log(store, default_reward=-0.5)
     now = time.time()
     log.append_decision(decision("e1", now))
     assert log.append_reward(Reward("e1", "", "click", 1.0, now)) is Status.NEW  # "" means slot 0: b
@@ -60,8 +66,8 @@ def test_earliest_learns_the_first_reward_and_defaults_the_rest(tmp_path: Path) 
     log.close()
 
 
-def test_sum_waits_for_the_window_and_adds_up(tmp_path: Path) -> None:
-    log = open_log(tmp_path, aggregation=Aggregation.SUM)
+def test_sum_waits_for_the_window_and_adds_up(store: str) -> None:
+    log = open_log(store, aggregation=Aggregation.SUM)
     now = time.time()
     log.append_decision(decision("e1", now))
     log.append_reward(Reward("e1", "a", "click", 1.0, now))
@@ -72,8 +78,8 @@ def test_sum_waits_for_the_window_and_adds_up(tmp_path: Path) -> None:
     log.close()
 
 
-def test_deferred_events_need_activation_and_are_never_learned_without_it(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
+def test_deferred_events_need_activation_and_are_never_learned_without_it(store: str) -> None:
+    log = open_log(store)
     now = time.time()
     log.append_decision(decision("shown", now, deferred=True))
     log.append_decision(decision("never", now, deferred=True))
@@ -89,8 +95,8 @@ def test_deferred_events_need_activation_and_are_never_learned_without_it(tmp_pa
     log.close()
 
 
-def test_rewards_are_refused_when_they_cannot_count(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
+def test_rewards_are_refused_when_they_cannot_count(store: str) -> None:
+    log = open_log(store)
     now = time.time()
     log.append_decision(decision("e1", now))
     with pytest.raises(UnknownEvent, match="no decision with event_id 'nope'"):
@@ -103,14 +109,14 @@ def test_rewards_are_refused_when_they_cannot_count(tmp_path: Path) -> None:
     log.close()
 
 
-def test_a_reopened_log_holds_everything_committed(tmp_path: Path) -> None:
-    log = open_log(tmp_path)
+def test_a_reopened_log_holds_everything_committed(store: str) -> None:
+    log = open_log(store)
     now = time.time()
     for i in range(50):
         log.append_decision(decision(f"e{i}", now))
         log.append_reward(Reward(f"e{i}", "", "click", float(i), now))
     log.close()
-    reopened = open_log(tmp_path)
+    reopened = open_log(store)
     assert reopened.counts() == {"decisions": 50, "rewards": 50, "outcomes": 50, "items": 0}
     assert [f[3] for f in finals(reopened)] == [float(i) for i in range(50)]
     assert len(list(reopened.joined(batch=7))) == 50
@@ -153,13 +159,10 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
         log.close()
 
 
-def test_a_log_of_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
-    import sqlite3
-
+def test_a_log_of_a_newer_schema_is_refused_in_one_line(store: str) -> None:
     from engine.errors import StartupRefused
 
-    open_log(tmp_path).close()
-    with sqlite3.connect(tmp_path / "events.db") as conn:
-        conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    open_log(store).close()
+    execute(store, "UPDATE meta SET value = '9' WHERE key = 'schema_version'")
     with pytest.raises(StartupRefused, match="schema version is 9, newer than the 3 this recbandit reads"):
-        open_log(tmp_path)
+        open_log(store)

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from engine.bandit import action_line
 from engine.errors import UnknownEvent
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.features import EncodedCandidates, frozen_features
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_from_json, decision_pmfs, decision_to_json
 from engine.rewards import RewardRules
@@ -34,7 +34,7 @@ def decision(event_id: str, user_id: str = "u1") -> LoggedDecision:
     )
 
 
-def held_writer(log: SQLiteEventLog) -> tuple[threading.Event, threading.Thread]:
+def held_writer(log: EventLog) -> tuple[threading.Event, threading.Thread]:
     """Occupy the writer with one operation until the returned event is set, so that everything
     submitted meanwhile is committed together in the next batch."""
     entered, release = threading.Event(), threading.Event()
@@ -49,7 +49,7 @@ def held_writer(log: SQLiteEventLog) -> tuple[threading.Event, threading.Thread]
     return release, thread
 
 
-def run_in_one_batch(log: SQLiteEventLog, calls: dict[str, tuple[object, ...]]) -> dict[str, object]:
+def run_in_one_batch(log: EventLog, calls: dict[str, tuple[object, ...]]) -> dict[str, object]:
     """Submit every ``name: (function, *args)`` from its own thread while the writer is held, so
     that they share one transaction; return each result or raised exception by name."""
     release, holder = held_writer(log)
@@ -63,7 +63,7 @@ def run_in_one_batch(log: SQLiteEventLog, calls: dict[str, tuple[object, ...]]) 
 
 
 def test_a_batch_of_decisions_with_a_retried_and_a_taken_event_id(tmp_path: Path) -> None:
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     log.append_decision(decision("old"))
     first, retry, other_user = decision("e1"), decision("e1"), decision("old", user_id="u2")
     fresh = [decision(f"n{i}") for i in range(30)]
@@ -82,7 +82,7 @@ def test_a_batch_of_decisions_with_a_retried_and_a_taken_event_id(tmp_path: Path
 
 
 def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(tmp_path: Path) -> None:
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     log.append_decision(decision("shown"))
     fresh = [decision(f"n{i}") for i in range(10)]
     results = run_in_one_batch(log, {
@@ -97,7 +97,7 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(tmp_path:
 
 
 def test_asyncio_callers_get_their_results_and_errors_from_the_writer(tmp_path: Path) -> None:
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
 
     async def traffic() -> list[object]:
         decisions = [decision(f"e{i}") for i in range(20)]
@@ -147,7 +147,7 @@ def test_encoded_candidates_are_remembered_only_for_read_only_features() -> None
 
 
 def test_a_batch_of_rewards_gets_what_each_would_get_alone(tmp_path: Path) -> None:
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     for event_id in ("e1", "e2", "e3"):
         log.append_decision(decision(event_id))
     log.append_reward(Reward("e3", "", "click", 1.0, 1001.0))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.export import export_jsonl
 from engine.rewards import RewardRules
 from server.cli import main
@@ -34,19 +34,19 @@ def expected() -> dict[str, tuple[str, str, dict[str, str]]]:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Iterator[SQLiteEventLog]:
-    event_log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+def log(tmp_path: Path) -> Iterator[EventLog]:
+    event_log = EventLog(tmp_path / "events.db", RewardRules())
     yield event_log
     event_log.close()
 
 
-def import_fixture(log: SQLiteEventLog, source: Path = FIXTURE):  # type: ignore[no-untyped-def]
+def import_fixture(log: EventLog, source: Path = FIXTURE):  # type: ignore[no-untyped-def]
     return import_obd(log, source, policies=["random", "bts"], campaigns=["all"]) + import_obd(
         log, source, policies=["bts"], campaigns=["men"]
     )
 
 
-def test_every_impression_becomes_one_event_with_its_propensity_click_and_position(log: SQLiteEventLog) -> None:
+def test_every_impression_becomes_one_event_with_its_propensity_click_and_position(log: EventLog) -> None:
     import_fixture(log)
     want = expected()
     records = {r["event_id"]: r for r in log.joined()}
@@ -72,7 +72,7 @@ def test_every_impression_becomes_one_event_with_its_propensity_click_and_positi
         ]
 
 
-def test_candidates_carry_the_item_context_and_the_rows_affinity(log: SQLiteEventLog) -> None:
+def test_candidates_carry_the_item_context_and_the_rows_affinity(log: EventLog) -> None:
     import_fixture(log)
     with open(FIXTURE / "bts" / "men" / "item_context.csv", newline="") as stream:
         items = {row["item_id"]: row for row in csv.DictReader(stream)}
@@ -90,7 +90,7 @@ def test_candidates_carry_the_item_context_and_the_rows_affinity(log: SQLiteEven
     assert any(float(row[f"user-item_affinity_{i}"]) for i in range(4))  # the row exercises the feature
 
 
-def test_summary_gives_each_policys_click_rate_with_a_wilson_interval(log: SQLiteEventLog) -> None:
+def test_summary_gives_each_policys_click_rate_with_a_wilson_interval(log: EventLog) -> None:
     summaries = import_fixture(log)
     assert [(s.policy, s.campaign, s.events, s.new_events, s.items) for s in summaries] == [
         ("random", "all", 30, 30, 6),
@@ -114,7 +114,7 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
         wilson_interval(0, 0)
 
 
-def test_importing_again_adds_nothing(log: SQLiteEventLog) -> None:
+def test_importing_again_adds_nothing(log: EventLog) -> None:
     import_fixture(log)
     before = (log.counts(), log.last_outcome_seq())
     again = import_fixture(log)
@@ -122,7 +122,7 @@ def test_importing_again_adds_nothing(log: SQLiteEventLog) -> None:
     assert (log.counts(), log.last_outcome_seq()) == before
 
 
-def test_the_export_holds_the_imported_rows(log: SQLiteEventLog, tmp_path: Path) -> None:
+def test_the_export_holds_the_imported_rows(log: EventLog, tmp_path: Path) -> None:
     import_fixture(log)
     out = tmp_path / "events.jsonl"
     assert export_jsonl(log, out) == 72
@@ -149,7 +149,7 @@ def test_reads_the_sdist_and_an_extracted_copy_alike(tmp_path: Path) -> None:
         archive.extractall(extracted, filter="data")
     results = []
     for name, source in (("tar", sdist), ("folder", extracted)):
-        event_log = SQLiteEventLog(tmp_path / f"{name}.db", RewardRules())
+        event_log = EventLog(tmp_path / f"{name}.db", RewardRules())
         try:
             summaries = import_fixture(event_log, source)
             results.append(([(s.events, s.clicks) for s in summaries], list(event_log.joined())))
@@ -165,7 +165,7 @@ def test_the_command_imports_and_prints_the_summary(tmp_path: Path, capsys: pyte
     printed = capsys.readouterr().out
     clicks = sum(int(r["click"]) for r in rows("random", "all"))
     assert f"random   all           30      30 {clicks:>6}     6  {clicks / 30:.4f}" in printed
-    event_log = SQLiteEventLog(tmp_path / "data" / "events.db", RewardRules())
+    event_log = EventLog(tmp_path / "data" / "events.db", RewardRules())
     try:
         assert event_log.counts()["decisions"] == 60
     finally:
@@ -224,7 +224,7 @@ def test_bad_rows_are_refused_naming_the_line_and_column(tmp_path: Path, edit, m
         run_import(tmp_path / "data", source=source, policies=["random"], campaigns=["all"])
 
 
-def test_unknown_policy_campaign_or_source_is_refused(log: SQLiteEventLog, tmp_path: Path) -> None:
+def test_unknown_policy_campaign_or_source_is_refused(log: EventLog, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="policies: must be some of random, bts, got epsilon"):
         import_obd(log, FIXTURE, policies=["epsilon"])
     with pytest.raises(ValueError, match="campaigns: must be some of all, men, women, got kids"):

@@ -71,20 +71,20 @@ def test_a_bad_retention_is_refused_naming_it(text: str, says: str) -> None:
 
 def test_a_log_made_before_retention_reuses_its_pages_without_a_vacuum_per_page(tmp_path: Path) -> None:
     """A log without incremental vacuum cannot give pages back: pruning must not try, page by page."""
-    from engine.eventlog import SQLiteEventLog
+    from engine.eventlog import EventLog
     from engine.rewards import RewardRules
 
     path = tmp_path / "events.db"
     with sqlite3.connect(path) as conn:  # as an older recbandit made it: auto_vacuum off
         conn.execute("CREATE TABLE placeholder (x)")
-    log = SQLiteEventLog(path, RewardRules())
+    log = EventLog(path, RewardRules())
     try:
         log.append_decision(decision("e1", time.time() - 10))
-        assert not log._vacuums and log.delete_events(["e1", "unknown"]) == 1 and log.counts()["decisions"] == 0
+        assert not log.database.vacuums and log.delete_events(["e1", "unknown"]) == 1 and log.counts()["decisions"] == 0
     finally:
         log.close()
-    fresh = SQLiteEventLog(tmp_path / "fresh.db", RewardRules())
+    fresh = EventLog(tmp_path / "fresh.db", RewardRules())
     try:
-        assert fresh._vacuums
+        assert fresh.database.vacuums
     finally:
         fresh.close()

@@ -15,7 +15,7 @@ import pytest
 from engine.checkpoint import MANIFEST, read_checkpoint
 from engine.core import Engine, EngineConfig
 from engine.errors import CorruptCheckpoint, StartupRefused
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
 from engine.types import Candidate
@@ -194,7 +194,7 @@ def _decision(event_id: str, user_id: str) -> LoggedDecision:
 
 
 def test_the_log_keeps_its_id_and_its_last_assigned_seq_when_outcomes_are_deleted(tmp_path: Path) -> None:
-    log = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    log = EventLog(tmp_path / "events.db", RewardRules())
     log_id = log.log_id()
     assert len(log_id) == 32 and log.last_assigned_seq() == 0
     for i, user in enumerate(("kept", "forgotten", "forgotten")):
@@ -203,10 +203,10 @@ def test_the_log_keeps_its_id_and_its_last_assigned_seq_when_outcomes_are_delete
     log.forget_user("forgotten")
     assert (log.last_outcome_seq(), log.last_assigned_seq()) == (1, 3)
     log.close()
-    reopened = SQLiteEventLog(tmp_path / "events.db", RewardRules())
+    reopened = EventLog(tmp_path / "events.db", RewardRules())
     assert (reopened.log_id(), reopened.last_assigned_seq()) == (log_id, 3)
     reopened.close()
-    assert SQLiteEventLog(tmp_path / "other.db", RewardRules()).log_id() != log_id
+    assert EventLog(tmp_path / "other.db", RewardRules()).log_id() != log_id
 
 
 # -- 7e: rebuild-model -----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ class TrainingResult:
 
 
 def interactions_from_log(records: Iterable[Mapping[str, object]], config: EmbeddingConfig) -> tuple[list[Interaction], dict[str, Features]]:
-    """Positive rewards of joined event-log records (``SQLiteEventLog.joined()`` or its JSONL export).
+    """Positive rewards of joined event-log records (``EventLog.joined()`` or its JSONL export).
 
     Each reward with a value above 0 becomes one interaction weighted by its label; the user's
     features are those of their latest decision.
@@ -365,7 +365,7 @@ def load_training_data(
     The Parquet export is refused: its rows keep each slot's final reward but not the labelled
     rewards that interactions are weighted by.
     """
-    from engine.eventlog import EVENT_LOG, SQLiteEventLog
+    from engine.eventlog import EVENT_LOG, EventLog
     from engine.rewards import RewardRules
     from training.replay import load_joined
 
@@ -373,7 +373,7 @@ def load_training_data(
         raise InvalidRequest("events", f"{events}: the Parquet export has no reward labels; use a JSONL export")
 
     database = Path(data_dir) / EVENT_LOG
-    log = SQLiteEventLog(database, RewardRules()) if database.exists() else None
+    log = EventLog(database, RewardRules()) if database.exists() else None
     sources = []
     try:
         if events is not None:

@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from engine.eventlog import SQLiteEventLog
+from engine.eventlog import EventLog
 from engine.features import with_time_context
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
@@ -303,7 +303,7 @@ def to_event(
 
 
 def import_campaign(
-    log: SQLiteEventLog, open_member: OpenMember, policy: str, campaign: str, *, progress: bool = False
+    log: EventLog, open_member: OpenMember, policy: str, campaign: str, *, progress: bool = False
 ) -> CampaignSummary:
     """Log every impression of one (policy, campaign) file with its click as the final reward.
 
@@ -333,7 +333,7 @@ def import_campaign(
 
 
 def import_obd(
-    log: SQLiteEventLog,
+    log: EventLog,
     source: Path,
     *,
     policies: Sequence[str] = POLICIES,
@@ -394,7 +394,7 @@ def run_import(
     elif not source.exists():
         raise FileNotFoundError(f"--source {source}: no such file or folder")
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = SQLiteEventLog(data_dir / "events.db", RewardRules())
+    log = EventLog(data_dir / "events.db", RewardRules())
     try:
         summaries = import_obd(log, source, policies=policies, campaigns=campaigns, progress=progress)
     finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, action_line, labelled_lines, shared_line
-from engine.eventlog import SQLiteEventLog, event_log_path
+from engine.eventlog import EventLog, event_log_path
 from engine.records import features_from_dict
 
 CB_TYPES = ("ips", "dr", "mtr")
@@ -107,7 +107,7 @@ def load_joined(source: str | Path) -> list[dict[str, object]]:
         return _records_from_parquet(path)
     from engine.rewards import RewardRules
 
-    log = SQLiteEventLog(path, RewardRules())
+    log = EventLog(path, RewardRules())
     try:
         return list(log.history())
     finally:

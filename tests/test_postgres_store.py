@@ -1,0 +1,111 @@
+"""--store postgresql://…: a real server keeps its event log and catalog in PostgreSQL.
+
+Each test has a schema of its own in the test database (``tests.conftest.postgres_schema``). The
+log's own behaviour on both backends is ``tests/test_eventlog.py``'s ``store`` tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.errors import InvalidRequest, StartupRefused
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
+from server.app import start
+from server.settings import Settings
+from tests.conftest import postgres_schema, stubs
+from tests.test_api import recommend_request
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with postgres_schema() as schema_url:
+        yield schema_url
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_a_server_on_postgresql_decides_logs_learns_and_resumes_where_it_stopped(url: str, tmp_path: Path) -> None:
+    settings = Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"), store=url, reward_window="1s")
+    running = start(settings)
+    client = stubs(running.port)
+    try:
+        client.catalog.UpsertItems(pb.UpsertItemsRequest(items=[pb.Item(item_id=f"sku-{i}", active=True) for i in range(5)]))
+        event_ids = []
+        for i in range(40):
+            request = pb.RecommendRequest(user_id=f"u{i % 4}", event_id=f"e{i}",
+                                          candidates=[pb.Candidate(item_id=f"sku-{k}") for k in range(5)])
+            reply = client.recommender.Recommend(request)
+            event_ids.append(reply.event_id)
+            if i % 2 == 0:
+                client.recommender.Feedback(pb.FeedbackRequest(event_id=reply.event_id, reward=1.0))
+        deadline = time.monotonic() + 20
+        while running.engine.model_info().examples_learned < 40:  # the windows close after 1 s: 40 outcomes
+            assert time.monotonic() < deadline, running.engine.model_info()
+            time.sleep(0.1)
+        decided = running.engine.log.decisions(event_ids)
+    finally:
+        client.channel.close()
+        running.stop(grace=1.0)
+    assert rows(url, "SELECT COUNT(*), SUM(closed) FROM decisions") == [(40, 40)]
+    assert rows(url, "SELECT COUNT(*) FROM rewards") == [(20,)]
+    assert rows(url, "SELECT COUNT(*), SUM(reward) FROM outcomes") == [(40, 20.0)]
+    assert rows(url, "SELECT COUNT(*) FROM item_versions") == [(5,)]
+    assert all(len(d.candidates) == 5 for d in decided.values())
+
+    again = start(settings)  # the same data directory's checkpoint and the same store
+    try:
+        info = again.engine.model_info()
+        assert info.examples_learned == 40 and info.examples_pending == 0  # nothing learned twice
+        assert again.engine.log.get_decision("e7") == decided["e7"]
+    finally:
+        again.stop(grace=1.0)
+
+
+def test_a_second_server_on_the_same_store_is_refused_in_one_line(url: str, tmp_path: Path) -> None:
+    first = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "one"), store=url))
+    try:
+        with pytest.raises(StartupRefused, match="another recbandit server uses the store"):
+            start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "two"), store=url))
+    finally:
+        first.stop(grace=1.0)
+    start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "two"), store=url)).stop(grace=1.0)
+
+
+def test_retention_deletes_from_postgresql_too(url: str, tmp_path: Path) -> None:
+    running = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"), store=url,
+                             reward_window="1s", retention="2s"))
+    client = stubs(running.port)
+    try:
+        for i in range(30):
+            request = recommend_request()
+            request.event_id = f"old-{i}"
+            client.recommender.Recommend(request)
+        deadline = time.monotonic() + 20
+        while rows(url, "SELECT COUNT(*) FROM decisions") != [(0,)]:  # windows close (1 s), then 2 s of retention
+            assert time.monotonic() < deadline, rows(url, "SELECT COUNT(*) FROM decisions")
+            time.sleep(0.2)
+        assert rows(url, "SELECT COUNT(*) FROM outcomes") == [(0,)]
+        assert running.engine.model_info().examples_learned == 30
+    finally:
+        client.channel.close()
+        running.stop(grace=1.0)
+
+
+def test_the_store_url_is_checked_and_its_password_never_shown(url: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="^store: must be a postgresql://"):
+        Settings(store="mysql://db/x").engine_config()
+    with_password = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")  # trust auth ignores it
+    running = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"), store=with_password))
+    try:
+        assert "hunter2" not in running.engine.log.path and "***" in running.engine.log.path
+    finally:
+        running.stop(grace=1.0)
