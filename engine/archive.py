@@ -11,6 +11,9 @@ propensities bit for bit, booleans as booleans.
 
 An event may be archived twice (a crash after the file was written, before the log forgot the
 event, and the next pass archives it again): readers yield it once, the copy from the newest file.
+
+An archive belongs to one event log: ``archive.json`` names the log's id, and an archive opened
+for another log (``Archive(directory, log_id)``) is refused rather than mixed with it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.checkpoint import atomic_write
-from engine.errors import RecbanditError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -41,7 +43,12 @@ ARCHIVE_SCHEMA_VERSION = 1
 """Written in every file's key-value metadata; a file with a newer version is refused."""
 
 ROWS_PER_GROUP = 2_000
-"""Rows per Parquet row group: what a reader holds in memory per open file."""
+"""Rows per Parquet row group at most: what a reader holds in memory per open file."""
+
+ROWS_PER_WRITE = 500
+"""Records a write converts at once: its memory, and how long it holds the interpreter in pyarrow."""
+
+OWNER_FILE = "archive.json"
 
 STALE_TEMPORARY_SECONDS = 3_600.0
 """A dot-temporary older than this was left by a crash; ``write`` removes it from the days it touches."""
@@ -64,8 +71,9 @@ _Row = tuple[float, str, int, int, dict[str, object]]
 """(ts, event_id, file rank, row in file, record): ordered by the first four, which are unique."""
 
 
-class ArchiveUnreadable(RecbanditError):
-    """An archive file cannot be read: damaged, not an archive file, or written by a newer recbandit."""
+class ArchiveUnreadable(ValueError):
+    """An archive file cannot be read: damaged, not an archive file, written by a newer recbandit,
+    or of another event log. Its message names the file: for the operator, never for a client."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         super().__init__(f"archive file {os.fspath(path)}: {reason}")
@@ -76,31 +84,59 @@ class ArchiveUnreadable(RecbanditError):
 class Archive:
     """Day-partitioned Parquet files of joined records (the UTC day of each decision's ``ts``)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], log_id: str | None = None) -> None:
         self.directory = Path(directory)
+        self.log_id = log_id  # the event log this archive belongs to; None: not checked
         self._lock = threading.Lock()  # one write or forget at a time through this object
 
-    def write(self, records: Sequence[Mapping[str, object]]) -> int:
+    def write(self, records: Iterable[Mapping[str, object]]) -> int:
         """Write ``records`` (any order) durably, one new file per UTC day they touch; return how many.
 
         Rows are sorted by ``(ts, event_id)``. Folders are 0700 and files 0600: they hold user ids
         and features. Empty input writes nothing. A record whose keys are not the joined record's is
         refused (``ValueError``) before anything is written, rather than archived in part.
         """
-        by_day: dict[str, list[Mapping[str, object]]] = {}
+        records = list(records)
         for record in records:
             _check_keys(record)
-            by_day.setdefault(_day(float(record["ts"])), []).append(record)  # type: ignore[arg-type]
+        return self.write_sorted(sorted(records, key=_order))
+
+    def write_sorted(self, records: Iterable[Mapping[str, object]]) -> int:
+        """:meth:`write` for records already ascending by ``(ts, event_id)``, taken as they come:
+        each day's file is written :data:`ROWS_PER_WRITE` rows at a time, so memory holds that many
+        and serving threads get the interpreter between them. Out-of-order records are refused."""
         stamp = f"{time.time_ns():020d}"
+        written = 0
         with self._lock:
-            for day, rows in sorted(by_day.items()):
+            for day, rows in itertools.groupby(_ascending(records), key=lambda r: _day(float(r["ts"]))):  # type: ignore[arg-type]
+                self._claim()
                 folder = self.directory / f"day={day}"
-                _private_folder(self.directory)
                 _private_folder(folder)
                 _remove_temporaries(folder, older_than=time.time() - STALE_TEMPORARY_SECONDS)
-                table = _table(sorted(rows, key=_order))
-                atomic_write(folder / f"events-{stamp}-{secrets.token_hex(4)}.parquet", partial(_write_table, table))
-        return sum(len(rows) for rows in by_day.values())
+                counted = _Counted(rows)
+                atomic_write(folder / f"events-{stamp}-{secrets.token_hex(4)}.parquet", partial(_write_rows, counted))
+                written += counted.count
+        return written
+
+    def _claim(self) -> None:
+        """Make the archive's folder, naming this log in ``archive.json``; refuse another log's."""
+        _private_folder(self.directory)
+        owner = self.directory / OWNER_FILE
+        if self.log_id is not None and not owner.exists():
+            atomic_write(owner, lambda tmp: Path(tmp).write_text(json.dumps({"log_id": self.log_id}) + "\n"))
+        self._check_owner()
+
+    def _check_owner(self) -> None:
+        if self.log_id is None:
+            return
+        try:
+            found = json.loads((self.directory / OWNER_FILE).read_text()).get("log_id")
+        except FileNotFoundError:
+            return  # nothing written yet
+        except (OSError, ValueError, AttributeError) as error:
+            raise ArchiveUnreadable(self.directory / OWNER_FILE, "is not an archive's owner file") from error
+        if found != self.log_id:
+            raise ArchiveUnreadable(self.directory, f"belongs to event log {found}, not {self.log_id}")
 
     def records(self, *, start: float | None = None, end: float | None = None) -> Iterator[dict[str, object]]:
         """Each event with ``start <= ts < end`` once, ascending by ``(ts, event_id)``.
@@ -108,6 +144,7 @@ class Archive:
         Lazy: only the day folders that can hold the range are opened, and each open file holds
         one row group in memory.
         """
+        self._check_owner()
         first = None if start is None else _day(start)
         last = None if end is None else _day_before(end)
         for folder in self._day_folders(first, last):
@@ -115,6 +152,7 @@ class Archive:
 
     def records_newest_first(self, *, start: float | None = None) -> Iterator[dict[str, object]]:
         """Each event with ``ts >= start`` once, descending by ``(ts, event_id)``."""
+        self._check_owner()
         first = None if start is None else _day(start)
         for folder in reversed(self._day_folders(first, None)):
             yield from _once(_day_rows(folder, start, None, newest_first=True))
@@ -128,6 +166,7 @@ class Archive:
         user's records (a concurrent writer in another process then fails, and retries).
         """
         removed = 0
+        self._check_owner()
         with self._lock:
             for folder in self._day_folders(None, None):
                 _remove_temporaries(folder, older_than=None)
@@ -352,10 +391,39 @@ def _table(records: Sequence[Mapping[str, object]]) -> pa.Table:
     return pa.table(columns, schema=_schema())
 
 
-def _write_table(table: pa.Table, path: str) -> None:
+def _write_rows(rows: Iterable[Mapping[str, object]], path: str) -> None:
+    """Write ``rows`` to the Parquet file ``path``, :data:`ROWS_PER_WRITE` at a time."""
     import pyarrow.parquet as pq
 
-    pq.write_table(table, path, row_group_size=ROWS_PER_GROUP, **_WRITE_OPTIONS)
+    with pq.ParquetWriter(path, _schema(), **_WRITE_OPTIONS) as writer:
+        iterator = iter(rows)
+        while chunk := list(itertools.islice(iterator, ROWS_PER_WRITE)):
+            writer.write_table(_table(chunk), row_group_size=ROWS_PER_GROUP)
+
+
+class _Counted:
+    """An iterable that counts what it yielded."""
+
+    def __init__(self, rows: Iterable[Mapping[str, object]]) -> None:
+        self._rows = rows
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Mapping[str, object]]:
+        for row in self._rows:
+            self.count += 1
+            yield row
+
+
+def _ascending(records: Iterable[Mapping[str, object]]) -> Iterator[Mapping[str, object]]:
+    """``records``, checked: the joined record's keys, ascending by ``(ts, event_id)``."""
+    last: tuple[float, str] | None = None
+    for record in records:
+        _check_keys(record)
+        order = _order(record)
+        if last is not None and order < last:
+            raise ValueError(f"records to archive must ascend by (ts, event_id): {order} came after {last}")
+        last = order
+        yield record
 
 
 def _forget_in_file(path: Path, user_id: str) -> int:

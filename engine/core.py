@@ -423,8 +423,11 @@ def _archive(config: EngineConfig, log: EventLog) -> Archive | None:
     if wanted is not None and recorded is not None and wanted != recorded:
         raise StartupRefused(f"this event log archives to {recorded}, not {wanted}: "
                              f"pass --archive-dir {recorded}, or move that archive there first")
+    if recorded is not None and not recorded.is_dir():
+        raise StartupRefused(f"this event log archives to {recorded}, which is missing: put the archive back "
+                             "there; without it its history and ForgetUser would be incomplete")
     directory = wanted or recorded
-    return None if directory is None else Archive(directory)
+    return None if directory is None else Archive(directory, log.log_id())
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, StartupRefused, UnknownEvent, shown
-from engine.groupcommit import GroupCommitWriter, Rejected
+from engine.archive import Archive, one_history
 from engine.cache import BoundedCache
+from engine.groupcommit import GroupCommitWriter, Rejected
 from engine.records import (
     LoggedDecision,
     Outcome,
@@ -92,7 +94,8 @@ CREATE TABLE IF NOT EXISTS item_versions (
     version {integer_key},
     digest {blob} NOT NULL UNIQUE,
     item_id TEXT NOT NULL,
-    features TEXT NOT NULL
+    features TEXT NOT NULL,
+    superseded_ts {real}
 );
 """
 EVENT_LOG = "events.db"
@@ -111,7 +114,8 @@ _MIGRATIONS = {
        "DROP INDEX IF EXISTS decisions_closed;",
 }
 _VERSIONS_CACHED = (1 << 16, 64 << 20)
-"""Catalog versions a log keeps decoded (entries, bytes of their JSON): every version a decision names is read once."""
+"""Catalog versions a log keeps decoded (entries, bytes of their JSON): those recent decisions name
+are read from the table once, until the cache is full and starts over."""
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
 T = TypeVar("T")
@@ -365,11 +369,11 @@ class EventLog:
 
     def prunable(self, before: float, learned_seq: int, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` events decided before ``before`` whose every slot is final and learned
-        (window closed, no outcome after ``learned_seq``), oldest first, as ``(event_id, ts)``.
+        (window closed, no outcome after ``learned_seq``), by ``(ts, event_id)``, as ``(event_id, ts)``.
         They stay prunable: a closed window never reopens and what is learned stays learned."""
         return self._reader().execute(
             "SELECT event_id, ts FROM decisions d WHERE closed = 1 AND ts < ? AND NOT EXISTS"
-            " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts LIMIT ?",
+            " (SELECT 1 FROM outcomes o WHERE o.event_id = d.event_id AND o.seq > ?) ORDER BY ts, event_id LIMIT ?",
             (before, learned_seq, limit)).fetchall()
 
     def delete_events(self, event_ids: list[str]) -> int:
@@ -383,6 +387,18 @@ class EventLog:
             return deleted
 
         return self._writer.submit(delete)
+
+    def forget_superseded_versions(self, margin: float = 3600.0) -> int:
+        """Delete the catalog versions no decision in the log can name: those superseded (the item
+        changed or was deleted) ``margin`` seconds or more before the oldest decision the log holds.
+        A decision names only versions current when it was made. Returns how many went."""
+
+        def forget(conn: Connection) -> int:
+            (oldest,) = conn.execute("SELECT MIN(ts) FROM decisions").fetchone()
+            before = (time.time() if oldest is None else oldest) - margin
+            return conn.execute("DELETE FROM item_versions WHERE superseded_ts < ?", (before,)).rowcount
+
+        return self._writer.submit(forget)
 
     def archive_dir(self) -> Path | None:
         """The folder retention archives this log's deleted events to (:mod:`engine.archive`), once it has."""
@@ -478,6 +494,8 @@ class EventLog:
 
         def upsert(conn: Connection) -> list[int]:
             versions = _store_versions(conn, features)
+            _supersede(conn, [i.item_id for i in items])
+            conn.executemany("UPDATE item_versions SET superseded_ts = NULL WHERE version = ?", [(v,) for v in versions])
             conn.executemany(
                 "INSERT INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?) ON CONFLICT (item_id)"
                 " DO UPDATE SET features = excluded.features, active = excluded.active, version = excluded.version",
@@ -492,6 +510,7 @@ class EventLog:
         ids = list(item_ids)
 
         def delete(conn: Connection) -> list[str]:
+            _supersede(conn, ids)
             deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
             return deleted
 
@@ -508,20 +527,41 @@ class EventLog:
 
     def history(self) -> Iterator[dict[str, object]]:
         """The whole history: what retention archived (:meth:`archive_dir`) and :meth:`joined`, as one,
-        in the same order. FileNotFoundError when the log has archived to a folder that is gone."""
-        directory = self.archive_dir()
-        if directory is None:
-            return self.joined()
-        if not directory.is_dir():
-            raise FileNotFoundError(f"the archive of this event log, {directory}, is missing")
-        from engine.archive import Archive, one_history
+        in the same order. FileNotFoundError when the log has archived to a folder that is gone.
 
-        return one_history(Archive(directory).records(), self.joined())
+        The log is read in one snapshot taken before the archive is listed: a retention pass
+        meanwhile archives before it deletes, so every event is in one or the other.
+        """
+        directory = self.archive_dir()
+        if directory is not None and not directory.is_dir():
+            raise FileNotFoundError(f"the archive of this event log, {directory}, is missing")
+        archive = None if directory is None else Archive(directory, self.log_id())
+        return self._history(archive)
+
+    def _history(self, archive: Archive | None) -> Iterator[dict[str, object]]:
+        with self._snapshot() as conn:
+            live = self._joined(conn)
+            yield from live if archive is None else one_history(archive.records(), live)
 
     def joined(self, batch: int = 500) -> Iterator[dict[str, object]]:
         """Every decision the log holds in time order (by ``ts``, then ``event_id``: the archive's
-        order too), with its slots' final outcomes and all its rewards."""
-        conn = self._reader()
+        order too), with its slots' final outcomes and all its rewards; read in one snapshot."""
+        with self._snapshot() as conn:
+            yield from self._joined(conn, batch)
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A connection of its own in one read transaction, whose reads all see the log as it was at
+        the first: a long read misses nothing that commits meanwhile out of time order."""
+        conn = self.database.connect()
+        try:
+            conn.execute(self.database.begin_snapshot)
+            conn.execute("SELECT COUNT(*) FROM meta").fetchone()  # the snapshot is taken here
+            yield conn
+        finally:
+            conn.close()  # ends the transaction
+
+    def _joined(self, conn: Connection, batch: int = 500) -> Iterator[dict[str, object]]:
         after = float("-inf")
         while True:
             bound = conn.execute("SELECT ts FROM decisions WHERE ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
@@ -758,6 +798,15 @@ def _store_versions(conn: Connection, items: list[tuple[str, str]]) -> list[int]
     conn.executemany("INSERT INTO item_versions (digest, item_id, features) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      [(d, item_id, features) for d, (item_id, features) in zip(digests, items, strict=True)])
     return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
+
+
+def _supersede(conn: Connection, item_ids: list[str]) -> None:
+    """Mark the current catalog versions of ``item_ids`` superseded now (the one an item keeps is unmarked after)."""
+    now = time.time()
+    for chunk in _chunks(item_ids, 500):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"UPDATE item_versions SET superseded_ts = ? WHERE version IN"
+                     f" (SELECT version FROM items WHERE item_id IN ({marks}))", (now, *chunk))
 
 
 def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type: ignore[type-arg]

@@ -111,6 +111,7 @@ class Learner:
         self._checkpointed: tuple[ServedModel, int] | None = (  # what the checkpoint on disk holds
             (self.served, self.learned_seq) if self.last_checkpoint is not None else None)
         self._wake = threading.Event()
+        self._prune_failed_at = -60.0
         self._learned = threading.Condition()
         self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
 
@@ -226,6 +227,19 @@ class Learner:
             report(self.observer.pruned, pruned)
         return pruned
 
+    def _prune_apart(self) -> None:
+        """:meth:`prune`, whose failure (an archive that cannot be written) stops neither learning
+        nor checkpoints; it is logged, at most once a minute, and the next pass tries again."""
+        try:
+            self.prune()
+        except StorageUnavailable:
+            raise  # the log itself: the loop's own handling
+        except Exception as error:
+            now = time.monotonic()
+            if now - self._prune_failed_at >= 60.0:
+                log.error("retention pass failed (the events stay in the log; retrying): %s", error)
+                self._prune_failed_at = now
+
     @contextmanager
     def at_rest(self, timeout: float) -> Iterator[tuple[VWBandit, str]]:
         """The served model and its version, with learning, swaps and checkpoints held off while
@@ -294,9 +308,9 @@ class Learner:
                     self.close_windows()
                     next_close = time.monotonic() + self.maintenance_interval
                 self.learn_pending()
-                if self.retention is not None and self.retention.seconds is not None and time.monotonic() >= next_prune:
-                    self.prune()
+                if self.retention is not None and time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_INTERVAL
+                    self._prune_apart()
                 if time.monotonic() >= next_checkpoint:
                     if self._changed_since_checkpoint():
                         self.checkpoint()

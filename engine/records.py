@@ -23,7 +23,7 @@ from engine.types import Candidate, Features, FeatureValue
 SCHEMA_VERSION = 2
 """The record format written: 1 held every candidate's features whole and each slot's pmf as JSON
 numbers; 2 may name a catalog candidate by its catalog version (:func:`candidate_to_json`) and
-keeps the pmfs apart, as binary doubles (:func:`decision_pmfs`). Both are read."""
+keeps the pmfs apart, in binary (:func:`decision_pmfs`). Both are read."""
 READ_SCHEMA_VERSIONS = (1, 2)
 
 CatalogVersions = Callable[[int], tuple[str, Features]]
@@ -102,7 +102,7 @@ def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | 
         candidates_json = [candidate_to_json(c) for c in decision.candidates]
     head = _compact(
         {
-            "schema_version": decision.schema_version,
+            "schema_version": SCHEMA_VERSION,  # the layout written, whatever the decision was read from
             "user_features": _features_out(decision.user_features),
             "context": _features_out(decision.context),
         }

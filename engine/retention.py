@@ -8,7 +8,13 @@ the archive with it (:meth:`~engine.eventlog.EventLog.history`).
 
 The archive prefers few large files to many small ones: a pass archives when at least
 :data:`ARCHIVE_MIN_EVENTS` events are due, or when the oldest due event has waited for
-:data:`ARCHIVE_MAX_WAIT` beyond the retention (or the retention itself, if shorter).
+:data:`ARCHIVE_MAX_WAIT` beyond the retention (or the retention itself, if shorter). It reads and
+writes them :data:`~engine.eventlog.PRUNE_BATCH` at a time, so its memory stays small and serving
+threads get the interpreter between batches.
+
+A pass also deletes the catalog versions no decision left in the log can name
+(:meth:`~engine.eventlog.EventLog.forget_superseded_versions`): the archive holds every
+candidate's features whole.
 
 Forgetting a user and a pass never run at once: a pass between reading a user's events and
 deleting them would otherwise archive what the user had asked to be forgotten.
@@ -26,7 +32,7 @@ from engine.eventlog import PRUNE_BATCH, Forgotten, EventLog
 PRUNE_INTERVAL = 5.0
 """Seconds between retention passes."""
 
-PASS_LIMIT = 20 * PRUNE_BATCH
+PASS_LIMIT = 10 * PRUNE_BATCH
 """The most events one pass deletes (and archives, into one file per day)."""
 
 ARCHIVE_MIN_EVENTS = 1_000
@@ -66,19 +72,25 @@ class Retention:
                 if len(due) < ARCHIVE_MIN_EVENTS and oldest > before - min(self.seconds, ARCHIVE_MAX_WAIT):
                     return 0  # one small file now, or a fuller one later: wait while the oldest is young
                 self._archive(event_ids)
-            return sum(self.log.delete_events(event_ids[i : i + PRUNE_BATCH])
-                       for i in range(0, len(event_ids), PRUNE_BATCH))
+            deleted = sum(self.log.delete_events(batch) for batch in _batches(event_ids))
+            self.log.forget_superseded_versions()
+            return deleted
 
     def _archive(self, event_ids: list[str]) -> None:
         assert self.archive is not None
-        self.archive.write(self.log.joined_events(event_ids))
-        if not self._archive_recorded:
+        self.archive.write_sorted(record for batch in _batches(event_ids) for record in self.log.joined_events(batch))
+        if not self._archive_recorded:  # once it holds something: from now on every reader needs it
             self.log.set_archive_dir(self.archive.directory)
             self._archive_recorded = True
 
     def forget_user(self, user_id: str) -> ForgottenEvents:
-        """Delete ``user_id``'s events from the log and from the archive."""
+        """Delete ``user_id``'s events from the archive, then from the log: if the archive cannot be
+        rewritten (a damaged file), the log still holds what a retry will find."""
         with self._lock:
-            forgotten = self.log.forget_user(user_id)
             archived = self.archive.forget_user(user_id) if self.archive is not None else 0
+            forgotten = self.log.forget_user(user_id)
         return ForgottenEvents(forgotten, archived)
+
+
+def _batches(event_ids: list[str]) -> list[list[str]]:
+    return [event_ids[i : i + PRUNE_BATCH] for i in range(0, len(event_ids), PRUNE_BATCH)]

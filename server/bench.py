@@ -245,14 +245,20 @@ def make_recommend_requests(seed: int, count: int = REQUEST_POOL) -> list[pb.Rec
     users = [(f"user-{i:05d}", make_user(rng)) for i in range(NUM_USERS)]
     requests = []
     for _ in range(count):
-        user_id, user_features = rng.choice(users)
-        request = pb.RecommendRequest(user_id=user_id, num_results=1)
-        set_features(request, "user_features", user_features)
-        set_features(request, "context", make_context(rng))
+        request = make_visit(rng, users)
         for item_id, features in rng.sample(items, NUM_CANDIDATES):
             set_features(request.candidates.add(item_id=item_id), "features", features)
         requests.append(request)
     return requests
+
+
+def make_visit(rng: random.Random, users: Sequence[tuple[str, FeatureDict]]) -> pb.RecommendRequest:
+    """A Recommend request, without candidates, of one of ``users`` in a random context."""
+    user_id, user_features = rng.choice(users)
+    request = pb.RecommendRequest(user_id=user_id, num_results=1)
+    set_features(request, "user_features", user_features)
+    set_features(request, "context", make_context(rng))
+    return request
 
 
 # -- the client process ------------------------------------------------------------------------------

@@ -63,13 +63,12 @@ from server.bench import (
     Result,
     Target,
     format_table,
-    make_context,
     make_item,
     make_user,
+    make_visit,
     measure,
     measure_feedback,
     serving,
-    set_features,
 )
 from server.client import RecbanditClient
 from server.logs import configure as configure_logs
@@ -119,10 +118,7 @@ def make_catalog_requests(seed: int, count: int = REQUEST_POOL) -> list[pb.Recom
     item_ids = [catalog_item_id(index) for index in range(CATALOG_SIZE)]
     requests = []
     for _ in range(count):
-        user_id, user_features = rng.choice(users)
-        request = pb.RecommendRequest(user_id=user_id, num_results=1)
-        set_features(request, "user_features", user_features)
-        set_features(request, "context", make_context(rng))
+        request = make_visit(rng, users)
         request.candidates.extend(pb.Candidate(item_id=item_id) for item_id in rng.sample(item_ids, CANDIDATES))
         requests.append(request)
     return requests

@@ -180,3 +180,65 @@ def test_a_few_young_due_events_wait_for_a_fuller_archive_file(tmp_path: Path) -
             assert conn.execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone() is None
     finally:
         engine.close()
+
+
+def test_a_history_read_while_a_pass_archives_and_deletes_misses_nothing(tmp_path: Path) -> None:
+    from engine.retention import Retention
+
+    write_history(tmp_path / "events.db", time.time())
+    log = EventLog(tmp_path / "events.db", RewardRules(window_seconds=WINDOW))
+    try:
+        reading = log.history()
+        first = next(reading)  # the log's snapshot is taken: the pass below cannot take events from under it
+        retention = Retention(log, DAY, Archive(tmp_path / "archive", log.log_id()))
+        assert retention.run(learned_seq=1 << 40) == 100 and log.counts()["decisions"] == 20
+        seen = [first["event_id"], *(r["event_id"] for r in reading)]
+        assert seen == [f"event-{n:03d}" for n in range(120)]
+        assert [r["event_id"] for r in log.history()] == seen  # and after it, from archive and log
+    finally:
+        log.close()
+
+
+def test_a_missing_archive_or_another_logs_is_refused_at_start(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    engine, unpruned, archive_dir = pruned
+    engine.close()
+    data = Path(engine.log.path).parent
+    shutil.move(archive_dir, tmp_path / "moved")
+    with pytest.raises(StartupRefused, match="which is missing: put the archive back"):
+        Engine(EngineConfig(data_dir=data, retention_seconds=DAY))
+    shutil.move(tmp_path / "moved", archive_dir)
+    stranger = EventLog(tmp_path / "stranger.db", RewardRules())
+    try:
+        with pytest.raises(ValueError, match="belongs to event log"):
+            list(Archive(archive_dir, stranger.log_id()).records())
+    finally:
+        stranger.close()
+
+
+def test_an_archive_that_cannot_be_written_stops_neither_learning_nor_checkpoints(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_history(data / "events.db", time.time())
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the archive should go\n")
+    engine = Engine(EngineConfig(data_dir=data, rewards=RewardRules(window_seconds=WINDOW), retention_seconds=DAY,
+                                 archive_dir=blocked, checkpoint_interval=0.3))
+    try:
+        assert engine.wait_until_learned()
+        engine._learner._prune_apart()  # fails, logged; raises nothing
+        deadline = time.monotonic() + 10
+        while engine.model_info().last_checkpoint_ts is None:  # the background loop goes on to checkpoint
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert engine.log.counts()["decisions"] == 120  # nothing deleted that was not archived
+    finally:
+        engine.close()
+
+
+def test_forget_user_with_a_damaged_archive_file_deletes_nothing_so_a_retry_can(pruned) -> None:  # type: ignore[no-untyped-def]
+    engine, _, archive_dir = pruned
+    victim = next(archive_dir.glob("day=*/events-*.parquet"))
+    victim.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="archive file"):
+        engine.forget_user("user-3")
+    assert any(r["user_id"] == "user-3" for r in engine.log.joined())

@@ -166,3 +166,25 @@ def test_a_log_of_a_newer_schema_is_refused_in_one_line(store: str) -> None:
     execute(store, "UPDATE meta SET value = '9' WHERE key = 'schema_version'")
     with pytest.raises(StartupRefused, match="schema version is 9, newer than the 3 this recbandit reads"):
         open_log(store)
+
+
+def test_superseded_catalog_versions_go_once_no_decision_in_the_log_can_name_them(store: str) -> None:
+    from engine.types import Item
+
+    log = open_log(store)
+    try:
+        [first] = log.upsert_items([Item("sku", {"price": 1.0})])
+        [current] = log.upsert_items([Item("sku", {"price": 2.0})])
+        log.upsert_items([Item("gone", {"x": "y"})])
+        log.delete_items(["gone"])
+        assert log.upsert_items([Item("sku", {"price": 2.0})]) == [current]  # unchanged: the same version, kept
+        log.append_decision(decision("old", time.time() - 100))  # made before the changes: may name the old ones
+        assert log.forget_superseded_versions(margin=0.0) == 0
+        log.delete_events(["old"])
+        assert log.forget_superseded_versions(margin=3600.0) == 0  # superseded too recently
+        assert log.forget_superseded_versions(margin=-1.0) == 2  # the first price and the deleted item
+        [item] = log.items()
+        assert item.version == current and item.version != first
+        assert log.upsert_items([Item("sku", {"price": 2.0})]) == [current]
+    finally:
+        log.close()
