@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.cache import BoundedCache
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from engine.exploration import normalised
 from engine.types import Features
 
@@ -75,21 +75,21 @@ class BanditConfig:
 
     def validate(self) -> None:
         if self.exploration not in EXPLORATION_PARAMETERS:
-            raise InvalidRequest("exploration", f"must be one of {', '.join(EXPLORATION_PARAMETERS)}")
+            raise ConfigurationError("exploration", f"must be one of {', '.join(EXPLORATION_PARAMETERS)}")
         p = self.parameter
         if not math.isfinite(p) or p < 0 or (self.exploration == "epsilon" and p > 1):
-            raise InvalidRequest("exploration_parameter", f"out of range for {self.exploration}: {p}")
+            raise ConfigurationError("exploration_parameter", f"out of range for {self.exploration}: {p}")
         if self.exploration in ("cover", "bag") and (p < 1 or p != int(p) or p > MAX_POLICIES):
-            raise InvalidRequest("exploration_parameter",
-                                 f"{self.exploration} needs a whole number from 1 to {MAX_POLICIES}, got {p:g}")
+            raise ConfigurationError("exploration_parameter",
+                                     f"{self.exploration} needs a whole number from 1 to {MAX_POLICIES}, got {p:g}")
         for pair in self.interactions:
             if len(pair) != 2 or not set(pair) <= {"U", "C", "I"}:
-                raise InvalidRequest("interactions", f"{pair!r}: pairs of U (user), C (context), I (item)")
+                raise ConfigurationError("interactions", f"{pair!r}: pairs of U (user), C (context), I (item)")
         if not 0 < self.learning_rate <= 10:
-            raise InvalidRequest("learning_rate", f"must be within (0, 10], got {self.learning_rate}")
+            raise ConfigurationError("learning_rate", f"must be within (0, 10], got {self.learning_rate}")
         low, high = self.reward_range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise InvalidRequest("reward_range", f"must be finite with low < high, got {self.reward_range}")
+            raise ConfigurationError("reward_range", f"must be finite with low < high, got {self.reward_range}")
 
     def vw_arguments(self) -> str:
         self.validate()

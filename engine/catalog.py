@@ -40,7 +40,26 @@ class Catalog:
         self.limits = limits
         self.lock = lock
         self.embeddings = embeddings
+        self._change = log.catalog_change()
         self.items: dict[str, Item] = {item.item_id: _frozen_item(item, item.version) for item in log.items()}
+
+    def follow(self) -> bool:
+        """Take in what other processes wrote to the store's catalog since the last look (a cheap
+        read when nothing changed); True when something did. The whole catalog is read again."""
+        change = self.log.catalog_change()
+        if change == self._change:
+            return False
+        with self.lock:
+            self._change = change
+            stored = {item.item_id: _frozen_item(item, item.version) for item in self.log.items()}
+            gone = [item_id for item_id in self.items if item_id not in stored]
+            changed = [item for item_id, item in stored.items() if self.items.get(item_id) != item]
+            self.items = stored
+            if changed:
+                self.embeddings.upsert_items(changed)
+            if gone:
+                self.embeddings.delete_items(gone)
+        return True
 
     def upsert_items(self, items: list[Item]) -> int:
         check_items("items", items, self.limits)

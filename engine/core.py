@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from engine.archive import Archive
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
 from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
-from engine.datadir import lock_data_dir
+from engine.datadir import lock_data_dir, unusable
 from engine.embeddings import Representation
 from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady, StartupRefused
 from engine.eventlog import EVENT_LOG, Forgotten, EventLog
@@ -35,6 +36,7 @@ from engine.explain import Explainer, Explanation
 from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
+from engine.roles import ROLES, SNAPSHOTS_DIR, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
@@ -47,6 +49,9 @@ from engine.validation import Limits, check_decision_request, check_id, check_re
 
 
 MODEL_AT_REST_TIMEOUT = 5.0
+CATALOG_POLL_INTERVAL = 0.5
+"""Seconds between looks for catalog writes by other processes (roles serve and learn): within a second."""
+log = logging.getLogger(__name__)
 """Seconds an explanation waits for learning to pause before it answers UNAVAILABLE."""
 
 
@@ -65,6 +70,8 @@ class EngineConfig:
     retention_seconds: float | None = None  # set: final, learned events older than this are deleted
     archive_dir: Path | None = None  # set (with retention): what retention deletes is archived here first
     store: str = ""  # a postgresql:// URL: the event log lives there; empty: events.db in data_dir
+    role: str = "all"  # all: serve and learn; serve: decide and follow the learner's snapshots; learn (engine.roles)
+    model_poll_interval: float = 1.0  # role serve: seconds between looks for a newer snapshot, and catalog changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +91,33 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         config.bandit.validate()
         config.rewards.validate()
+        if config.role not in ROLES:
+            raise StartupRefused(f"role must be one of {', '.join(ROLES)}, got {config.role!r}")
         self.config = config
         self._dir = Path(config.data_dir)
+        self._stopping = threading.Event()
+        self._releases: list[Callable[[], None]] = []  # undone by close, last first
         with ExitStack() as undo:  # a failed start leaves the log closed and the directory unlocked
-            self._data_dir_lock = lock_data_dir(self._dir)
-            undo.callback(self._data_dir_lock.release)
-            self.log = EventLog(config.store or self._dir / EVENT_LOG, config.rewards)
-            undo.callback(self.log.close)
-            self._store_claim = self.log.claim()
-            undo.callback(self._store_claim.release)
+            serving_only = config.role == "serve"  # serving processes share the data directory (embeddings)
+            try:
+                self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as error:
+                raise unusable(self._dir, error) from error
+            if config.role == "all":  # the data directory first: its refusal names the process that has it
+                self._hold(undo, lock_data_dir(self._dir).release)
+            self.log = EventLog(config.store or self._dir / EVENT_LOG, config.rewards, join_later=serving_only)
+            self._hold(undo, self.log.close)
+            if not serving_only:  # one learner per store; a learner waits for the lease as a standby
+                self._hold(undo, take_learner_lease(self.log, wait=config.role == "learn", stopping=self._stopping).release)
+            if config.role == "learn":
+                self._hold(undo, lock_data_dir(self._dir).release)
             self._start()
             undo.pop_all()
+
+    def _hold(self, undo: ExitStack, release: Callable[[], None]) -> None:
+        """``release`` when the engine closes, or at once if it fails to start."""
+        undo.callback(release)
+        self._releases.append(release)
 
     def _start(self) -> None:
         """The catalog, embeddings and model over the open log; re-learn what the log holds beyond the checkpoint."""
@@ -105,14 +128,21 @@ class Engine:
         self._encoded = EncodedCandidates()
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
-        self._stopping = threading.Event()
         self._retention = Retention(self.log, config.retention_seconds, _archive(config, self.log))
-        self._learner = Learner(
-            self._dir, self.log, config.bandit, self._stopping,
-            checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
-            retention=self._retention,
-        )
+        self._learner: Learner | ModelFollower
+        if config.role == "serve":
+            self._learner = ModelFollower(self.log, StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR),
+                                          config.bandit, self._stopping, config.model_poll_interval)
+        else:
+            self._learner = Learner(
+                self._dir, self.log, config.bandit, self._stopping,
+                checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
+                retention=self._retention,
+                snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR) if config.role == "learn" else None,
+            )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
+        if config.role != "all":  # other processes write the catalog too
+            threading.Thread(target=self._follow_catalog, name="catalog-follower", daemon=True).start()
         self._reporting = threading.Lock()
         self._explainer = Explainer(self.log.get_decision, lambda: self._learner.bandit,
                                     lambda: self._learner.at_rest(MODEL_AT_REST_TIMEOUT),
@@ -122,6 +152,18 @@ class Engine:
     @property
     def bandit(self) -> VWBandit:
         return self._learner.bandit
+
+    def _follow_catalog(self) -> None:
+        """Roles serve and learn: take in the catalog writes of the store's other processes."""
+        failed = False
+        while not self._stopping.wait(min(self.config.model_poll_interval, CATALOG_POLL_INTERVAL)):
+            try:
+                self._catalog.follow()
+                failed = False
+            except Exception as error:  # the store is away: serve the catalog in hand
+                if not failed:
+                    log.error("cannot follow the catalog's changes (serving the catalog in hand): %s", error)
+                failed = True
 
     @property
     def observer(self) -> Observer:
@@ -396,12 +438,12 @@ class Engine:
         try:
             self._learner.join()
             self.embeddings.close()
-            self._learner.learn_pending()
-            self._learner.checkpoint()
+            if self.config.role != "serve":  # the learner's model: learn what is final, keep it
+                self._learner.learn_pending()
+                self._learner.checkpoint()
         finally:  # whatever failed, the next server may open the directory and the store
-            self.log.close()
-            self._store_claim.release()
-            self._data_dir_lock.release()
+            for release in reversed(self._releases):
+                release()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,19 @@ class InvalidRequest(RecbanditError):
         self.reason = reason
 
 
+class ConfigurationError(RecbanditError):
+    """A setting breaks its rule: a problem of how recbandit was started, never of a request.
+
+    No status code maps it: it is refused before serving (the command prints it in one line), and
+    should one reach a client it is ``INTERNAL``, not the client's fault.
+    """
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
 class UnknownEvent(RecbanditError):
     """No decision with this event id is in the log."""
 

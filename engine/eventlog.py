@@ -43,7 +43,7 @@ from engine.records import (
     features_to_json,
 )
 from engine.features import frozen_features
-from engine.storage import Claim, Connection, open_database
+from engine.storage import Connection, open_database
 from engine.rewards import Aggregation, RewardRules
 from engine.types import Features, Item, Status
 
@@ -72,8 +72,10 @@ CREATE TABLE IF NOT EXISTS rewards (
     label TEXT NOT NULL,
     value {real} NOT NULL,
     ts {real} NOT NULL,
+    joined INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (event_id, item_id, label)
 );
+CREATE INDEX IF NOT EXISTS rewards_unjoined ON rewards (ts) WHERE joined = 0;
 CREATE TABLE IF NOT EXISTS outcomes (
     seq {integer_key},
     event_id TEXT NOT NULL,
@@ -97,6 +99,13 @@ CREATE TABLE IF NOT EXISTS item_versions (
     features TEXT NOT NULL,
     superseded_ts {real}
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    id {integer_key},
+    ts {real} NOT NULL,
+    learned_seq BIGINT NOT NULL,
+    manifest TEXT NOT NULL,
+    model {blob} NOT NULL
+);
 """
 EVENT_LOG = "events.db"
 """The event log's file name in a data directory."""
@@ -111,6 +120,7 @@ _MIGRATIONS = {
     # 2 → 3: catalog versions (items get theirs in _version_items); decisions are read in time order
     2: "ALTER TABLE items ADD COLUMN version INTEGER NOT NULL DEFAULT 0;"
        "ALTER TABLE decisions ADD COLUMN pmf BLOB;"
+       "ALTER TABLE rewards ADD COLUMN joined INTEGER NOT NULL DEFAULT 1;"
        "DROP INDEX IF EXISTS decisions_closed;",
 }
 _VERSIONS_CACHED = (1 << 16, 64 << 20)
@@ -125,12 +135,18 @@ _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET valu
 
 
 class EventLog:
-    """The event log of ``store``: a SQLite file's path, or a ``postgresql://`` URL (:mod:`engine.storage`)."""
+    """The event log of ``store``: a SQLite file's path, or a ``postgresql://`` URL (:mod:`engine.storage`).
 
-    def __init__(self, store: str | Path, rules: RewardRules) -> None:
+    With ``join_later`` (a serving process beside a learner, :mod:`engine.roles`), a reward is only
+    logged; the learner makes the slot it decides final (:meth:`join_rewards`), so that one process
+    numbers the outcomes, in commit order.
+    """
+
+    def __init__(self, store: str | Path, rules: RewardRules, *, join_later: bool = False) -> None:
         self.database = open_database(store)
         self.path = self.database.name
         self.rules = rules
+        self.join_later = join_later
         writer = self.database.connect(writer=True)
         try:
             self._migrate(writer)
@@ -211,10 +227,6 @@ class EventLog:
                 self._readers.append(conn)
         return conn
 
-    def claim(self) -> Claim:
-        """Hold the store for this server (:meth:`engine.storage.Database.claim`); refused if another has it."""
-        return self.database.claim()
-
     def watch_storage(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` from the writer thread whenever writes start or stop failing."""
         self._writer.on_health_change = on_change
@@ -288,11 +300,13 @@ class EventLog:
         return await self._writer.submit_async(self._insert_reward(reward))
 
     def _insert_reward(self, reward: Reward) -> _InsertReward:
-        return _InsertReward(reward, self.rules.aggregation is Aggregation.EARLIEST)
+        earliest = self.rules.aggregation is Aggregation.EARLIEST
+        return _InsertReward(reward, earliest and not self.join_later, earliest and self.join_later,
+                             self.database.share_lock)
 
     def activate(self, event_id: str, ts: float) -> Status:
         def update(conn: Connection) -> Status:
-            _, deferred, activated_ts, closed, deadline = self._event_state(conn, event_id)
+            _, deferred, activated_ts, closed, deadline = self._event_state(conn, event_id, self.database.share_lock)
             if not deferred or activated_ts is not None:
                 return Status.DUPLICATE
             if closed or ts > deadline:
@@ -303,9 +317,11 @@ class EventLog:
         return self._writer.submit(update)
 
     @staticmethod
-    def _event_state(conn: Connection, event_id: str) -> tuple[list[str], bool, float | None, bool, float]:
+    def _event_state(conn: Connection, event_id: str, lock: str = "") -> tuple[list[str], bool, float | None, bool, float]:
+        """The event's chosen items, deferral, activation, closing and deadline; ``lock`` keeps another
+        process from closing its window until this transaction ends (:attr:`Database.share_lock`)."""
         row = conn.execute(
-            "SELECT chosen, deferred, activated_ts, closed, deadline FROM decisions WHERE event_id = ?",
+            f"SELECT chosen, deferred, activated_ts, closed, deadline FROM decisions WHERE event_id = ?{lock}",
             (event_id,),
         ).fetchone()
         if row is None:
@@ -324,6 +340,7 @@ class EventLog:
             finalised = 0
             for event_id, chosen, deferred, activated_ts, undelivered in due:
                 conn.execute("UPDATE decisions SET closed = 1 WHERE event_id = ?", (event_id,))
+                finalised += _join(conn, event_id, json.loads(chosen))  # rewards a serving process logged
                 if undelivered or (deferred and activated_ts is None):
                     continue  # never shown: never learned with the default reward
                 sums = dict(
@@ -340,6 +357,24 @@ class EventLog:
             return finalised
 
         return self._writer.submit(close)
+
+    def join_rewards(self, limit: int = 1000) -> int:
+        """Make final the slots that rewards logged but not yet joined decide (:attr:`join_later`):
+        under ``earliest``, a slot's first reward. Returns how many slots."""
+
+        def join(conn: Connection) -> int:
+            events = [e for (e,) in conn.execute(
+                "SELECT DISTINCT event_id FROM (SELECT event_id FROM rewards WHERE joined = 0 ORDER BY ts LIMIT ?) r",
+                (limit,))]
+            finalised = 0
+            for chunk in _chunks(events, 500):
+                marks = ",".join("?" * len(chunk))
+                for event_id, chosen in conn.execute(
+                        f"SELECT event_id, chosen FROM decisions WHERE event_id IN ({marks})", chunk).fetchall():
+                    finalised += _join(conn, event_id, json.loads(chosen))
+            return finalised
+
+        return self._writer.submit(join)
 
     async def mark_delivery_async(self, decision: LoggedDecision, delivered: bool) -> None:
         """Mark whether ``decision`` reached its caller; an undelivered one gets no default reward."""
@@ -399,6 +434,38 @@ class EventLog:
             return conn.execute("DELETE FROM item_versions WHERE superseded_ts < ?", (before,)).rowcount
 
         return self._writer.submit(forget)
+
+    def publish_snapshot(self, manifest: str, learned_seq: int, model: bytes, keep: int = 3) -> int:
+        """Store a model snapshot, its manifest and the learner's position in one transaction; keep
+        the newest ``keep``. Returns its id."""
+
+        def publish(conn: Connection) -> int:
+            conn.execute("INSERT INTO snapshots (ts, learned_seq, manifest, model) VALUES (?, ?, ?, ?)",
+                         (time.time(), learned_seq, manifest, model))
+            (newest,) = conn.execute("SELECT MAX(id) FROM snapshots").fetchone()
+            conn.execute("DELETE FROM snapshots WHERE id <= ?", (newest - keep,))
+            return int(newest)
+
+        return self._writer.submit(publish)
+
+    def newest_snapshot(self, after: int = 0) -> tuple[int, str, bytes] | None:
+        """The newest snapshot if its id is above ``after``: ``(id, manifest, model)``."""
+        conn = self._reader()
+        row = conn.execute("SELECT MAX(id) FROM snapshots").fetchone()
+        if row is None or row[0] is None or row[0] <= after:
+            return None
+        snapshot_id, manifest, model = conn.execute(
+            "SELECT id, manifest, model FROM snapshots WHERE id = ?", (row[0],)).fetchone()
+        return int(snapshot_id), str(manifest), bytes(model)
+
+    def catalog_change(self) -> str:
+        """A token that changes with every catalog write, by any process: how others notice one."""
+        row = self._reader().execute("SELECT value FROM meta WHERE key = 'catalog_change'").fetchone()
+        return "" if row is None else str(row[0])
+
+    def has_unjoined_rewards(self) -> bool:
+        """Whether a serving process logged rewards the learner has not joined yet (a cheap read)."""
+        return self._reader().execute("SELECT 1 FROM rewards WHERE joined = 0 LIMIT 1").fetchone() is not None
 
     def archive_dir(self) -> Path | None:
         """The folder retention archives this log's deleted events to (:mod:`engine.archive`), once it has."""
@@ -493,6 +560,7 @@ class EventLog:
         features = [(i.item_id, features_to_json(i.features)) for i in items]
 
         def upsert(conn: Connection) -> list[int]:
+            _note_catalog_change(conn)
             versions = _store_versions(conn, features)
             _supersede(conn, [i.item_id for i in items])
             conn.executemany("UPDATE item_versions SET superseded_ts = NULL WHERE version = ?", [(v,) for v in versions])
@@ -510,6 +578,7 @@ class EventLog:
         ids = list(item_ids)
 
         def delete(conn: Connection) -> list[str]:
+            _note_catalog_change(conn)
             _supersede(conn, ids)
             deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
             return deleted
@@ -664,18 +733,21 @@ class _MarkDelivery:
 class _InsertReward:
     """The group-commit operation of one reward: NEW or DUPLICATE, or the reason it is refused."""
 
-    __slots__ = ("reward", "earliest")
+    __slots__ = ("reward", "earliest", "unjoined", "lock")
+    _SQL = "INSERT INTO rewards (event_id, item_id, label, value, ts, joined) VALUES "
 
-    def __init__(self, reward: Reward, earliest: bool) -> None:
+    def __init__(self, reward: Reward, earliest: bool, unjoined: bool, lock: str) -> None:
         self.reward = reward
-        self.earliest = earliest  # the first reward of a slot makes it final
+        self.earliest = earliest  # the first reward of a slot makes it final, now
+        self.unjoined = unjoined  # ... later, when the learner joins it
+        self.lock = lock  # the decision row's lock, against a window closed meanwhile by another process
 
     def __call__(self, conn: Connection) -> Status:
         reward = self.reward
-        item_id, slot = _reward_target(reward, EventLog._event_state(conn, reward.event_id))
+        item_id, slot = _reward_target(reward, EventLog._event_state(conn, reward.event_id, self.lock))
         cursor = conn.execute(
-            "INSERT INTO rewards VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (reward.event_id, item_id, reward.label, reward.value, reward.ts),
+            f"{self._SQL}(?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (reward.event_id, item_id, reward.label, reward.value, reward.ts, int(not self.unjoined)),
         )
         if not cursor.rowcount:
             return Status.DUPLICATE
@@ -699,7 +771,7 @@ class _InsertReward:
             marks = ",".join("?" * len(chunk))
             for event_id, chosen, deferred, activated_ts, closed, deadline in conn.execute(
                 "SELECT event_id, chosen, deferred, activated_ts, closed, deadline FROM decisions"
-                f" WHERE event_id IN ({marks})",
+                f" WHERE event_id IN ({marks}){inserts[0].lock}",
                 chunk,
             ):
                 states[event_id] = (json.loads(chosen), bool(deferred), activated_ts, bool(closed), deadline)
@@ -725,11 +797,11 @@ class _InsertReward:
                 continue
             existing.add(key)
             results.append(Status.NEW)
-            rewards.append((*key, reward.value, reward.ts))
+            rewards.append((*key, reward.value, reward.ts, int(not insert.unjoined)))
             if insert.earliest:
                 outcomes.append((reward.event_id, slot, item_id, reward.value, "reward", reward.ts))
         for chunk in _chunks(rewards, 150):
-            conn.execute(f"INSERT INTO rewards VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(chunk))}",
+            conn.execute(_InsertReward._SQL + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
                          [v for row in chunk for v in row])
         for chunk in _chunks(outcomes, 150):
             conn.execute(
@@ -800,6 +872,10 @@ def _store_versions(conn: Connection, items: list[tuple[str, str]]) -> list[int]
     return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
 
 
+def _note_catalog_change(conn: Connection) -> None:
+    conn.execute(_SET_META, ("catalog_change", os.urandom(8).hex()))
+
+
 def _supersede(conn: Connection, item_ids: list[str]) -> None:
     """Mark the current catalog versions of ``item_ids`` superseded now (the one an item keeps is unmarked after)."""
     now = time.time()
@@ -832,6 +908,19 @@ class Forgotten:
     event_ids: tuple[str, ...]
     rewards: int
     outcomes: int
+
+
+def _join(conn: Connection, event_id: str, chosen: list[str]) -> int:
+    """Make final the slots of ``event_id`` that its unjoined rewards decide (the first reward of
+    each slot, by time); mark the rewards joined. Returns how many slots."""
+    rewards = conn.execute("SELECT item_id, value, ts FROM rewards WHERE event_id = ? AND joined = 0 ORDER BY ts",
+                           (event_id,)).fetchall()
+    if not rewards:
+        return 0
+    finalised = sum(_insert_outcome(conn, event_id, chosen.index(item_id), item_id, value, "reward", ts)
+                    for item_id, value, ts in rewards if item_id in chosen)
+    conn.execute("UPDATE rewards SET joined = 1 WHERE event_id = ? AND joined = 0", (event_id,))
+    return finalised
 
 
 def _insert_outcome(

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
@@ -27,6 +28,9 @@ from engine.eventlog import EventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
 from engine.retention import PRUNE_INTERVAL, Retention
+
+if TYPE_CHECKING:
+    from engine.roles import StoreSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,9 @@ class Learner:
         Seconds between checkpoints, and between closings of reward windows.
     retention:
         What deletes events once final and learned (:mod:`engine.retention`); see :meth:`prune`.
+    snapshots:
+        Where checkpoints go instead of ``data_dir``: the store, for the serving processes that follow
+        this learner (:mod:`engine.roles`).
 
     ``served``, ``examples_learned``, ``learned_seq`` and ``last_checkpoint`` describe the model
     in use; only this class changes them.
@@ -96,8 +103,10 @@ class Learner:
         checkpoint_interval: float,
         maintenance_interval: float,
         retention: Retention | None = None,
+        snapshots: StoreSnapshots | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.snapshots = snapshots
         self.log = log
         self.checkpoint_interval = checkpoint_interval
         self.maintenance_interval = maintenance_interval
@@ -116,18 +125,24 @@ class Learner:
         self._thread = threading.Thread(target=self._background, name="engine-background", daemon=True)
 
     def _load_model(self, bandit: BanditConfig) -> None:
-        checkpoint = read_checkpoint(self.data_dir)
+        if self.snapshots is not None:  # the store's newest snapshot, written with the position it learned to
+            found = self.snapshots.read()
+            checkpoint, model_path = (found[1], found[2]) if found else (None, None)
+        else:
+            checkpoint = read_checkpoint(self.data_dir)
+            model_path = None if checkpoint is None else self.data_dir / checkpoint.model_file
+            if checkpoint is not None:
+                check_fits_log(checkpoint, self.data_dir, self.log.log_id(), self.log.last_assigned_seq())
         if checkpoint is None:
             self.served = ServedModel(VWBandit(bandit), "vw-" + uuid.uuid4().hex[:8])
             self.learned_seq = self.examples_learned = 0
             self.last_checkpoint: float | None = None
             return
-        check_fits_log(checkpoint, self.data_dir, self.log.log_id(), self.log.last_assigned_seq())
         try:
             saved = BanditConfig.from_dict(checkpoint.bandit)
             saved.validate()
             policy = RegisteredPolicy(**checkpoint.policy) if checkpoint.policy else None
-            model = VWBandit(saved, model_path=str(self.data_dir / checkpoint.model_file))
+            model = VWBandit(saved, model_path=str(model_path))
         except (TypeError, ValueError, RuntimeError, RecbanditError) as error:  # VW: RuntimeError
             raise CorruptCheckpoint(self.data_dir, f"the checkpoint in {self.data_dir} does not load ({error})") from None
         if saved != bandit:
@@ -285,7 +300,10 @@ class Learner:
                 log_id=self.log.log_id(),
             )
             try:
-                checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
+                if self.snapshots is not None:
+                    checkpoint = self.snapshots.write(served.bandit.save, checkpoint)
+                else:
+                    checkpoint = write_checkpoint(self.data_dir, served.bandit.save, checkpoint)
             except (OSError, RuntimeError) as error:  # VW reports a failed write as RuntimeError
                 log.error("checkpoint not written (the previous one stays): %s", error)
                 raise StorageUnavailable() from error
@@ -304,6 +322,8 @@ class Learner:
                 time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
             self._wake.clear()
             try:
+                if self.log.has_unjoined_rewards():  # logged by serving processes (engine.roles)
+                    self.log.join_rewards()
                 if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
                     self.close_windows()
                     next_close = time.monotonic() + self.maintenance_interval

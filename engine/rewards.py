@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 
 
 class Aggregation(enum.Enum):
@@ -33,9 +33,9 @@ class RewardRules:
 
     def validate(self) -> None:
         if not (math.isfinite(self.window_seconds) and self.window_seconds > 0):
-            raise InvalidRequest("reward_window", f"must be a positive duration, got {self.window_seconds}")
+            raise ConfigurationError("reward_window", f"must be a positive duration, got {self.window_seconds}")
         if not math.isfinite(self.default_reward):
-            raise InvalidRequest("default_reward", f"must be finite, got {self.default_reward}")
+            raise ConfigurationError("default_reward", f"must be finite, got {self.default_reward}")
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -46,5 +46,5 @@ def parse_duration(text: str) -> float:
     """Seconds in ``"90"``, ``"45s"``, ``"10m"``, ``"2h"``, ``"7d"`` or ``"500ms"``."""
     match = _DURATION.match(text)
     if not match:
-        raise InvalidRequest("reward_window", f"not a duration like 30s, 10m, 2h or 7d: {text!r}")
+        raise ConfigurationError("reward_window", f"not a duration like 30s, 10m, 2h or 7d: {text!r}")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]

@@ -28,6 +28,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from engine.core import Engine
+from engine.errors import ConfigurationError
+from engine.policy_source import PolicySource
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
@@ -157,13 +159,17 @@ class RunningServer:
         self.loop.close()
 
 
-def start(settings: Settings) -> RunningServer:
+def start(settings: Settings, policy_source: PolicySource | None = None) -> RunningServer:
+    """Start serving; with ``policy_source`` (what ``--policy-registry`` names, built by the CLI),
+    follow its champion."""
+    if settings.policy_registry and policy_source is None:
+        raise ConfigurationError("policy_registry", "is set, but no policy source was handed to the server")
     edge = Edge.from_settings(settings)
     engine = Engine(settings.engine_config())
     champion = None
-    if settings.policy_registry:
+    if policy_source is not None:
         download_dir = Path(settings.data_dir) / "policies"
-        champion = ChampionFollower(engine, settings.policy_registry, settings.policy_poll_interval, download_dir)
+        champion = ChampionFollower(engine, policy_source, settings.policy_poll_interval, download_dir)
     loop = EventLoopThread(settings.workers)
 
     async def start_serving() -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, Any]:
@@ -212,12 +218,12 @@ async def _set_health(health: health_aio.HealthServicer, *, serving: bool) -> No
         await health.set(name, status)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, policy_source: PolicySource | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain, checkpoint and return."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    running = start(settings)
+    running = start(settings, policy_source)
     tokens = running.edge.tokens if running.edge else None
     reloads = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sighup")  # one reload at a time, in order
     signal.signal(signal.SIGHUP, lambda *_: reloads.submit(_reload, tokens))

@@ -1,10 +1,11 @@
 """Follow the registry's champion: poll it, and swap the served policy when its version changes.
 
-The registry is MLflow's (``training.registry``): the alias ``champion`` of the registered model
-``recbandit-policy``. A poll first asks which version holds the alias (one cheap query); only
-when it differs from the version served does it download that version (an MLflow model folder)
-into ``<data_dir>/policies/v<version>`` and hand the engine the path of the VW file inside it
-(:meth:`engine.core.Engine.swap_policy`), so the engine never imports MLflow.
+The registry is a :class:`engine.policy_source.PolicySource` handed in by whoever builds the server
+(the ``recbandit`` command passes MLflow's, :class:`training.registry.RegistryPolicySource`: the
+alias ``champion`` of the registered model ``recbandit-policy``). A poll first asks which version
+holds the alias (one cheap query); only when it differs from the version served does it download
+that version into ``<data_dir>/policies/v<version>`` and hand the engine the path of the VW file
+(:meth:`engine.core.Engine.swap_policy`), so neither the engine nor the server imports MLflow.
 
 :meth:`ChampionFollower.reload` is the ``ReloadPolicy`` RPC and every poll; one lock makes them
 take turns. A failed poll is logged and retried at the next interval; the served policy stays.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from engine.core import Engine, RegisteredPolicy
 from engine.errors import PreconditionFailed
+from engine.policy_source import PolicySource
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,11 @@ CLOSE_TIMEOUT = 5.0
 
 
 class ChampionFollower:
-    """Polls ``tracking_uri``'s champion every ``poll_interval`` seconds (0 or less: only on demand)."""
+    """Polls ``source``'s champion every ``poll_interval`` seconds (0 or less: only on demand)."""
 
-    def __init__(self, engine: Engine, tracking_uri: str, poll_interval: float, download_dir: Path) -> None:
+    def __init__(self, engine: Engine, source: PolicySource, poll_interval: float, download_dir: Path) -> None:
         self.engine = engine
-        self.tracking_uri = tracking_uri
+        self.source = source
         self.poll_interval = poll_interval
         self.download_dir = download_dir
         self._lock = threading.Lock()
@@ -42,18 +44,16 @@ class ChampionFollower:
 
         Raises :class:`PreconditionFailed` when no version holds the alias.
         """
-        from training.registry import CHAMPION, MODEL_NAME, champion_version, download_policy
-        from training.tracking import tracking_client
-
+        name, alias = self.source.model_name, self.source.alias
         with self._lock:
-            champion = champion_version(tracking_client(self.tracking_uri))
-            if champion is None:
-                raise PreconditionFailed("policy_registry", f"no version of {MODEL_NAME} holds the alias @{CHAMPION}")
+            version = self.source.champion_version()
+            if version is None:
+                raise PreconditionFailed("policy_registry", f"no version of {name} holds the alias @{alias}")
             served = self.engine.registered_policy
-            if served is not None and (served.model_name, served.version) == (MODEL_NAME, str(champion.version)):
+            if served is not None and (served.model_name, served.version) == (name, version):
                 return False, served
-            policy = download_policy(champion, self.tracking_uri, self.download_dir)
-            registered = RegisteredPolicy(MODEL_NAME, policy.version, CHAMPION)
+            policy = self.source.download(version, self.download_dir)
+            registered = RegisteredPolicy(name, policy.version, alias)
             self.engine.swap_policy(policy.bandit, str(policy.model_path), registered)
             return True, registered
 

@@ -5,10 +5,16 @@ Built on click from the one settings model (:mod:`server.settings`): every optio
 is a field there, with its meaning, default, choices and environment variable in ``--help``, and
 its value from the flag, the ``RECBANDIT_*`` variable, the ``--config`` TOML file or the default,
 in that order. A command that cannot start prints one line on stderr and exits with code 2.
+
+It is the composition root: the one module that imports both ``server`` and ``training``
+(``tests/test_boundaries.py``), and wires them — the registry's policy source into ``serve``, a
+server and a client into the demo. The offline commands need the training extra and say so in
+one line when it is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sqlite3
 import sys
@@ -21,7 +27,7 @@ from typing import Any, Literal, get_args, get_origin
 import click
 from pydantic import BaseModel
 
-from engine.errors import InvalidRequest, RecbanditError
+from engine.errors import ConfigurationError, InvalidRequest, RecbanditError
 from engine.eventlog import EVENT_LOG
 from server.logs import configure as configure_logs
 from server.settings import CONFIG_ENV, ENV_PREFIX, NESTED, ReportOptions, Settings, choices
@@ -98,16 +104,41 @@ def _load(context: click.Context, command: str, flags: dict[str, Any]) -> Settin
             nested[name] = value
     try:
         settings = Settings.load(context.obj["config"], **nested)
-    except InvalidRequest as error:
+    except ConfigurationError as error:
         _refuse(command, error)
     configure_logs(settings.log_level, settings.log_format if command == "serve" else "text",
                    access_log=command == "serve" and settings.access_log)
     return settings
 
 
-def _refuse(command: str, error: Exception) -> None:
+def _refuse(command: str, error: Exception | str) -> None:
     print(f"{command}: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+TRAINING_EXTRA = ("mlflow", "matplotlib", "lightfm", "tqdm")
+"""What ``recbandit[training]`` installs: the offline commands need it, serving does not."""
+
+
+def _training_missing(modules: Iterable[str] = TRAINING_EXTRA) -> str | None:
+    """Why ``modules`` of the training extra cannot be imported, or None when they can."""
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if not missing:
+        return None
+    return f"needs the training extra ({', '.join(missing)} not installed): install recbandit[training]"
+
+
+def _needs_training(command: str, modules: Iterable[str] = TRAINING_EXTRA) -> None:
+    """End ``command`` with one line when the training extra is not installed."""
+    if (missing := _training_missing(modules)) is not None:
+        _refuse(command, missing)
 
 
 def _namespace(settings: Settings, section: str, **extra: Any) -> SimpleNamespace:
@@ -149,14 +180,47 @@ def serve(context: click.Context, **flags: Any) -> None:
     settings = _load(context, "serve", flags)
     try:
         settings.engine_config()  # reads every setting before anything starts
-    except (InvalidRequest, ValueError) as error:
+    except (ConfigurationError, ValueError) as error:
         _refuse("serve", error)
     if warning := settings.reward_range_warning():
         logging.getLogger("recbandit.serve").warning(warning)
+    policy_source = None
+    if settings.policy_registry:  # the registry is MLflow's: training's, handed to the server
+        _needs_training("serve: --policy-registry", ("mlflow",))
+        from training.registry import RegistryPolicySource
+
+        policy_source = RegistryPolicySource(settings.policy_registry)
     try:
-        run_server(settings)
+        if settings.processes > 1:
+            from server.processes import serve_processes
+
+            serve_processes(settings)
+        else:
+            run_server(settings, policy_source)
     except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:  # refused at start: one line
         _refuse("serve", _why_not_started(error, settings.data_dir))
+
+
+@cli.command()
+@_settings_options(SERVER_SETTINGS)
+@click.pass_context
+def learn(context: click.Context, **flags: Any) -> None:
+    """Be the store's one learner: join rewards, close windows, learn, publish snapshots that the
+    serving processes (serve --role serve) follow. A second learner waits as a standby."""
+    from server.processes import learn as run_learner
+
+    settings = _load(context, "learn", flags)
+    policy_source = None
+    if settings.policy_registry:  # the learner follows the champion; the serving processes follow the learner
+        _needs_training("learn: --policy-registry", ("mlflow",))
+        from training.registry import RegistryPolicySource
+
+        policy_source = RegistryPolicySource(settings.policy_registry)
+    try:
+        settings.engine_config()
+        run_learner(settings, policy_source)
+    except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
+        _refuse("learn", _why_not_started(error, settings.data_dir))
 
 
 @cli.command("rebuild-model")
@@ -184,11 +248,15 @@ def export_log(context: click.Context, **flags: Any) -> None:
 @click.pass_context
 def demo(context: click.Context, **flags: Any) -> None:
     """Run a simulated storefront against a fresh server on embedded defaults."""
+    _needs_training("demo")
+    from server.app import start
+    from server.client import RecbanditClient
     from training.demo import run_demo
 
     options = _load(context, "demo", flags).demo
     run_demo(events=options.events, data_dir=options.data_dir, seed=options.seed, concurrency=options.concurrency,
-             drift=options.drift, embeddings=not options.no_embeddings)
+             drift=options.drift, embeddings=not options.no_embeddings,
+             serve=lambda **settings: start(Settings(**settings)), connect=RecbanditClient)
 
 
 @cli.command("import-obd")
@@ -196,6 +264,7 @@ def demo(context: click.Context, **flags: Any) -> None:
 @click.pass_context
 def import_obd(context: click.Context, **flags: Any) -> None:
     """Import the Open Bandit Dataset sample into an event log."""
+    _needs_training("import-obd")
     from training.obd import run_import
 
     options = _load(context, "import-obd", flags).import_obd
@@ -212,6 +281,7 @@ def import_obd(context: click.Context, **flags: Any) -> None:
 @click.pass_context
 def train_embeddings(context: click.Context, **flags: Any) -> None:
     """Train LightFM embeddings from the event log and write an artifact the server loads."""
+    _needs_training("train-embeddings")
     from training.embeddings import run
 
     settings = _load(context, "train-embeddings", flags)
@@ -219,7 +289,7 @@ def train_embeddings(context: click.Context, **flags: Any) -> None:
     args.label_weight = list(args.label_weight) or None
     try:
         run(args)
-    except (InvalidRequest, OSError) as error:
+    except (InvalidRequest, ConfigurationError, OSError) as error:
         _refuse("train-embeddings", error)
 
 
@@ -229,12 +299,13 @@ def train_embeddings(context: click.Context, **flags: Any) -> None:
 def evaluate(context: click.Context, **flags: Any) -> None:
     """Replay candidate policies on the log, estimate their value off-policy, track them in MLflow,
     register the best."""
+    _needs_training("evaluate")
     from training.evaluate import run
 
     settings = _load(context, "evaluate", flags)
     try:
         sys.exit(run(_namespace(settings, "evaluate", data_dir=Path(settings.data_dir))))
-    except (InvalidRequest, ValueError, OSError) as error:
+    except (InvalidRequest, ConfigurationError, ValueError, OSError) as error:
         _refuse("evaluate", error)
 
 
@@ -243,14 +314,15 @@ def evaluate(context: click.Context, **flags: Any) -> None:
 @click.pass_context
 def promote(context: click.Context, **flags: Any) -> None:
     """Move the champion alias to a registered policy version (after comparing it on the log)."""
+    _needs_training("promote")
     from training.registry import run_promote
 
     settings = _load(context, "promote", flags)
     if settings.promote.version is None:
-        _refuse("promote", InvalidRequest("version", "is required: the recbandit-policy version to promote"))
+        _refuse("promote", ConfigurationError("version", "is required: the recbandit-policy version to promote"))
     try:
         sys.exit(run_promote(_namespace(settings, "promote", data_dir=Path(settings.data_dir))))
-    except (InvalidRequest, ValueError, OSError) as error:
+    except (InvalidRequest, ConfigurationError, ValueError, OSError) as error:
         _refuse("promote", error)
 
 
@@ -270,7 +342,7 @@ def _rebuild_model(settings: Settings) -> int:
 
     try:
         config = settings.engine_config()
-    except (InvalidRequest, ValueError) as error:
+    except (ConfigurationError, ValueError) as error:
         print(f"rebuild-model: {error}", file=sys.stderr)
         return 2
     try:
@@ -326,7 +398,7 @@ def _report(options: ReportOptions) -> int:
         window = parse_duration(options.window)
         token = options.token_file.read_text().strip() if options.token_file is not None else None
         tls = Tls.from_files(options.tls_ca) if options.tls_ca is not None else None
-    except InvalidRequest as error:
+    except ConfigurationError as error:
         print(f"report: --window: {error.reason}", file=sys.stderr)
         return 2
     except OSError as error:  # an unreadable token or CA file
@@ -339,6 +411,9 @@ def _report(options: ReportOptions) -> int:
         print(f"report: {error.code().name}: {error.details()}", file=sys.stderr)
         return 2
     print(format_report(learning))
+    if (missing := _training_missing(("matplotlib",))) is not None:
+        print(f"report: not writing {options.out}: the plot {missing}", file=sys.stderr)
+        return 2
     plot_report(learning, options.out)
     print(f"wrote {options.out}")
     return 0

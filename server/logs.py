@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TextIO
 
-from engine.errors import InvalidRequest, shown
+from engine.errors import ConfigurationError, shown
 
 ACCESS = logging.getLogger("recbandit.access")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,7 +32,7 @@ def configure(level: str | int, log_format: str, *, access_log: bool, stream: Te
     elif log_format == "text":
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     else:
-        raise InvalidRequest("log_format", f"must be one of {', '.join(FORMATS)}, got {log_format[:20]!r}")
+        raise ConfigurationError("log_format", f"must be one of {', '.join(FORMATS)}, got {log_format[:20]!r}")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -43,7 +43,7 @@ from pydantic_settings import (
 
 from engine.bandit import BanditConfig
 from engine.core import EngineConfig
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from engine.privacy import read_key
 from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.storage import is_postgres
@@ -55,6 +55,7 @@ CONFIG_ENV = "RECBANDIT_CONFIG"
 """The environment variable naming the TOML config file (the ``--config`` flag wins over it)."""
 
 MAX_RETENTION_SECONDS = 100 * 365 * 86_400.0
+MAX_PROCESSES = 64
 
 _outside: ContextVar[tuple[Path | None] | None] = ContextVar("recbandit_settings_outside", default=None)
 """Set by :meth:`Settings.load` to the config file (or None): only then are the environment and
@@ -178,6 +179,13 @@ class Settings(BaseSettings):
                                            "every slot is final and learned; empty: keep every event")
     store: str = Field("", description="postgresql://user@host:port/db: keep the event log and catalog in "
                                        "PostgreSQL; empty: events.db in the data directory")
+    role: Literal["all", "serve"] = Field("all", description="all: serve and learn in this process; serve: decide "
+                                                            "and log, following the snapshots of the store's learner "
+                                                            "(recbandit learn)")
+    processes: int = Field(1, description="serving processes on this machine, on one port (SO_REUSEPORT), plus one "
+                                          "learner process; 1: this process serves and learns")
+    model_poll_interval: float = Field(1.0, description="role serve: seconds between looks for the learner's newest "
+                                                        "snapshot and for catalog writes")
     archive_dir: str = Field("", description="with --retention: first write what it deletes to day-partitioned "
                                              "Parquet files in this folder, which every reader of the log reads too")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
@@ -242,24 +250,24 @@ class Settings(BaseSettings):
         """Flags that are not None, over ``RECBANDIT_*`` variables, over ``config_file`` (or the file
         ``RECBANDIT_CONFIG`` names), over the defaults. A command's flags go in a dict under its name.
 
-        Raises :class:`InvalidRequest` naming the setting, where it can be set, and the rule.
+        Raises :class:`ConfigurationError` naming the setting, where it can be set, and the rule.
         """
         path = config_file or os.environ.get(CONFIG_ENV) or None
         if path is not None and not Path(path).is_file():
-            raise InvalidRequest("config", f"{path} is not a file")
+            raise ConfigurationError("config", f"{path} is not a file")
         token = _outside.set((Path(path) if path else None,))
         try:
             return cls(**_without_none(flags))
         except ValidationError as error:
             raise _invalid(error) from None
         except SettingsError as error:  # a RECBANDIT_<COMMAND> variable that is not JSON, …
-            raise InvalidRequest("environment", f"{str(error)[:200]}: a command's table in a {ENV_PREFIX}<COMMAND> "
-                                                f"variable must be JSON; or set {ENV_PREFIX}<COMMAND>{NESTED}<NAME>") from None
+            raise ConfigurationError("environment", f"{str(error)[:200]}: a command's table in a {ENV_PREFIX}<COMMAND> "
+                                                    f"variable must be JSON; or set {ENV_PREFIX}<COMMAND>{NESTED}<NAME>") from None
         except tomllib.TOMLDecodeError as error:
-            raise InvalidRequest("config", f"{path} cannot be read as TOML ({error})") from None
+            raise ConfigurationError("config", f"{path} cannot be read as TOML ({error})") from None
         except RecursionError:  # arrays or JSON nested thousands deep
-            raise InvalidRequest("config", "a value is nested too deep (in the config file or a RECBANDIT_* "
-                                           "variable)") from None
+            raise ConfigurationError("config", "a value is nested too deep (in the config file or a RECBANDIT_* "
+                                               "variable)") from None
         finally:
             _outside.reset(token)
 
@@ -268,7 +276,7 @@ class Settings(BaseSettings):
         reward_range = _reward_range(self.reward_range)
         low, high = reward_range
         if self.exploration == "regcbopt" and not low <= self.default_reward <= high:
-            raise InvalidRequest(
+            raise ConfigurationError(
                 "default_reward", f"{self.default_reward:g} lies outside reward_range [{low:g}, {high:g}], "
                 "the range regcbopt assumes; change one of the two settings"
             )
@@ -297,25 +305,34 @@ class Settings(BaseSettings):
             retention_seconds=_retention(self.retention),
             archive_dir=Path(self.archive_dir) if self.archive_dir.strip() else None,
             store=_store(self.store),
+            role=self.role,
+            model_poll_interval=self.model_poll_interval,
         )
 
     def _check_ranges(self) -> None:
         """Every number within the range where it means something; a data directory named."""
         if not self.data_dir.strip():
-            raise InvalidRequest("data_dir", "must name a directory")
+            raise ConfigurationError("data_dir", "must name a directory")
         at_least = {"max_candidates": 1, "retrieval_top_n": 1, "workers": 1, "grace": 0.0,
-                    "embeddings_poll_interval": 0.0}
+                    "embeddings_poll_interval": 0.0, "processes": 1, "model_poll_interval": 0.05}
         for name, low in at_least.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= low):
-                raise InvalidRequest(name, f"must be at least {low:g}, got {value:g}")
+                raise ConfigurationError(name, f"must be at least {low:g}, got {value:g}")
+        if self.processes > MAX_PROCESSES:
+            raise ConfigurationError("processes", f"must be at most {MAX_PROCESSES}, got {self.processes}")
+        if self.role == "serve" and self.policy_registry:
+            raise ConfigurationError("policy_registry", "a serving process follows the learner's model: give the "
+                                                        "registry to recbandit learn")
+        if self.processes > 1 and self.role != "all":
+            raise ConfigurationError("processes", "starts serving processes and a learner itself: leave --role at all")
         if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval > 0):
-            raise InvalidRequest("checkpoint_interval", f"must be a number of seconds above 0, got {self.checkpoint_interval:g}")
+            raise ConfigurationError("checkpoint_interval", f"must be a number of seconds above 0, got {self.checkpoint_interval:g}")
         if not math.isfinite(self.policy_poll_interval):
-            raise InvalidRequest("policy_poll_interval", f"must be finite (0 or less: only on ReloadPolicy), got {self.policy_poll_interval:g}")
+            raise ConfigurationError("policy_poll_interval", f"must be finite (0 or less: only on ReloadPolicy), got {self.policy_poll_interval:g}")
         if not (math.isfinite(self.min_reward) and math.isfinite(self.max_reward) and self.min_reward < self.max_reward):
-            raise InvalidRequest("min_reward", f"min_reward and max_reward must be finite with min_reward < max_reward, "
-                                 f"got {self.min_reward:g} and {self.max_reward:g}")
+            raise ConfigurationError("min_reward", f"min_reward and max_reward must be finite with min_reward < max_reward, "
+                                     f"got {self.min_reward:g} and {self.max_reward:g}")
 
     def reward_range_warning(self) -> str | None:
         """Why regcbopt may see rewards outside ``reward_range``, or None.
@@ -342,15 +359,15 @@ def _aggregation(value: str) -> Aggregation:
         return Aggregation(value)
     except ValueError:
         choices = ", ".join(a.value for a in Aggregation)
-        raise InvalidRequest("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
+        raise ConfigurationError("reward_aggregation", f"must be one of {choices}, got {value!r}") from None
 
 
 def _store(text: str) -> str:
     """``--store``: a PostgreSQL URL, or empty for the data directory's SQLite file."""
     store = text.strip()
     if store and not is_postgres(store):
-        raise InvalidRequest("store", "must be a postgresql://user@host:port/db URL (empty: events.db in the "
-                                      "data directory)")
+        raise ConfigurationError("store", "must be a postgresql://user@host:port/db URL (empty: events.db in the "
+                                          "data directory)")
     return store
 
 
@@ -360,16 +377,16 @@ def _retention(text: str) -> float | None:
         return None
     try:
         seconds = parse_duration(text)
-    except InvalidRequest as error:
-        raise InvalidRequest("retention", error.reason) from None
+    except ConfigurationError as error:
+        raise ConfigurationError("retention", error.reason) from None
     if not 0 < seconds <= MAX_RETENTION_SECONDS:
-        raise InvalidRequest("retention", f"must be above 0 and at most 100 years, got {text!r}")
+        raise ConfigurationError("retention", f"must be above 0 and at most 100 years, got {text!r}")
     return seconds
 
 
 def _reward_range(text: str) -> tuple[float, float]:
     """``"LOW,HIGH"``: two finite numbers with LOW < HIGH."""
-    error = InvalidRequest("reward_range", f"must be LOW,HIGH: two finite numbers with LOW < HIGH, got {text!r}")
+    error = ConfigurationError("reward_range", f"must be LOW,HIGH: two finite numbers with LOW < HIGH, got {text!r}")
     try:
         low, high = map(float, text.split(","))
     except ValueError:  # not two parts, or not numbers
@@ -402,7 +419,7 @@ def setting_sources(location: tuple[str | int, ...]) -> str:
     return f"{flag}, {variable} or {in_file} in the config file"
 
 
-def _invalid(error: ValidationError) -> InvalidRequest:
+def _invalid(error: ValidationError) -> ConfigurationError:
     """The first problem of a ValidationError as one line: the setting, where it is set, the rule."""
     problem = error.errors(include_url=False)[0]
     location = tuple(part for part in problem["loc"] if isinstance(part, str))
@@ -410,10 +427,10 @@ def _invalid(error: ValidationError) -> InvalidRequest:
     got = problem.get("input")
     shown = "" if isinstance(got, dict) else f", got {str(got)[:40]!r}"
     if problem["type"] == "extra_forbidden":
-        return InvalidRequest(name, "is not a setting (a misspelt name in the config file?)")
+        return ConfigurationError(name, "is not a setting (a misspelt name in the config file?)")
     if problem["type"] == "literal_error":
-        return InvalidRequest(name, f"must be one of {', '.join(choices(location))}{shown}")
-    return InvalidRequest(name, f"{problem['msg'][:160]}{shown} (set by {setting_sources(location)})")
+        return ConfigurationError(name, f"must be one of {', '.join(choices(location))}{shown}")
+    return ConfigurationError(name, f"{problem['msg'][:160]}{shown} (set by {setting_sources(location)})")
 
 
 def choices(location: tuple[str, ...]) -> tuple[str, ...]:

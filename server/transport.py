@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from server.settings import Settings
 from server.wire import MAX_RESPONSE_BYTES
 
@@ -45,12 +45,12 @@ def is_loopback(host: str) -> bool:
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from the settings, or None for plaintext where plaintext is allowed."""
     if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise InvalidRequest("tls_cert", "--tls-cert and --tls-key go together: give both or neither")
+        raise ConfigurationError("tls_cert", "--tls-cert and --tls-key go together: give both or neither")
     if settings.tls_client_ca and not settings.tls_cert:
-        raise InvalidRequest("tls_client_ca", "needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+        raise ConfigurationError("tls_client_ca", "needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
     if not settings.tls_cert:
         if not (is_loopback(settings.host) or settings.allow_insecure):
-            raise InvalidRequest(
+            raise ConfigurationError(
                 "host", f"{settings.host} is not a loopback address: serve TLS (--tls-cert, --tls-key) "
                 "or say --allow-insecure"
             )
@@ -68,23 +68,23 @@ def _check_with_openssl(settings: Settings) -> None:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (ssl.SSLError, OSError) as error:
-        raise InvalidRequest("tls_cert", f"{settings.tls_cert} with the key {settings.tls_key} does not load "
-                             f"as a TLS certificate chain and its key ({error.strerror or error})") from None
+        raise ConfigurationError("tls_cert", f"{settings.tls_cert} with the key {settings.tls_key} does not load "
+                                 f"as a TLS certificate chain and its key ({error.strerror or error})") from None
     if settings.tls_client_ca:
         try:
             context.load_verify_locations(settings.tls_client_ca)
         except (ssl.SSLError, OSError) as error:
-            raise InvalidRequest("tls_client_ca", f"{settings.tls_client_ca} does not load as CA certificates "
-                                 f"({error.strerror or error})") from None
+            raise ConfigurationError("tls_client_ca", f"{settings.tls_client_ca} does not load as CA certificates "
+                                     f"({error.strerror or error})") from None
 
 
 def _read_pem(setting: str, path: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise InvalidRequest(setting, f"cannot read {path}: {error.strerror}") from None
+        raise ConfigurationError(setting, f"cannot read {path}: {error.strerror}") from None
     if b"-----BEGIN " not in data:
-        raise InvalidRequest(setting, f"{path} is not a PEM file")
+        raise ConfigurationError(setting, f"{path} is not a PEM file")
     return data
 
 
@@ -92,15 +92,15 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """gRPC's options from the settings, each checked (the port too: gRPC would bind it modulo 65536)."""
     for name in ("port", "metrics_port"):
         if not 0 <= getattr(settings, name) <= 65535:
-            raise InvalidRequest(name, f"must be within 0..65535, got {getattr(settings, name)}")
+            raise ConfigurationError(name, f"must be within 0..65535, got {getattr(settings, name)}")
     if settings.metrics_port and not (is_loopback(settings.metrics_host) or settings.allow_insecure):
-        raise InvalidRequest("metrics_host", f"{settings.metrics_host} is not a loopback address, and the metrics "
-                                             "endpoint has no authentication: say --allow-insecure to serve it there")
+        raise ConfigurationError("metrics_host", f"{settings.metrics_host} is not a loopback address, and the metrics "
+                                                 "endpoint has no authentication: say --allow-insecure to serve it there")
     if not 1024 <= settings.max_request_bytes <= MAX_REQUEST_BYTES:
-        raise InvalidRequest("max_request_bytes",
-                             f"must be within 1024..{MAX_REQUEST_BYTES}, got {settings.max_request_bytes}")
+        raise ConfigurationError("max_request_bytes",
+                                 f"must be within 1024..{MAX_REQUEST_BYTES}, got {settings.max_request_bytes}")
     if settings.max_in_flight < 1:
-        raise InvalidRequest("max_in_flight", f"must be at least 1, got {settings.max_in_flight}")
+        raise ConfigurationError("max_in_flight", f"must be at least 1, got {settings.max_in_flight}")
     return [
         ("grpc.so_reuseport", int(settings.reuse_port)),
         ("grpc.max_receive_message_length", settings.max_request_bytes),

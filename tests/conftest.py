@@ -18,6 +18,7 @@ import pytest
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import RunningServer, start
 from server.settings import Settings
+from training.registry import RegistryPolicySource
 
 
 def stubs(port: int) -> SimpleNamespace:
@@ -108,7 +109,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[RunningServer, 
 
     def _start(**overrides: object) -> tuple[RunningServer, SimpleNamespace]:
         settings = Settings(**{"host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path / "data"), **overrides})
-        server = start(settings)
+        server = start(settings, _policy_source(settings.policy_registry))
         client = stubs(server.port)
         running.append((server, client))
         return server, client
@@ -118,6 +119,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[RunningServer, 
         client.channel.close()
         if not server.engine._stopping.is_set():
             server.stop(grace=1.0)
+
+
+def _policy_source(registry: str) -> RegistryPolicySource | None:
+    """What ``recbandit serve`` hands a server for ``--policy-registry``: the MLflow registry's champion."""
+    return RegistryPolicySource(registry) if registry else None
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.auth import ROLES, TokenFileError, Tokens, auth_metadata, method_roles
@@ -168,14 +168,14 @@ def test_mtls_requires_a_client_certificate_signed_by_the_ca(start_server, tls_f
 def test_plaintext_is_refused_off_loopback_unless_insecure_is_allowed(tls_files) -> None:  # type: ignore[no-untyped-def]
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("shop.example")
-    with pytest.raises(InvalidRequest, match=r"^host: 0.0.0.0 is not a loopback address: serve TLS .* --allow-insecure"):
+    with pytest.raises(ConfigurationError, match=r"^host: 0.0.0.0 is not a loopback address: serve TLS .* --allow-insecure"):
         server_credentials(Settings(host="0.0.0.0"))
     assert server_credentials(Settings(host="0.0.0.0", allow_insecure=True)) is None
     assert server_credentials(Settings(host="0.0.0.0", tls_cert=str(tls_files.server_cert),
                                        tls_key=str(tls_files.server_key))) is not None
-    with pytest.raises(InvalidRequest, match="--tls-cert and --tls-key go together"):
+    with pytest.raises(ConfigurationError, match="--tls-cert and --tls-key go together"):
         server_credentials(Settings(tls_cert=str(tls_files.server_cert)))
-    with pytest.raises(InvalidRequest, match=r"^tls_key: .* is not a PEM file"):
+    with pytest.raises(ConfigurationError, match=r"^tls_key: .* is not a PEM file"):
         server_credentials(Settings(tls_cert=str(tls_files.server_cert), tls_key=os.devnull))
 
 
@@ -208,8 +208,8 @@ def test_serve_rotates_tokens_on_sighup(tmp_path: Path) -> None:
 
 
 def test_a_key_that_does_not_match_its_certificate_is_refused_before_anything_starts(tls_files) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(InvalidRequest, match=r"^tls_cert: .*server\.pem with the key .*client\.key does not load"):
+    with pytest.raises(ConfigurationError, match=r"^tls_cert: .*server\.pem with the key .*client\.key does not load"):
         server_credentials(Settings(tls_cert=str(tls_files.server_cert), tls_key=str(tls_files.client_key)))
-    with pytest.raises(InvalidRequest, match=r"^tls_client_ca: .* is not a PEM file"):
+    with pytest.raises(ConfigurationError, match=r"^tls_client_ca: .* is not a PEM file"):
         server_credentials(Settings(tls_cert=str(tls_files.server_cert), tls_key=str(tls_files.server_key),
                                     tls_client_ca=os.devnull))

@@ -291,3 +291,30 @@ def test_a_config_file_feeds_every_command_under_the_environment_and_the_flags(
     assert len((tmp_path / "events.out").read_text().splitlines()) == 3  # JSON Lines by the file, not the suffix
     assert refused(recbandit("--config", str(tmp_path / "none.toml"), "serve")) == (
         f"serve: config: {tmp_path / 'none.toml'} is not a file")
+
+
+WITHOUT_MLFLOW = """
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "mlflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+from server.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("args", [["evaluate"], ["promote", "--version", "1", "--force"], ["demo"],
+                                  ["serve", "--port", "0", "--policy-registry", "sqlite:///mlflow.db"]])
+def test_a_command_that_needs_the_training_extra_says_so_in_one_line_without_it(args: list[str], tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_MLFLOW, *args, "--data-dir", str(tmp_path / "data")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = refused(done)
+    assert line.startswith(f"{args[0]}: ") and line.endswith("not installed): install recbandit[training]"), line
+    assert "mlflow" in line and not (tmp_path / "data").exists()  # refused before anything starts
+    help_text = subprocess.run([sys.executable, "-c", WITHOUT_MLFLOW, args[0], "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert help_text.returncode == 0 and "Usage: recbandit" in help_text.stdout

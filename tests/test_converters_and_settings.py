@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError, InvalidRequest
 from engine.rewards import Aggregation
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.wire import features_to_domain, features_to_proto, item_to_domain, item_to_proto
@@ -50,23 +50,23 @@ def test_settings_come_from_defaults_then_config_file_then_environment_then_flag
 
 def test_a_bad_value_names_the_setting_and_where_it_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECBANDIT_PORT", "http")
-    with pytest.raises(InvalidRequest, match=r"^port: Input should be a valid integer.*got 'http' "
+    with pytest.raises(ConfigurationError, match=r"^port: Input should be a valid integer.*got 'http' "
                                              r"\(set by --port, RECBANDIT_PORT or port in the config file\)$"):
         Settings.load()
     monkeypatch.delenv("RECBANDIT_PORT")
     monkeypatch.setenv("RECBANDIT_EVALUATE__MIN_DECISIONS", "many")
-    with pytest.raises(InvalidRequest, match=r"^evaluate\.min_decisions: .*RECBANDIT_EVALUATE__MIN_DECISIONS or "
+    with pytest.raises(ConfigurationError, match=r"^evaluate\.min_decisions: .*RECBANDIT_EVALUATE__MIN_DECISIONS or "
                                              r"\[evaluate\] min_decisions in the config file\)$"):
         Settings.load()
     monkeypatch.delenv("RECBANDIT_EVALUATE__MIN_DECISIONS")
     config = tmp_path / "recbandit.toml"
     config.write_text("prot = 50051\n")
-    with pytest.raises(InvalidRequest, match=r"^prot: is not a setting"):
+    with pytest.raises(ConfigurationError, match=r"^prot: is not a setting"):
         Settings.load(config)
     config.write_text("port = \n")
-    with pytest.raises(InvalidRequest, match=r"^config: .*recbandit.toml cannot be read as TOML"):
+    with pytest.raises(ConfigurationError, match=r"^config: .*recbandit.toml cannot be read as TOML"):
         Settings.load(config)
-    with pytest.raises(InvalidRequest, match=r"^config: .*missing.toml is not a file$"):
+    with pytest.raises(ConfigurationError, match=r"^config: .*missing.toml is not a file$"):
         Settings.load(tmp_path / "missing.toml")
 
 
@@ -76,7 +76,7 @@ def test_a_bad_value_names_the_setting_and_where_it_is_set(tmp_path: Path, monke
      ("bag", 2.5, "bag needs a whole number")],
 )
 def test_bad_exploration_settings_are_refused(exploration: str, parameter: float | None, message: str) -> None:
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         Settings.load(exploration=exploration, exploration_parameter=parameter).engine_config().bandit.vw_arguments()
 
 
@@ -130,7 +130,16 @@ def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPa
 
 def test_a_command_table_in_one_variable_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECBANDIT_EVALUATE", "notjson")
-    with pytest.raises(InvalidRequest, match=r"^environment: .*\"evaluate\".*must be JSON; or set RECBANDIT_<COMMAND>__<NAME>"):
+    with pytest.raises(ConfigurationError, match=r"^environment: .*\"evaluate\".*must be JSON; or set RECBANDIT_<COMMAND>__<NAME>"):
         Settings.load()
     monkeypatch.setenv("RECBANDIT_EVALUATE", '{"min_decisions": 5}')
     assert Settings.load().evaluate.min_decisions == 5
+
+
+def test_a_configuration_error_is_not_a_request_error_and_maps_to_no_status_code() -> None:
+    from server.errors import status_code
+
+    error = ConfigurationError("port", "must be within 0..65535, got 70000")
+    assert (str(error), error.setting, error.reason) == ("port: must be within 0..65535, got 70000", "port",
+                                                        "must be within 0..65535, got 70000")
+    assert not isinstance(error, InvalidRequest) and status_code(error) is None  # INTERNAL if it reached a client

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidRequest, PreconditionFailed, UnknownEvent
+from engine.errors import ConfigurationError, InvalidRequest, PreconditionFailed, UnknownEvent
 from engine.eventlog import EventLog
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import Aggregation, RewardRules, parse_duration
@@ -130,7 +130,7 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 def test_bad_duration_names_the_setting() -> None:
-    with pytest.raises(InvalidRequest, match="reward_window: not a duration"):
+    with pytest.raises(ConfigurationError, match="reward_window: not a duration"):
         parse_duration("ten minutes")
 
 
@@ -146,6 +146,9 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
         conn.execute("ALTER TABLE decisions DROP COLUMN pmf")
         conn.execute("UPDATE decisions SET record = json_set(record, '$.schema_version', 1, '$.slots',"
                      " json('[[\"b\",0.5,[0.25,0.5,0.25]],[\"a\",0.75,[0.75,0.0,0.25]]]'))")
+        conn.execute("DROP INDEX rewards_unjoined")
+        conn.execute("ALTER TABLE rewards DROP COLUMN joined")
+        conn.execute("DROP TABLE snapshots")
         conn.execute("ALTER TABLE items DROP COLUMN version")
         conn.execute("DROP TABLE item_versions")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -188,3 +191,24 @@ def test_superseded_catalog_versions_go_once_no_decision_in_the_log_can_name_the
         assert log.upsert_items([Item("sku", {"price": 2.0})]) == [current]
     finally:
         log.close()
+
+
+def test_rewards_a_serving_process_logs_are_made_final_by_the_learner_in_order(store: str) -> None:
+    serving = EventLog(store, RewardRules(window_seconds=60.0), join_later=True)
+    learner = EventLog(store, RewardRules(window_seconds=60.0))
+    try:
+        now = time.time()
+        serving.append_decision(decision("e1", now))
+        serving.append_decision(decision("e2", now))
+        serving.append_reward(Reward("e1", "a", "click", 0.5, now + 2))
+        serving.append_reward(Reward("e1", "a", "buy", 3.0, now + 1))  # the earlier one decides slot "a"
+        serving.append_reward(Reward("e2", "", "click", 1.0, now + 1))
+        assert finals(learner) == []  # logged, not yet final
+        assert learner.join_rewards() == 2 and learner.join_rewards() == 0
+        assert sorted(finals(learner)) == [("e1", 1, "a", 3.0, "reward"), ("e2", 0, "b", 1.0, "reward")]
+        serving.append_reward(Reward("e2", "a", "click", 1.0, now + 3))  # logged, then the window closes
+        assert learner.close_windows(now + 61) == 2  # e2's "a" from its reward; e1's "b" by default
+        assert ("e2", 1, "a", 1.0, "reward") in finals(learner) and ("e1", 0, "b", 0.0, "default") in finals(learner)
+    finally:
+        serving.close()
+        learner.close()

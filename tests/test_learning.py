@@ -6,12 +6,17 @@ import sqlite3
 
 import pytest
 
+from server.app import start
 from server.client import RecbanditClient
+from server.settings import Settings
 from training.demo import run_demo, summarise
 from training.simulator import Storefront, WorldConfig
 from training.storefront_client import SIMULATED_DEADLINE, Behaviour, StorefrontClient
 
 pytestmark = pytest.mark.slow
+
+WIRING = {"serve": lambda **settings: start(Settings(**settings)), "connect": RecbanditClient}
+"""What ``recbandit demo`` hands the demo: a server started from settings, and its client."""
 
 
 def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_while_random_stays_far_below(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -33,7 +38,7 @@ def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_
 
 
 def test_a_short_demo_agrees_with_its_event_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    blocks = run_demo(events=400, data_dir=tmp_path, seed=2, concurrency=2, quiet=True, evaluate=False)
+    blocks = run_demo(events=400, data_dir=tmp_path, seed=2, concurrency=2, quiet=True, evaluate=False, **WIRING)
     assert [b.events for b in blocks] == [400]
     (b,) = blocks
     assert 0 < b.reported_clicks <= b.clicks
@@ -54,7 +59,7 @@ def test_the_demo_ends_with_an_evaluation_tracked_in_mlflow_and_a_champion(tmp_p
     from training.registry import CHAMPION, MODEL_NAME
     from training.tracking import EVALUATION_EXPERIMENT, default_tracking_uri, tracking_client
 
-    run_demo(events=600, data_dir=tmp_path, seed=4, concurrency=2, quiet=True, evaluate=True)
+    run_demo(events=600, data_dir=tmp_path, seed=4, concurrency=2, quiet=True, evaluate=True, **WIRING)
     client = tracking_client(default_tracking_uri(tmp_path))
     experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidRequest, StartupRefused
+from engine.errors import ConfigurationError, StartupRefused
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.app import start
 from server.settings import Settings
@@ -73,7 +73,7 @@ def test_a_server_on_postgresql_decides_logs_learns_and_resumes_where_it_stopped
 def test_a_second_server_on_the_same_store_is_refused_in_one_line(url: str, tmp_path: Path) -> None:
     first = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "one"), store=url))
     try:
-        with pytest.raises(StartupRefused, match="another recbandit server uses the store"):
+        with pytest.raises(StartupRefused, match="another recbandit learner \\(or server\\) learns from the store"):
             start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "two"), store=url))
     finally:
         first.stop(grace=1.0)
@@ -101,11 +101,50 @@ def test_retention_deletes_from_postgresql_too(url: str, tmp_path: Path) -> None
 
 
 def test_the_store_url_is_checked_and_its_password_never_shown(url: str, tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="^store: must be a postgresql://"):
+    with pytest.raises(ConfigurationError, match="^store: must be a postgresql://"):
         Settings(store="mysql://db/x").engine_config()
     with_password = url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")  # trust auth ignores it
     running = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"), store=with_password))
     try:
         assert "hunter2" not in running.engine.log.path and "***" in running.engine.log.path
     finally:
+        running.stop(grace=1.0)
+
+
+def test_cut_connections_answer_unavailable_fast_and_recover_without_a_restart(url: str, tmp_path: Path) -> None:
+    import os
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    name = f"recbandit-test-{os.urandom(4).hex()}"  # only this server's connections are cut
+    running = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"),
+                             store=f"{url}&application_name={name}"))
+    client = stubs(running.port)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    try:
+        client.recommender.Recommend(recommend_request())
+        cut = rows(url, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'")
+        assert len(cut) >= 2  # the writer's connection and a reader's at least
+        codes = []
+        for i in range(20):
+            request = recommend_request()
+            request.event_id = f"after-cut-{i}"  # read first: the readers' connections are cut too
+            began = time.monotonic()
+            try:
+                client.recommender.Recommend(request)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+                assert time.monotonic() - began < 5.0  # fast, not a hang
+            time.sleep(0.05)
+        assert grpc.StatusCode.UNAVAILABLE in codes and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+        assert codes[-1] == grpc.StatusCode.OK  # connected again, without a restart
+        serving = health_pb2.HealthCheckResponse.SERVING
+        deadline = time.monotonic() + 15
+        while health.Check(health_pb2.HealthCheckRequest()).status != serving:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        client.channel.close()
         running.stop(grace=1.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.bench import free_port
 from server.settings import Settings
@@ -65,7 +65,7 @@ def test_an_event_not_yet_learned_is_kept_however_old(start_server) -> None:  # 
 
 @pytest.mark.parametrize("text, says", [("soon", "not a duration"), ("0s", "must be above 0")])
 def test_a_bad_retention_is_refused_naming_it(text: str, says: str) -> None:
-    with pytest.raises(InvalidRequest, match=rf"^retention: .*{says}"):
+    with pytest.raises(ConfigurationError, match=rf"^retention: .*{says}"):
         Settings(retention=text).engine_config()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.bandit import VWBandit
-from engine.errors import InvalidRequest
+from engine.errors import ConfigurationError
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.settings import Settings
 
@@ -37,9 +37,9 @@ def test_the_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_bad_reward_range_names_the_setting(text: str) -> None:
     settings = Settings(reward_range=text)
     expected = f"reward_range: must be LOW,HIGH: two finite numbers with LOW < HIGH, got {text!r}"
-    with pytest.raises(InvalidRequest) as raised:
+    with pytest.raises(ConfigurationError) as raised:
         settings.engine_config()
-    assert str(raised.value) == expected and raised.value.field == "reward_range"
+    assert str(raised.value) == expected and raised.value.setting == "reward_range"
 
 
 def test_regcbopt_gets_the_flipped_cost_range_in_the_live_workspace() -> None:
@@ -59,7 +59,7 @@ def test_other_explorations_do_not_pass_a_cost_range() -> None:
 
 def test_regcbopt_refuses_a_default_reward_outside_the_reward_range() -> None:
     settings = Settings(exploration="regcbopt", reward_range="0,500", default_reward=-1.0)
-    with pytest.raises(InvalidRequest, match=r"^default_reward: -1 lies outside reward_range \[0, 500\]"):
+    with pytest.raises(ConfigurationError, match=r"^default_reward: -1 lies outside reward_range \[0, 500\]"):
         settings.engine_config()
     assert Settings(exploration="regcbopt", reward_range="0,500", default_reward=500.0).engine_config()
 

@@ -16,6 +16,9 @@ It ends as a data scientist's day would: ``recbandit evaluate`` on the log it ju
 policies replayed and estimated off-policy with intervals, tracked in MLflow in the data
 directory, the best registered as ``recbandit-policy`` and promoted to champion when it beats the
 current one — so ``make mlflow-ui`` has runs to compare.
+
+The server and its client are handed in (``serve``, ``connect``) by the ``recbandit`` command, the
+one place that wires ``server/`` and ``training/`` together: training does not import the server.
 """
 
 from __future__ import annotations
@@ -24,14 +27,49 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
 
-from server.app import start
-from server.client import RecbanditClient
-from server.settings import Settings
+from engine.core import Engine
 from training.simulator import Storefront, WorldConfig
-from training.storefront_client import SIMULATED_DEADLINE, Page, StorefrontClient
+from training.storefront_client import SIMULATED_DEADLINE, Page, Recbandit, StorefrontClient
 
 BLOCK = 1000
+
+
+class DemoServer(Protocol):
+    """A started server, as the demo uses it (:class:`server.app.RunningServer`)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def stop(self, grace: float) -> None: ...
+
+
+class Serve(Protocol):
+    """Start a server with these settings (by their names in :class:`server.settings.Settings`)."""
+
+    def __call__(self, **settings: Any) -> DemoServer: ...
+
+
+class DemoClient(Recbandit, Protocol):
+    """The client the demo drives the server with (:class:`server.client.RecbanditClient`)."""
+
+    def reload_embeddings(self) -> Any: ...
+
+    def __enter__(self) -> DemoClient: ...
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+class Connect(Protocol):
+    """A client of the server at ``target`` whose calls, retries included, take at most ``deadline`` seconds."""
+
+    def __call__(self, target: str, *, deadline: float) -> DemoClient: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +176,17 @@ def run_demo(
     block: int = BLOCK,
     evaluate: bool = True,
     embeddings: bool = True,
+    *,
+    serve: Serve,
+    connect: Connect,
 ) -> list[Block]:
+    """Play ``events`` simulated visits through a server that ``serve`` starts and ``connect`` talks to."""
     began = time.perf_counter()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
-    settings = Settings(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window=f"{REWARD_WINDOW_SECONDS}s",
-                        seed=seed)
-    running = start(settings)
+    running = serve(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window=f"{REWARD_WINDOW_SECONDS}s",
+                    seed=seed)
     try:
-        with RecbanditClient(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE) as recbandit:
+        with connect(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE) as recbandit:
             client = StorefrontClient(recbandit, Storefront(demo_world(events, seed, drift)))
             halfway = events // 2 if embeddings else events
             pages = _play(client, 0, halfway, concurrency, quiet)

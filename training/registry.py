@@ -3,8 +3,9 @@
 The alias ``champion`` marks the policy servers should follow. It moves to a new version only when
 that version's interval lower bound, by the primary estimator, beats the champion's estimate on
 the same log (the champion's configuration is replayed in the same evaluation). ``promote
---force`` moves it regardless and says so in the version's tags. :func:`champion_policy` is what
-a server polls: the champion's version, its VW model file and its settings.
+--force`` moves it regardless and says so in the version's tags. :class:`RegistryPolicySource` is
+what a server follows (the :class:`engine.policy_source.PolicySource` the ``recbandit`` command hands
+it): which version is champion, then that version's VW model file and its settings.
 
 A version is an MLflow model (:mod:`training.policy_model`): ``mlflow.pyfunc.load_model(
 "models:/recbandit-policy@champion")`` scores decisions; the server reads the VW file inside it.
@@ -266,6 +267,25 @@ def download_policy(version: ModelVersion, tracking_uri: str, dst_dir: str | Pat
     candidate = candidate_of(version)
     return ChampionPolicy(str(version.version), vw_model_path(Path(local)), candidate.bandit, candidate.cb_type,
                           version.tags.get("vw_arguments", candidate.vw_arguments()))
+
+
+class RegistryPolicySource:
+    """The champion of ``tracking_uri``'s registry, as the :class:`~engine.policy_source.PolicySource`
+    a server follows."""
+
+    model_name = MODEL_NAME
+    alias = CHAMPION
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def champion_version(self) -> str | None:
+        champion = champion_version(tracking_client(self.tracking_uri))
+        return None if champion is None else str(champion.version)
+
+    def download(self, version: str, dst_dir: Path) -> ChampionPolicy:
+        registered = registered_version(tracking_client(self.tracking_uri), version)
+        return download_policy(registered, self.tracking_uri, dst_dir)
 
 
 def run_promote(args: SimpleNamespace) -> int:

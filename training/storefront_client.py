@@ -1,4 +1,5 @@
-"""Drive a recbandit server exactly as a storefront would, through :class:`server.client.RecbanditClient`.
+"""Drive a recbandit server exactly as a storefront would, through the client it is handed
+(:class:`Recbandit`: what :class:`server.client.RecbanditClient` does; training does not import the server).
 
 The simulated visits are served in order, in rounds of ``Behaviour.feedback_delay`` visits: the
 storefront calls Recommend for every visit of a round (``concurrency`` at a time), and only then
@@ -20,21 +21,51 @@ for their rewards, as on a real site.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from engine.types import Features, Item
 from training.simulator import Storefront, Visit
-
-if TYPE_CHECKING:  # the client is handed in: training does not import the server
-    from server.client import RecbanditClient, Recommendation
 
 SIMULATED_DEADLINE = 60.0
 """Seconds a simulated call may take, retries included: no page waits for it, and a machine busy
 with the demo's training or a test suite must not turn a slow call into a lost visit."""
+
+
+class RankedItem(Protocol):
+    @property
+    def probability(self) -> float: ...
+
+
+class Recommendation(Protocol):
+    """What the storefront reads of a Recommend reply."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def item_ids(self) -> tuple[str, ...]: ...
+
+    @property
+    def items(self) -> Sequence[RankedItem]: ...
+
+
+class Recbandit(Protocol):
+    """The calls the storefront makes: :class:`server.client.RecbanditClient`'s, handed in by the caller."""
+
+    def recommend(self, user_id: str, *, user_features: Features | None = None, context: Features | None = None,
+                  candidates: Sequence[str] | None = None, num_results: int = 1, defer_activation: bool = False,
+                  event_id: str | None = None) -> Recommendation: ...
+
+    def feedback(self, event_id: str, reward: float, *, item_id: str = "", label: str = "") -> object: ...
+
+    def activate(self, event_id: str) -> object: ...
+
+    def upsert_items(self, items: Iterable[Item]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +104,7 @@ class Page:
 class StorefrontClient:
     """The simulated storefront, calling recbandit through ``recbandit`` (one client for every thread)."""
 
-    def __init__(self, recbandit: RecbanditClient, world: Storefront, behaviour: Behaviour = Behaviour()) -> None:
+    def __init__(self, recbandit: Recbandit, world: Storefront, behaviour: Behaviour = Behaviour()) -> None:
         self.recbandit = recbandit
         self.world = world
         self.behaviour = behaviour

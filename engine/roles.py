@@ -1,0 +1,200 @@
+"""Roles: who decides, who learns, and how the model gets from one to the other.
+
+- ``all`` (the default): one process serves and learns; its checkpoints are files in the data
+  directory (:mod:`engine.checkpoint`).
+- ``learn``: the one learner of a store. It joins rewards to decisions, closes reward windows,
+  learns every final slot once, and publishes the model with its position as a snapshot in the
+  store (:class:`StoreSnapshots`), the two in one transaction. It holds the store's learner lease;
+  a second one waits as a standby and takes over, from the last snapshot, when the first dies.
+- ``serve``: decides and logs. Its rewards wait for the learner to join them
+  (:attr:`engine.eventlog.EventLog.join_later`), and its model follows the newest snapshot
+  (:class:`ModelFollower`), swapped in between two decisions.
+
+A server of role ``all`` holds the learner lease too, so it never learns beside a learner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from engine.bandit import BanditConfig, VWBandit
+from engine.checkpoint import Checkpoint, atomic_write
+from engine.errors import CorruptCheckpoint, ModelNotReady, PreconditionFailed, StartupRefused
+from engine.eventlog import EventLog
+from engine.learning import ServedModel
+from engine.observer import Observer
+from engine.storage import Claim
+
+log = logging.getLogger(__name__)
+
+ROLES = ("all", "serve", "learn")
+LEARNER_LEASE = "learner"
+SNAPSHOTS_DIR = "snapshots"
+"""Where a process keeps the model files of the snapshots it loaded (in its data directory)."""
+
+
+def take_learner_lease(event_log: EventLog, *, wait: bool, stopping: threading.Event) -> Claim:
+    """The store's learner lease: at once, or refused (``wait`` False); or, as a standby, once the
+    holder lets it go or dies (its connection or file lock ends with it)."""
+    announced = False
+    while True:
+        claim = event_log.database.try_lock(LEARNER_LEASE)
+        if claim is not None:
+            if announced:
+                log.info("standby: took the learner lease of %s", event_log.path)
+            return claim
+        if not wait:
+            raise StartupRefused(f"another recbandit learner (or server) learns from the store {event_log.path}: "
+                                 "one learner per store")
+        if not announced:
+            log.info("standby: another learner holds the lease of %s; waiting to take over", event_log.path)
+            announced = True
+        if stopping.wait(1.0):
+            raise StartupRefused("stopped while waiting for the learner lease")
+
+
+class StoreSnapshots:
+    """The learner's checkpoints as snapshots in the store: the manifest (with the learner's
+    position) and the model's bytes in one row, written in one transaction; readers load the newest.
+    Model files are written to ``workdir`` to be loaded by VW."""
+
+    def __init__(self, event_log: EventLog, workdir: Path) -> None:
+        self.log = event_log
+        self.workdir = workdir
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def read(self, after: int = 0) -> tuple[int, Checkpoint, Path] | None:
+        """The newest snapshot above ``after``: its id, manifest and model file; None when there is none."""
+        found = self.log.newest_snapshot(after)
+        if found is None:
+            return None
+        snapshot_id, manifest, model = found
+        try:
+            checkpoint = Checkpoint(**json.loads(manifest))
+        except (TypeError, ValueError) as error:
+            raise CorruptCheckpoint(self.workdir, f"snapshot {snapshot_id} of the store is not a checkpoint ({error})") from None
+        path = self.workdir / f"snapshot-{snapshot_id}.vw"
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(model))
+        for old in self.workdir.glob("snapshot-*.vw"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return snapshot_id, checkpoint, path
+
+    def write(self, save_model: Callable[[str], None], checkpoint: Checkpoint) -> Checkpoint:
+        """Publish the model ``save_model`` writes, with ``checkpoint`` as its manifest."""
+        path = self.workdir / f".publishing-{os.getpid()}.vw"
+        try:
+            save_model(str(path))
+            model = path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+        self.log.publish_snapshot(json.dumps(asdict(checkpoint)), checkpoint.learned_seq, model)
+        return checkpoint
+
+
+class ModelFollower:
+    """A serving process's model: the newest snapshot the learner published, polled every
+    ``poll_interval`` seconds and swapped in whole (decisions in flight finish on the one they
+    started with). Learning, checkpoints and policy swaps are the learner's: refused here."""
+
+    def __init__(self, event_log: EventLog, snapshots: StoreSnapshots, bandit: BanditConfig,
+                 stopping: threading.Event, poll_interval: float) -> None:
+        self.log = event_log
+        self.snapshots = snapshots
+        self.poll_interval = poll_interval
+        self.observer = Observer()
+        self._stopping = stopping
+        self._snapshot_id = 0
+        self.served = ServedModel(VWBandit(bandit), "vw-awaiting-learner")
+        self.examples_learned = self.learned_seq = 0
+        self.last_checkpoint: float | None = None
+        self.updated = time.time()
+        self._swapped = threading.Condition()
+        self.follow()
+        self._thread = threading.Thread(target=self._poll, name="model-follower", daemon=True)
+
+    @property
+    def bandit(self) -> VWBandit:
+        return self.served.bandit
+
+    @property
+    def model_version(self) -> str:
+        return self.served.version(self.examples_learned)
+
+    def follow(self) -> bool:
+        """Load the newest snapshot if there is a newer one; True when the model changed."""
+        found = self.snapshots.read(self._snapshot_id)
+        if found is None:
+            return False
+        snapshot_id, checkpoint, path = found
+        saved = BanditConfig.from_dict(checkpoint.bandit)
+        model = VWBandit(saved, model_path=str(path))
+        with self._swapped:
+            self.served = ServedModel(model, checkpoint.model_id)
+            self.examples_learned, self.learned_seq = checkpoint.examples_learned, checkpoint.learned_seq
+            self.last_checkpoint, self._snapshot_id, self.updated = checkpoint.ts, snapshot_id, time.time()
+            self._swapped.notify_all()
+        return True
+
+    def _poll(self) -> None:
+        failed = False
+        while not self._stopping.wait(self.poll_interval):
+            try:
+                self.follow()
+                failed = False
+            except Exception as error:  # the store is away: keep serving the model in hand
+                if not failed:
+                    log.error("cannot follow the learner's snapshots (serving the last one): %s", error)
+                failed = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def wait_until_learned(self, timeout: float = 10.0) -> bool:
+        """Block until a snapshot has learned every outcome committed so far (tests use this)."""
+        target = self.log.last_outcome_seq()
+        with self._swapped:
+            return self._swapped.wait_for(lambda: self.learned_seq >= target, timeout)
+
+    def lag_seconds(self) -> float:
+        committed = self.log.outcome_time_after(self.learned_seq)
+        return 0.0 if committed is None else max(0.0, time.time() - committed)
+
+    @contextmanager
+    def at_rest(self, timeout: float) -> Iterator[tuple[VWBandit, str]]:
+        served, examples = self.served, self.examples_learned
+        yield served.bandit, served.version(examples)
+
+    def remember(self, *_: object) -> None:
+        pass  # the learner reads decisions from the store
+
+    def forget(self, event_ids: Iterable[str]) -> None:
+        pass
+
+    def learn_soon(self) -> None:
+        pass
+
+    def learn_pending(self) -> int:
+        return 0
+
+    def close_windows(self) -> int:
+        return 0
+
+    def checkpoint(self) -> Checkpoint:
+        raise PreconditionFailed("checkpoint", "the learner (recbandit learn) publishes the model; "
+                                               "this process serves its snapshots")
+
+    def swap_policy(self, *_: object) -> None:
+        raise ModelNotReady("a serving process follows the learner's model; give the learner the registry")
