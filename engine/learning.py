@@ -67,7 +67,23 @@ class ServedModel:
         return f"{self.model_id}@{examples_learned}"
 
 
-class Learner:
+class HoldsServedModel:
+    """What decisions read of whatever holds the served model: the learner, or a serving process's
+    follower of its snapshots (:class:`engine.roles.ModelFollower`)."""
+
+    served: ServedModel
+    examples_learned: int
+
+    @property
+    def bandit(self) -> VWBandit:
+        return self.served.bandit
+
+    @property
+    def model_version(self) -> str:
+        return self.served.version(self.examples_learned)
+
+
+class Learner(HoldsServedModel):
     """The model decisions are drawn from, learning every final outcome once, and its checkpoints.
 
     Parameters
@@ -152,14 +168,6 @@ class Learner:
         self.learned_seq = checkpoint.learned_seq
         self.examples_learned = checkpoint.examples_learned
         self.last_checkpoint = checkpoint.ts
-
-    @property
-    def bandit(self) -> VWBandit:
-        return self.served.bandit
-
-    @property
-    def model_version(self) -> str:
-        return self.served.version(self.examples_learned)
 
     def start(self) -> None:
         """Re-learn what the log holds beyond the checkpoint, then start the background thread."""

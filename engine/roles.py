@@ -29,7 +29,7 @@ from engine.bandit import BanditConfig, VWBandit
 from engine.checkpoint import Checkpoint, atomic_write
 from engine.errors import CorruptCheckpoint, ModelNotReady, PreconditionFailed, StartupRefused
 from engine.eventlog import EventLog
-from engine.learning import ServedModel
+from engine.learning import HoldsServedModel, ServedModel
 from engine.observer import Observer
 from engine.storage import Claim
 
@@ -100,7 +100,7 @@ class StoreSnapshots:
         return checkpoint
 
 
-class ModelFollower:
+class ModelFollower(HoldsServedModel):
     """A serving process's model: the newest snapshot the learner published, polled every
     ``poll_interval`` seconds and swapped in whole (decisions in flight finish on the one they
     started with). Learning, checkpoints and policy swaps are the learner's: refused here."""
@@ -120,14 +120,6 @@ class ModelFollower:
         self._swapped = threading.Condition()
         self.follow()
         self._thread = threading.Thread(target=self._poll, name="model-follower", daemon=True)
-
-    @property
-    def bandit(self) -> VWBandit:
-        return self.served.bandit
-
-    @property
-    def model_version(self) -> str:
-        return self.served.version(self.examples_learned)
 
     def follow(self) -> bool:
         """Load the newest snapshot if there is a newer one; True when the model changed."""

@@ -236,7 +236,7 @@ def rebuild_model(context: click.Context, **flags: Any) -> None:
 
 
 @cli.command("export-log")
-@_settings_options(("data_dir",), "export_log")
+@_settings_options(("data_dir", "store"), "export_log")
 @click.pass_context
 def export_log(context: click.Context, **flags: Any) -> None:
     """Write the joined event log as JSON Lines or Parquet."""
@@ -365,7 +365,7 @@ def _export_log(settings: Settings) -> int:
         print("export-log: --out is required: the .jsonl or .parquet file to write", file=sys.stderr)
         return 2
     database = Path(settings.data_dir) / EVENT_LOG
-    if not database.exists():
+    if not settings.store and not database.exists():
         print(f"export-log: no event log at {database}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -375,7 +375,7 @@ def _export_log(settings: Settings) -> int:
         return 2
     fmt = args.format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     try:
-        log = EventLog(database, RewardRules())
+        log = EventLog(settings.store or database, RewardRules())
         try:
             count = (export_parquet if fmt == "parquet" else export_jsonl)(log, out)
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,6 +32,14 @@ def rows(url: str, sql: str) -> list[tuple[object, ...]]:
 
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
+
+
+def decide(client: SimpleNamespace, event_ids: list[str]) -> None:
+    """One Recommend (``tests.test_api.recommend_request``) per event id."""
+    for event_id in event_ids:
+        request = recommend_request()
+        request.event_id = event_id
+        client.recommender.Recommend(request)
 
 
 def test_a_server_on_postgresql_decides_logs_learns_and_resumes_where_it_stopped(url: str, tmp_path: Path) -> None:
@@ -85,10 +94,7 @@ def test_retention_deletes_from_postgresql_too(url: str, tmp_path: Path) -> None
                              reward_window="1s", retention="2s"))
     client = stubs(running.port)
     try:
-        for i in range(30):
-            request = recommend_request()
-            request.event_id = f"old-{i}"
-            client.recommender.Recommend(request)
+        decide(client, [f"old-{i}" for i in range(30)])
         deadline = time.monotonic() + 20
         while rows(url, "SELECT COUNT(*) FROM decisions") != [(0,)]:  # windows close (1 s), then 2 s of retention
             assert time.monotonic() < deadline, rows(url, "SELECT COUNT(*) FROM decisions")
@@ -148,3 +154,20 @@ def test_cut_connections_answer_unavailable_fast_and_recover_without_a_restart(u
     finally:
         client.channel.close()
         running.stop(grace=1.0)
+
+
+def test_export_log_reads_a_postgresql_store(url: str, tmp_path: Path) -> None:
+    import json
+
+    from server.cli import main
+
+    running = start(Settings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"), store=url))
+    client = stubs(running.port)
+    try:
+        decide(client, ["e0", "e1", "e2"])
+    finally:
+        client.channel.close()
+        running.stop(grace=1.0)
+    out = tmp_path / "events.jsonl"
+    assert main(["export-log", "--store", url, "--data-dir", str(tmp_path / "elsewhere"), "--out", str(out)]) == 0
+    assert [json.loads(line)["event_id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
