@@ -15,7 +15,6 @@ decisions name their catalog candidates by, see :mod:`engine.records`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,26 +24,41 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from engine.errors import InvalidRequest, PreconditionFailed, RecbanditError, StartupRefused, UnknownEvent, shown
 from engine.archive import Archive, one_history
 from engine.cache import BoundedCache
-from engine.groupcommit import GroupCommitWriter, Rejected
+from engine.errors import PreconditionFailed, RecbanditError, StartupRefused, shown
+from engine.features import frozen_features
+from engine.groupcommit import GroupCommitWriter
+from engine.logwrites import (
+    InsertDecision,
+    InsertReward,
+    MarkDelivery,
+    SET_META,
+    chunks,
+    delete_events,
+    event_state,
+    insert_outcome,
+    join_rewards_of,
+    note_catalog_change,
+    probe,
+    store_versions,
+    supersede,
+)
 from engine.records import (
+    CatalogVersions,
     LoggedDecision,
     Outcome,
     Reward,
-    CatalogVersions,
     decision_from_json,
     decision_pmfs,
     decision_to_json,
     features_from_json,
     features_to_json,
+    joined_record,
 )
-from engine.features import frozen_features
-from engine.storage import Connection, open_database
 from engine.rewards import Aggregation, RewardRules
+from engine.storage import Connection, open_database
 from engine.types import Features, Item, Status
 
 _SCHEMA = """
@@ -128,10 +142,8 @@ _VERSIONS_CACHED = (1 << 16, 64 << 20)
 are read from the table once, until the cache is full and starts over."""
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 _DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"
-_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 class EventLog:
@@ -182,7 +194,7 @@ class EventLog:
             for statement in script.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(_SET_META, ("schema_version", str(LOG_SCHEMA_VERSION)))
+            conn.execute(SET_META, ("schema_version", str(LOG_SCHEMA_VERSION)))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -193,7 +205,7 @@ class EventLog:
         rows = conn.execute("SELECT item_id, features FROM items WHERE version = 0").fetchall()
         if rows:
             conn.execute(self.database.begin)
-            versions = _store_versions(conn, rows)
+            versions = store_versions(conn, rows)
             conn.executemany("UPDATE items SET version = ? WHERE item_id = ?",
                              [(v, item_id) for v, (item_id, _) in zip(versions, rows, strict=True)])
             conn.execute("COMMIT")
@@ -242,7 +254,7 @@ class EventLog:
     def probe_storage(self) -> None:
         """Write one row, to learn whether writes succeed again (health turns with it)."""
         try:
-            self._writer.submit(_probe)
+            self._writer.submit(probe)
         except RecbanditError:
             pass  # still failing: the writer logged it once and health stays NOT_SERVING
 
@@ -268,7 +280,7 @@ class EventLog:
         existing = await self._writer.submit_async(self._insert_decision(decision, record))
         return existing if existing is not None else decision
 
-    def _insert_decision(self, decision: LoggedDecision, record: str | None) -> _InsertDecision:
+    def _insert_decision(self, decision: LoggedDecision, record: str | None) -> InsertDecision:
         row = (
             decision.event_id,
             decision.ts,
@@ -280,7 +292,7 @@ class EventLog:
             decision_to_json(decision) if record is None else record,
             decision_pmfs(decision),
         )
-        return _InsertDecision(row, self._select_decision)
+        return InsertDecision(row, self._select_decision)
 
     def get_decision(self, event_id: str) -> LoggedDecision | None:
         return self._select_decision(self._reader(), event_id)
@@ -299,14 +311,14 @@ class EventLog:
         """:meth:`append_reward` for a coroutine."""
         return await self._writer.submit_async(self._insert_reward(reward))
 
-    def _insert_reward(self, reward: Reward) -> _InsertReward:
+    def _insert_reward(self, reward: Reward) -> InsertReward:
         earliest = self.rules.aggregation is Aggregation.EARLIEST
-        return _InsertReward(reward, earliest and not self.join_later, earliest and self.join_later,
+        return InsertReward(reward, earliest and not self.join_later, earliest and self.join_later,
                              self.database.share_lock)
 
     def activate(self, event_id: str, ts: float) -> Status:
         def update(conn: Connection) -> Status:
-            _, deferred, activated_ts, closed, deadline = self._event_state(conn, event_id, self.database.share_lock)
+            _, deferred, activated_ts, closed, deadline = event_state(conn, event_id, self.database.share_lock)
             if not deferred or activated_ts is not None:
                 return Status.DUPLICATE
             if closed or ts > deadline:
@@ -315,18 +327,6 @@ class EventLog:
             return Status.NEW
 
         return self._writer.submit(update)
-
-    @staticmethod
-    def _event_state(conn: Connection, event_id: str, lock: str = "") -> tuple[list[str], bool, float | None, bool, float]:
-        """The event's chosen items, deferral, activation, closing and deadline; ``lock`` keeps another
-        process from closing its window until this transaction ends (:attr:`Database.share_lock`)."""
-        row = conn.execute(
-            f"SELECT chosen, deferred, activated_ts, closed, deadline FROM decisions WHERE event_id = ?{lock}",
-            (event_id,),
-        ).fetchone()
-        if row is None:
-            raise UnknownEvent(event_id)
-        return json.loads(row[0]), bool(row[1]), row[2], bool(row[3]), row[4]
 
     def close_windows(self, now: float, *, limit: int = 2000) -> int:
         """Finalise every slot of events whose window closed by ``now``; return how many slots."""
@@ -340,7 +340,7 @@ class EventLog:
             finalised = 0
             for event_id, chosen, deferred, activated_ts, undelivered in due:
                 conn.execute("UPDATE decisions SET closed = 1 WHERE event_id = ?", (event_id,))
-                finalised += _join(conn, event_id, json.loads(chosen))  # rewards a serving process logged
+                finalised += join_rewards_of(conn, event_id, json.loads(chosen))  # rewards a serving process logged
                 if undelivered or (deferred and activated_ts is None):
                     continue  # never shown: never learned with the default reward
                 sums = dict(
@@ -353,7 +353,7 @@ class EventLog:
                         value, source = sums[item_id], "sum"
                     else:
                         value, source = self.rules.default_reward, "default"
-                    finalised += _insert_outcome(conn, event_id, slot, item_id, value, source, now)
+                    finalised += insert_outcome(conn, event_id, slot, item_id, value, source, now)
             return finalised
 
         return self._writer.submit(close)
@@ -367,24 +367,24 @@ class EventLog:
                 "SELECT DISTINCT event_id FROM (SELECT event_id FROM rewards WHERE joined = 0 ORDER BY ts LIMIT ?) r",
                 (limit,))]
             finalised = 0
-            for chunk in _chunks(events, 500):
+            for chunk in chunks(events, 500):
                 marks = ",".join("?" * len(chunk))
                 for event_id, chosen in conn.execute(
                         f"SELECT event_id, chosen FROM decisions WHERE event_id IN ({marks})", chunk).fetchall():
-                    finalised += _join(conn, event_id, json.loads(chosen))
+                    finalised += join_rewards_of(conn, event_id, json.loads(chosen))
             return finalised
 
         return self._writer.submit(join)
 
     async def mark_delivery_async(self, decision: LoggedDecision, delivered: bool) -> None:
         """Mark whether ``decision`` reached its caller; an undelivered one gets no default reward."""
-        await self._writer.submit_async(_MarkDelivery(decision, delivered))
+        await self._writer.submit_async(MarkDelivery(decision, delivered))
 
     def post_undelivered(self, decision: LoggedDecision) -> None:
         """Mark ``decision`` undelivered from a coroutine that cannot wait (it is being cancelled): the
         mark commits after the decision's own insert, queued before it, and only if that insert
         logged this decision rather than found its event id taken."""
-        self._writer.post(_MarkDelivery(decision, delivered=False))
+        self._writer.post(MarkDelivery(decision, delivered=False))
 
     # -- privacy ---------------------------------------------------------------------------------
 
@@ -393,7 +393,7 @@ class EventLog:
 
         def forget(conn: Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
-            rewards, outcomes, _ = _delete_events(conn, event_ids)
+            rewards, outcomes, _ = delete_events(conn, event_ids)
             return Forgotten(tuple(event_ids), rewards, outcomes)
 
         forgotten = self._writer.submit(forget)
@@ -417,7 +417,7 @@ class EventLog:
         system (incremental vacuum) in the same transaction."""
 
         def delete(conn: Connection) -> int:
-            deleted = _delete_events(conn, event_ids)[2]
+            deleted = delete_events(conn, event_ids)[2]
             self.database.give_back_pages(conn)
             return deleted
 
@@ -475,7 +475,7 @@ class EventLog:
     def set_archive_dir(self, directory: Path) -> None:
         """Record where this log's events are archived, so that every reader of the log finds them."""
         value = str(directory.resolve())
-        self._writer.submit(lambda conn: conn.execute(_SET_META, ("archive_dir", value)))
+        self._writer.submit(lambda conn: conn.execute(SET_META, ("archive_dir", value)))
 
     def _checkpoint_wal(self) -> None:
         """Copy SQLite's WAL into the database and empty it, so that deleted rows leave the WAL file too."""
@@ -520,7 +520,7 @@ class EventLog:
         found: dict[str, LoggedDecision] = {}
         conn = self._reader()
         versions = self._catalog_versions(conn)
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
                 found[row[0]] = _decision(row, versions)
@@ -560,9 +560,9 @@ class EventLog:
         features = [(i.item_id, features_to_json(i.features)) for i in items]
 
         def upsert(conn: Connection) -> list[int]:
-            _note_catalog_change(conn)
-            versions = _store_versions(conn, features)
-            _supersede(conn, [i.item_id for i in items])
+            note_catalog_change(conn)
+            versions = store_versions(conn, features)
+            supersede(conn, [i.item_id for i in items])
             conn.executemany("UPDATE item_versions SET superseded_ts = NULL WHERE version = ?", [(v,) for v in versions])
             conn.executemany(
                 "INSERT INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?) ON CONFLICT (item_id)"
@@ -578,8 +578,8 @@ class EventLog:
         ids = list(item_ids)
 
         def delete(conn: Connection) -> list[str]:
-            _note_catalog_change(conn)
-            _supersede(conn, ids)
+            note_catalog_change(conn)
+            supersede(conn, ids)
             deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
             return deleted
 
@@ -648,7 +648,7 @@ class EventLog:
         """The joined records of these events (unknown ids are left out), in time order."""
         conn = self._reader()
         rows = []
-        for chunk in _chunks(event_ids, 500):
+        for chunk in chunks(event_ids, 500):
             marks = ",".join("?" * len(chunk))
             rows += conn.execute(f"SELECT activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})",
                                  chunk).fetchall()
@@ -658,7 +658,7 @@ class EventLog:
         """Rows of ``activated_ts`` and :data:`_DECISION_COLUMNS` as joined records, by ``(ts, event_id)``."""
         rows = sorted(rows, key=lambda row: (row[2], row[1]))
         versions = self._catalog_versions(conn)
-        for chunk in _chunks(rows, 500):
+        for chunk in chunks(rows, 500):
             ids = [row[1] for row in chunk]
             marks = ",".join("?" * len(ids))
             outcomes: dict[tuple[str, int], tuple[float, str, float]] = {
@@ -674,158 +674,7 @@ class EventLog:
             ):
                 rewards.setdefault(e, []).append({"item_id": item, "label": label, "value": value, "ts": ts})
             for row in chunk:
-                yield _joined_record(_decision(row[1:], versions), row[0], outcomes, rewards.get(row[1], []))
-
-
-class _InsertDecision:
-    """The group-commit operation of one decision: None when inserted, else the logged decision."""
-
-    __slots__ = ("row", "logged")
-    _SQL = "INSERT INTO decisions (event_id, ts, deadline, user_id, chosen, deferred, model_version, record, pmf)"
-    _IGNORE = " ON CONFLICT DO NOTHING"
-    _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    _ROWS_PER_STATEMENT = 100  # 900 parameters: within every SQLite build's limit
-
-    def __init__(self, row: tuple[object, ...],
-                 logged: Callable[[Connection, str], LoggedDecision | None]) -> None:
-        self.row = row
-        self.logged = logged  # reads the decision that holds the event id
-
-    def __call__(self, conn: Connection) -> LoggedDecision | None:
-        if conn.execute(f"{self._SQL} VALUES {self._VALUES}{self._IGNORE}", self.row).rowcount:
-            return None
-        return self.logged(conn, str(self.row[0]))
-
-    @staticmethod
-    def run_together(conn: Connection, inserts: list[_InsertDecision]) -> list[None]:
-        """Insert every decision with one statement per hundred.
-
-        If any event id was taken (a retried Recommend) the count falls short: raise, so the
-        writer rolls back and runs the inserts one by one, which tells each caller what it got.
-        """
-        for chunk in _chunks(inserts, _InsertDecision._ROWS_PER_STATEMENT):
-            values = ", ".join([_InsertDecision._VALUES] * len(chunk))
-            cursor = conn.execute(f"{_InsertDecision._SQL} VALUES {values}{_InsertDecision._IGNORE}",
-                                  [v for i in chunk for v in i.row])
-            if cursor.rowcount != len(chunk):
-                raise _EventIdTaken()
-        return [None] * len(inserts)
-
-
-def _probe(conn: Connection) -> None:
-    conn.execute(_SET_META, ("storage_probe", str(time.time())))
-
-
-class _MarkDelivery:
-    """Set a decision's ``undelivered`` flag; the decision is named by its event id and time, so
-    that a mark never lands on another request's decision of the same event id."""
-
-    __slots__ = ("event_id", "ts", "undelivered")
-
-    def __init__(self, decision: LoggedDecision, delivered: bool) -> None:
-        self.event_id, self.ts, self.undelivered = decision.event_id, decision.ts, int(not delivered)
-
-    def __call__(self, conn: Connection) -> None:
-        conn.execute("UPDATE decisions SET undelivered = ? WHERE event_id = ? AND ts = ?",
-                     (self.undelivered, self.event_id, self.ts))
-
-
-class _InsertReward:
-    """The group-commit operation of one reward: NEW or DUPLICATE, or the reason it is refused."""
-
-    __slots__ = ("reward", "earliest", "unjoined", "lock")
-    _SQL = "INSERT INTO rewards (event_id, item_id, label, value, ts, joined) VALUES "
-
-    def __init__(self, reward: Reward, earliest: bool, unjoined: bool, lock: str) -> None:
-        self.reward = reward
-        self.earliest = earliest  # the first reward of a slot makes it final, now
-        self.unjoined = unjoined  # ... later, when the learner joins it
-        self.lock = lock  # the decision row's lock, against a window closed meanwhile by another process
-
-    def __call__(self, conn: Connection) -> Status:
-        reward = self.reward
-        item_id, slot = _reward_target(reward, EventLog._event_state(conn, reward.event_id, self.lock))
-        cursor = conn.execute(
-            f"{self._SQL}(?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (reward.event_id, item_id, reward.label, reward.value, reward.ts, int(not self.unjoined)),
-        )
-        if not cursor.rowcount:
-            return Status.DUPLICATE
-        if self.earliest:
-            _insert_outcome(conn, reward.event_id, slot, item_id, reward.value, "reward", reward.ts)
-        return Status.NEW
-
-    @staticmethod
-    def run_together(conn: Connection, inserts: list[_InsertReward]) -> list[Status | Rejected]:
-        """Commit many rewards with four statements: read their events and the rewards they already
-        have, insert the new rewards, and (``earliest``) the outcomes they make final.
-
-        Each reward gets what it would get alone, in order: refusals, DUPLICATE for one already
-        logged or earlier in the batch, NEW otherwise; of several NEW rewards for one slot the
-        first makes it final (``ON CONFLICT DO NOTHING`` in batch order).
-        """
-        event_ids = list(dict.fromkeys(i.reward.event_id for i in inserts))
-        states: dict[str, tuple[list[str], bool, float | None, bool, float]] = {}
-        existing: set[tuple[str, str, str]] = set()
-        for chunk in _chunks(event_ids, 400):
-            marks = ",".join("?" * len(chunk))
-            for event_id, chosen, deferred, activated_ts, closed, deadline in conn.execute(
-                "SELECT event_id, chosen, deferred, activated_ts, closed, deadline FROM decisions"
-                f" WHERE event_id IN ({marks}){inserts[0].lock}",
-                chunk,
-            ):
-                states[event_id] = (json.loads(chosen), bool(deferred), activated_ts, bool(closed), deadline)
-            existing.update(
-                conn.execute(f"SELECT event_id, item_id, label FROM rewards WHERE event_id IN ({marks})", chunk)
-            )
-        results: list[Status | Rejected] = []
-        rewards: list[tuple[object, ...]] = []
-        outcomes: list[tuple[object, ...]] = []
-        for insert in inserts:
-            reward = insert.reward
-            try:
-                state = states.get(reward.event_id)
-                if state is None:
-                    raise UnknownEvent(reward.event_id)
-                item_id, slot = _reward_target(reward, state)
-            except RecbanditError as error:
-                results.append(Rejected(error))
-                continue
-            key = (reward.event_id, item_id, reward.label)
-            if key in existing:
-                results.append(Status.DUPLICATE)
-                continue
-            existing.add(key)
-            results.append(Status.NEW)
-            rewards.append((*key, reward.value, reward.ts, int(not insert.unjoined)))
-            if insert.earliest:
-                outcomes.append((reward.event_id, slot, item_id, reward.value, "reward", reward.ts))
-        for chunk in _chunks(rewards, 150):
-            conn.execute(_InsertReward._SQL + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                         [v for row in chunk for v in row])
-        for chunk in _chunks(outcomes, 150):
-            conn.execute(
-                "INSERT INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT DO NOTHING",
-                [v for row in chunk for v in row],
-            )
-        return results
-
-
-def _reward_target(
-    reward: Reward, state: tuple[list[str], bool, float | None, bool, float]
-) -> tuple[str, int]:
-    """The item a reward is for (``item_id`` empty means slot 0) and its slot; refuse one that does
-    not fit its event."""
-    chosen, deferred, activated_ts, closed, deadline = state
-    item_id = reward.item_id or chosen[0]
-    if item_id not in chosen:
-        raise InvalidRequest("item_id", f"{shown(item_id)} was not recommended in event {shown(reward.event_id)}")
-    if closed or reward.ts > deadline:
-        raise PreconditionFailed("event_id", "the reward window of this event has closed")
-    if deferred and activated_ts is None:
-        raise PreconditionFailed("event_id", "the event is deferred and not activated; call Activate first")
-    return item_id, chosen.index(item_id)
+                yield joined_record(_decision(row[1:], versions), row[0], outcomes, rewards.get(row[1], []))
 
 
 def event_log_path(source: str | Path) -> Path:
@@ -837,53 +686,6 @@ def event_log_path(source: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}")
     return path
-
-
-def _delete_events(conn: Connection, event_ids: list[str]) -> tuple[int, int, int]:
-    """Delete these events' rewards, outcomes and decisions; return how many of each."""
-    rewards = outcomes = decisions = 0
-    for chunk in _chunks(event_ids, 500):
-        marks = ",".join("?" * len(chunk))
-        rewards += conn.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk).rowcount
-        outcomes += conn.execute(f"DELETE FROM outcomes WHERE event_id IN ({marks})", chunk).rowcount
-        decisions += conn.execute(f"DELETE FROM decisions WHERE event_id IN ({marks})", chunk).rowcount
-    return rewards, outcomes, decisions
-
-
-def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-class _EventIdTaken(Exception):
-    """A decision's event id is in the log already (handled by running the batch's writes one by one)."""
-
-
-def _store_versions(conn: Connection, items: list[tuple[str, str]]) -> list[int]:
-    """The catalog versions of ``(item_id, features_json)`` pairs, stored if new.
-
-    A version is addressed by its content: the digest of the item id and the features' JSON (whose
-    order it keeps), so the same features of the same item are stored once however often they are
-    written, and a decision's reference always reads back what it was decided with.
-    """
-    digests = [hashlib.blake2b(f"{item_id}\x00{features}".encode(), digest_size=16).digest() for item_id, features in items]
-    conn.executemany("INSERT INTO item_versions (digest, item_id, features) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     [(d, item_id, features) for d, (item_id, features) in zip(digests, items, strict=True)])
-    return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
-
-
-def _note_catalog_change(conn: Connection) -> None:
-    conn.execute(_SET_META, ("catalog_change", os.urandom(8).hex()))
-
-
-def _supersede(conn: Connection, item_ids: list[str]) -> None:
-    """Mark the current catalog versions of ``item_ids`` superseded now (the one an item keeps is unmarked after)."""
-    now = time.time()
-    for chunk in _chunks(item_ids, 500):
-        marks = ",".join("?" * len(chunk))
-        conn.execute(f"UPDATE item_versions SET superseded_ts = ? WHERE version IN"
-                     f" (SELECT version FROM items WHERE item_id IN ({marks}))", (now, *chunk))
-
 
 def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type: ignore[type-arg]
     event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmfs = row
@@ -900,7 +702,6 @@ def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type:
         undelivered=bool(undelivered),
     )
 
-
 @dataclass(frozen=True, slots=True)
 class Forgotten:
     """What :meth:`EventLog.forget_user` deleted: the user's events, and their rewards and outcomes."""
@@ -908,65 +709,3 @@ class Forgotten:
     event_ids: tuple[str, ...]
     rewards: int
     outcomes: int
-
-
-def _join(conn: Connection, event_id: str, chosen: list[str]) -> int:
-    """Make final the slots of ``event_id`` that its unjoined rewards decide (the first reward of
-    each slot, by time); mark the rewards joined. Returns how many slots."""
-    rewards = conn.execute("SELECT item_id, value, ts FROM rewards WHERE event_id = ? AND joined = 0 ORDER BY ts",
-                           (event_id,)).fetchall()
-    if not rewards:
-        return 0
-    finalised = sum(_insert_outcome(conn, event_id, chosen.index(item_id), item_id, value, "reward", ts)
-                    for item_id, value, ts in rewards if item_id in chosen)
-    conn.execute("UPDATE rewards SET joined = 1 WHERE event_id = ? AND joined = 0", (event_id,))
-    return finalised
-
-
-def _insert_outcome(
-    conn: Connection, event_id: str, slot: int, item_id: str, reward: float, source: str, ts: float
-) -> int:
-    cursor = conn.execute(
-        "INSERT INTO outcomes (event_id, slot, item_id, reward, source, ts) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        (event_id, slot, item_id, reward, source, ts),
-    )
-    return cursor.rowcount
-
-
-def _joined_record(
-    decision: LoggedDecision,
-    activated_ts: float | None,
-    outcomes: dict[tuple[str, int], tuple[float, str, float]],
-    rewards: list[dict[str, object]],
-) -> dict[str, object]:
-    slots = []
-    for i, slot in enumerate(decision.slots):
-        final = outcomes.get((decision.event_id, i))
-        slots.append(
-            {
-                "slot": i,
-                "item_id": slot.item_id,
-                "probability": slot.probability,
-                "pmf": list(slot.pmf),
-                "reward": final[0] if final else None,
-                "reward_source": final[1] if final else None,
-                "reward_final_ts": final[2] if final else None,
-            }
-        )
-    return {
-        "event_id": decision.event_id,
-        "ts": decision.ts,
-        "user_id": decision.user_id,
-        "user_features": dict(decision.user_features),
-        "context": dict(decision.context),
-        "candidates": [{"item_id": c.item_id, "features": dict(c.features)} for c in decision.candidates],
-        "slots": slots,
-        "rewards": rewards,
-        "model_version": decision.model_version,
-        "deferred": decision.deferred,
-        "undelivered": decision.undelivered,
-        "activated_ts": activated_ts,
-        "deadline": decision.deadline,
-        "schema_version": decision.schema_version,
-    }

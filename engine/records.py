@@ -234,6 +234,46 @@ def _slots_from_json(slots: list[str], pmfs: bytes | None, candidates: tuple[Can
                  for item_id, (pmf, scores) in zip(slots, pmfs_and_scores, strict=True))
 
 
+def joined_record(
+    decision: LoggedDecision,
+    activated_ts: float | None,
+    outcomes: dict[tuple[str, int], tuple[float, str, float]],
+    rewards: list[dict[str, object]],
+) -> dict[str, object]:
+    """The joined record of ``decision`` (the export's, the archive's): its slots with their final
+    outcomes (``outcomes`` by event id and slot: reward, source, time) and every reward."""
+    slots = []
+    for i, slot in enumerate(decision.slots):
+        final = outcomes.get((decision.event_id, i))
+        slots.append(
+            {
+                "slot": i,
+                "item_id": slot.item_id,
+                "probability": slot.probability,
+                "pmf": list(slot.pmf),
+                "reward": final[0] if final else None,
+                "reward_source": final[1] if final else None,
+                "reward_final_ts": final[2] if final else None,
+            }
+        )
+    return {
+        "event_id": decision.event_id,
+        "ts": decision.ts,
+        "user_id": decision.user_id,
+        "user_features": dict(decision.user_features),
+        "context": dict(decision.context),
+        "candidates": [{"item_id": c.item_id, "features": dict(c.features)} for c in decision.candidates],
+        "slots": slots,
+        "rewards": rewards,
+        "model_version": decision.model_version,
+        "deferred": decision.deferred,
+        "undelivered": decision.undelivered,
+        "activated_ts": activated_ts,
+        "deadline": decision.deadline,
+        "schema_version": decision.schema_version,
+    }
+
+
 def decision_from_export(record: Mapping[str, object]) -> LoggedDecision:
     """The decision of a joined record (:meth:`engine.eventlog.EventLog.joined`, its JSON
     Lines export, or the archive)."""
