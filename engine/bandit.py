@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.cache import BoundedCache
@@ -112,6 +112,24 @@ def labelled_lines(shared: str, actions: Sequence[str], chosen: int, reward: flo
 
 def shared_line(user_features: Features, context: Features) -> str:
     return f"shared |User {_encode(user_features)} |Context {_encode(context)}"
+
+
+def example_lines(user_features: Features, context: Features,
+                  candidates: Iterable[tuple[str, Features]]) -> tuple[str, list[str]]:
+    """The shared line and each candidate's line (``(item_id, features)``) of one decision: what
+    serving decided from, and what learning, replay, reports and explanations rebuild from the log."""
+    return shared_line(user_features, context), [action_line(item_id, features) for item_id, features in candidates]
+
+
+def regression_line(shared: str, action: str, label: str = "") -> str:
+    """One (context, item) row for a reward regression: the shared namespaces and the item's on one
+    line, ``label`` (``"<reward> "``) first."""
+    return f"{label}{shared.removeprefix('shared ')} {action}"
+
+
+def with_affinity(line: str, affinity: Features) -> str:
+    """A candidate's cached :func:`action_line` extended by this request's affinity (see :func:`affinity_segment`)."""
+    return f"{line} {affinity_segment(affinity)}"
 
 
 def action_line(item_id: str, features: Features) -> str:

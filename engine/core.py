@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.archive import Archive
-from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, affinity_segment, shared_line
+from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, shared_line, with_affinity
 from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir, unusable
@@ -500,7 +500,7 @@ def _with_affinity(
         if features:
             own = any(name.startswith(AFFINITY_PREFIX) for name in candidate.features)
             candidate = Candidate(candidate.item_id, {**candidate.features, **features}, candidate.catalog)
-            line = action_line(candidate.item_id, candidate.features) if own else f"{line} {affinity_segment(features)}"
+            line = action_line(candidate.item_id, candidate.features) if own else with_affinity(line, features)
             record = candidate_to_json(candidate)
         out_candidates.append(candidate)
         out_encoded.append((line, record))

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from engine.bandit import VWBandit, action_line, shared_line
+from engine.bandit import VWBandit, example_lines
 from engine.cache import BoundedCache
 from engine.errors import Busy, InvalidRequest, PreconditionFailed, UnknownCandidate, UnknownEvent
 from engine.records import LoggedDecision
@@ -161,8 +161,8 @@ class Explainer:
             raise UnknownCandidate(event_id, item_id)
         slot = next((k for k, s in enumerate(decision.slots) if s.item_id == item_id), -1)
         pmf = decision.slots[max(slot, 0)].pmf
-        shared = shared_line(decision.user_features, decision.context)
-        action = action_line(item_id, decision.candidates[position].features)
+        shared, (action,) = example_lines(decision.user_features, decision.context,
+                                          [(item_id, decision.candidates[position].features)])
         check_audit_size(shared, action)
         text = f"{shared}\n{action}"
         features = self._audit(self.live_model().arguments, text)  # the child process runs while learning goes on

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import BanditConfig, VWBandit, example_lines
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
 from engine.eventlog import EventLog
@@ -220,8 +220,9 @@ class Learner(HoldsServedModel):
         found = self._recent.find(event_ids)
         missing = [e for e in event_ids if e not in found]
         for event_id, decision in self.log.decisions(missing).items():
-            shared = shared_line(decision.user_features, decision.context)
-            found[event_id] = _Example.of(decision, shared, [action_line(c.item_id, c.features) for c in decision.candidates])
+            shared, actions = example_lines(decision.user_features, decision.context,
+                                            ((c.item_id, c.features) for c in decision.candidates))
+            found[event_id] = _Example.of(decision, shared, actions)
         return found
 
     def _learn(self, outcome: Outcome, example: _Example) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from engine.bandit import BanditConfig, VWBandit, action_line, shared_line
+from engine.bandit import BanditConfig, VWBandit, example_lines
 from engine.records import features_from_dict
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # see quiet_mlflow
@@ -65,9 +65,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         """The pmf over ``candidates`` (dicts with ``item_id`` and ``features``) for one decision."""
         if not candidates:
             raise ValueError("candidates: at least one candidate to score")
-        shared = shared_line(features_from_dict(user_features), features_from_dict(context))
         ids = [str(c["item_id"]) for c in candidates]
-        lines = [action_line(i, features_from_dict(c.get("features") or {})) for i, c in zip(ids, candidates)]
+        shared, lines = example_lines(features_from_dict(user_features), features_from_dict(context),
+                                      ((i, features_from_dict(c.get("features") or {})) for i, c in zip(ids, candidates)))
         return ids, self._bandit.pmf(shared, lines)
 
 

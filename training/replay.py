@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.bandit import BanditConfig, VWBandit, action_line, labelled_lines, shared_line
+from engine.bandit import BanditConfig, VWBandit, example_lines, labelled_lines, regression_line
 from engine.eventlog import EventLog, event_log_path
 from engine.records import features_from_dict
 
@@ -136,8 +136,8 @@ def slot_examples(records: Iterable[dict[str, object]]) -> list[SlotExample]:
     examples = []
     for record in sorted(records, key=lambda r: r["ts"]):  # type: ignore[arg-type,return-value]
         candidates = record["candidates"]
-        shared = shared_line(features_from_dict(record["user_features"]), features_from_dict(record["context"]))
-        lines = [action_line(c["item_id"], features_from_dict(c["features"])) for c in candidates]  # type: ignore[attr-defined]
+        shared, lines = example_lines(features_from_dict(record["user_features"]), features_from_dict(record["context"]),  # type: ignore[arg-type]
+                                      ((c["item_id"], features_from_dict(c["features"])) for c in candidates))  # type: ignore[attr-defined]
         ids = [c["item_id"] for c in candidates]  # type: ignore[attr-defined]
         remaining = list(range(len(ids)))
         for slot in record["slots"]:  # type: ignore[attr-defined]
@@ -274,5 +274,5 @@ def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: in
 
 
 def _regression_line(example: SlotExample, action: int, label: str = "") -> str:
-    """One (context, item) row: the server's shared namespaces and the item's line on one line."""
-    return f"{label}{example.shared.removeprefix('shared ')} {example.actions[action]}"
+    """One (context, item) row of ``example`` (:func:`engine.bandit.regression_line`)."""
+    return regression_line(example.shared, example.actions[action], label)
