@@ -32,6 +32,7 @@ serve: $(STAMP)  ## serve on port 50051 with the data directory DATA (default re
 bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TLS), the event log's bytes per decision, the edge under abuse, then embeddings
 	$(PY) -m server.bench
 	$(PY) -m server.bench_log
+	$(PY) -m server.bench_scale
 	$(PY) -m server.bench_edge
 	$(PY) -m training.bench_embeddings
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import math
 import multiprocessing
@@ -118,11 +119,14 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the client process calls: a port on :data:`HOST`; for TLS, the server's certificate and a token."""
+    """Where the client process calls: a port on :data:`HOST`, and any ``other_ports`` in turn, over
+    ``channels`` connections to each; for TLS, the server's certificate and a token."""
 
     port: int
     root_certificates: bytes | None = None
     token: str = ""
+    other_ports: tuple[int, ...] = ()
+    channels: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,11 +343,48 @@ class BenchClient:
         return summarise(job, latencies, elapsed, ran_out, warmup_calls + len(latencies), cpu)
 
 
-def open_channel(target: Target) -> grpc.aio.Channel:
-    address = f"{HOST}:{target.port}"
+def open_channel(target: Target) -> grpc.aio.Channel | RoundRobinChannel:
+    """One channel to ``target``'s port; with several ports or channels, a :class:`RoundRobinChannel`
+    over a connection of its own to each (so that serving processes sharing a port get calls too)."""
+    if target.channels == 1 and not target.other_ports:
+        return _channel(target, target.port)
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]  # channels to one address share none
+    ports = (target.port, *target.other_ports)
+    return RoundRobinChannel([_channel(target, port, own_connection)
+                              for _ in range(target.channels) for port in ports])
+
+
+def _channel(target: Target, port: int, options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+    address = f"{HOST}:{port}"
     if target.root_certificates is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=target.root_certificates))
+        return grpc.aio.insecure_channel(address, options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=target.root_certificates)
+    return grpc.aio.secure_channel(address, credentials, options)
+
+
+class RoundRobinChannel:
+    """Several channels as one for the generated stubs: each call goes to the next channel in turn."""
+
+    def __init__(self, channels: Sequence[grpc.aio.Channel]) -> None:
+        self.channels = list(channels)
+
+    def _in_turn(self, kind: str, method: str, *args: object, **kwargs: object) -> Callable[..., object]:
+        calls = itertools.cycle([getattr(channel, kind)(method, *args, **kwargs) for channel in self.channels])
+        return lambda *call_args, **call_kwargs: next(calls)(*call_args, **call_kwargs)
+
+    unary_unary = functools.partialmethod(_in_turn, "unary_unary")
+    unary_stream = functools.partialmethod(_in_turn, "unary_stream")
+    stream_unary = functools.partialmethod(_in_turn, "stream_unary")
+    stream_stream = functools.partialmethod(_in_turn, "stream_stream")
+
+    async def channel_ready(self) -> None:
+        await asyncio.gather(*(channel.channel_ready() for channel in self.channels))
+
+    async def __aenter__(self) -> RoundRobinChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(channel.close() for channel in self.channels))
 
 
 async def serve_jobs(conn: Connection, target: Target, seed: int, client_class: type[BenchClient]) -> None:
