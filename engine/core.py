@@ -36,7 +36,7 @@ from engine.explain import Explainer, Explanation
 from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
-from engine.roles import ROLES, SNAPSHOTS_DIR, ModelFollower, StoreSnapshots, take_learner_lease
+from engine.roles import ROLES, SNAPSHOTS_DIR, LeaseWatch, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
@@ -49,6 +49,7 @@ from engine.validation import Limits, check_decision_request, check_id, check_re
 
 
 MODEL_AT_REST_TIMEOUT = 5.0
+LEASE_LOST_EXIT = 3
 CATALOG_POLL_INTERVAL = 0.5
 """Seconds between looks for catalog writes by other processes (roles serve and learn): within a second."""
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ class ModelInfo:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, cancel_wait: threading.Event | None = None) -> None:
+        """Open the store and start. A learner (role ``learn``) may wait for the store's lease as a
+        standby: setting ``cancel_wait`` (a signal handler does) ends the wait with :class:`StartupRefused`."""
         config.bandit.validate()
         config.rewards.validate()
         if config.role not in ROLES:
@@ -97,6 +100,7 @@ class Engine:
         self._dir = Path(config.data_dir)
         self._stopping = threading.Event()
         self._releases: list[Callable[[], None]] = []  # undone by close, last first
+        self.lease: LeaseWatch | None = None  # the store's learner lease (roles all and learn)
         with ExitStack() as undo:  # a failed start leaves the log closed and the directory unlocked
             serving_only = config.role == "serve"  # serving processes share the data directory (embeddings)
             try:
@@ -108,7 +112,9 @@ class Engine:
             self.log = EventLog(config.store or self._dir / EVENT_LOG, config.rewards, join_later=serving_only)
             self._hold(undo, self.log.close)
             if not serving_only:  # one learner per store; a learner waits for the lease as a standby
-                self._hold(undo, take_learner_lease(self.log, wait=config.role == "learn", stopping=self._stopping).release)
+                lease = take_learner_lease(self.log, wait=config.role == "learn", stopping=cancel_wait or self._stopping)
+                self.lease = LeaseWatch(self.log, lease, self._stopping, _lease_lost)
+                self._hold(undo, self.lease.release)
             if config.role == "learn":
                 self._hold(undo, lock_data_dir(self._dir).release)
             self._start()
@@ -453,6 +459,15 @@ class ForgottenUser:
     log: Forgotten
     embedding_removed: bool
     archived: int = 0  # records removed from the archive
+
+
+def _lease_lost() -> None:
+    """The learner lease ended under a running learner (its store connection was cut): a standby may
+    learn now, so this process stops writing at once; it exits, and whoever runs it starts it again
+    (``serve --processes`` does), to wait as the standby."""
+    log.critical("the learner lease of the store ended (its connection was cut): exiting so that one learner learns")
+    logging.shutdown()
+    os._exit(LEASE_LOST_EXIT)
 
 
 def _archive(config: EngineConfig, log: EventLog) -> Archive | None:

@@ -175,22 +175,26 @@ class EventLog:
         self._readers_lock = threading.Lock()
 
     def _migrate(self, conn: Connection) -> None:
-        """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one."""
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        found = int(row[0]) if row and str(row[0]).isdigit() else row and row[0]
-        if found is not None and not (isinstance(found, int) and 1 <= found <= LOG_SCHEMA_VERSION):
-            newer = isinstance(found, int) and found > LOG_SCHEMA_VERSION
-            raise StartupRefused(f"the event log's schema version is {found}, " + (
-                f"newer than the {LOG_SCHEMA_VERSION} this recbandit reads: upgrade recbandit" if newer
-                else "which no recbandit wrote: is it a recbandit event log?"))
-        if found == LOG_SCHEMA_VERSION:
-            return
-        script = "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION)) if found else ""
-        script += _SCHEMA.format(real=self.database.real, blob=self.database.blob,
-                                 integer_key=self.database.integer_key)
+        """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one.
+
+        One transaction, under the store's schema lock: processes starting together on a new store
+        (a learner and its replicas) create the tables once, the others wait and find them.
+        """
         conn.execute(self.database.begin)
         try:
+            conn.execute(self.database.schema_lock)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = int(row[0]) if row and str(row[0]).isdigit() else row and row[0]
+            if found is not None and not (isinstance(found, int) and 1 <= found <= LOG_SCHEMA_VERSION):
+                newer = isinstance(found, int) and found > LOG_SCHEMA_VERSION
+                raise StartupRefused(f"the event log's schema version is {found}, " + (
+                    f"newer than the {LOG_SCHEMA_VERSION} this recbandit reads: upgrade recbandit" if newer
+                    else "which no recbandit wrote: is it a recbandit event log?"))
+            script = "".join(_MIGRATIONS[version] for version in range(found, LOG_SCHEMA_VERSION)) if found else ""
+            if found != LOG_SCHEMA_VERSION:
+                script += _SCHEMA.format(real=self.database.real, blob=self.database.blob,
+                                         integer_key=self.database.integer_key)
             for statement in script.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -332,14 +336,16 @@ class EventLog:
         """Finalise every slot of events whose window closed by ``now``; return how many slots."""
 
         def close(conn: Connection) -> int:
-            due = conn.execute(
-                "SELECT event_id, chosen, deferred, activated_ts, undelivered FROM decisions"
-                " WHERE closed = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            due = conn.execute("SELECT event_id FROM decisions WHERE closed = 0 AND deadline <= ? ORDER BY deadline LIMIT ?",
+                               (now, limit)).fetchall()
             finalised = 0
-            for event_id, chosen, deferred, activated_ts, undelivered in due:
-                conn.execute("UPDATE decisions SET closed = 1 WHERE event_id = ?", (event_id,))
+            for (event_id,) in due:
+                row = conn.execute(  # the row as it is once closed: an Activate committed meanwhile counts
+                    "UPDATE decisions SET closed = 1 WHERE event_id = ? AND closed = 0"
+                    " RETURNING chosen, deferred, activated_ts, undelivered", (event_id,)).fetchone()
+                if row is None:
+                    continue  # closed by another pass meanwhile
+                chosen, deferred, activated_ts, undelivered = row
                 finalised += join_rewards_of(conn, event_id, json.loads(chosen))  # rewards a serving process logged
                 if undelivered or (deferred and activated_ts is None):
                     continue  # never shown: never learned with the default reward

@@ -237,15 +237,15 @@ def supersede(conn: Connection, item_ids: list[str]) -> None:
 
 def join_rewards_of(conn: Connection, event_id: str, chosen: list[str]) -> int:
     """Make final the slots of ``event_id`` that its unjoined rewards decide (the first reward of
-    each slot, by time); mark the rewards joined. Returns how many slots."""
-    rewards = conn.execute("SELECT item_id, value, ts FROM rewards WHERE event_id = ? AND joined = 0 ORDER BY ts",
+    each slot, by time); mark the rewards joined. Returns how many slots.
+
+    The rewards marked are the ones read, in one statement (``RETURNING``): a reward another process
+    commits meanwhile stays unjoined for the next pass, rather than marked without its outcome.
+    """
+    rewards = conn.execute("UPDATE rewards SET joined = 1 WHERE event_id = ? AND joined = 0 RETURNING item_id, value, ts",
                            (event_id,)).fetchall()
-    if not rewards:
-        return 0
-    finalised = sum(insert_outcome(conn, event_id, chosen.index(item_id), item_id, value, "reward", ts)
-                    for item_id, value, ts in rewards if item_id in chosen)
-    conn.execute("UPDATE rewards SET joined = 1 WHERE event_id = ? AND joined = 0", (event_id,))
-    return finalised
+    return sum(insert_outcome(conn, event_id, chosen.index(item_id), item_id, value, "reward", ts)
+               for item_id, value, ts in sorted(rewards, key=lambda r: r[2]) if item_id in chosen)
 
 
 def insert_outcome(

@@ -16,18 +16,23 @@ A pass also deletes the catalog versions no decision left in the log can name
 (:meth:`~engine.eventlog.EventLog.forget_superseded_versions`): the archive holds every
 candidate's features whole.
 
-Forgetting a user and a pass never run at once: a pass between reading a user's events and
-deleting them would otherwise archive what the user had asked to be forgotten.
+Forgetting a user and a pass never run at once, in one process or several (serving processes
+forget, the learner prunes; they share the store's ``retention`` lock when there is an archive): a
+pass between reading a user's events and deleting them would otherwise archive what the user had
+asked to be forgotten.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from engine.archive import Archive
-from engine.eventlog import PRUNE_BATCH, Forgotten, EventLog
+from engine.errors import StorageUnavailable
+from engine.eventlog import PRUNE_BATCH, EventLog, Forgotten
 
 PRUNE_INTERVAL = 5.0
 """Seconds between retention passes."""
@@ -35,6 +40,7 @@ PRUNE_INTERVAL = 5.0
 PASS_LIMIT = 10 * PRUNE_BATCH
 """The most events one pass deletes (and archives, into one file per day)."""
 
+STORE_LOCK_TIMEOUT = 30.0
 ARCHIVE_MIN_EVENTS = 1_000
 ARCHIVE_MAX_WAIT = 3_600.0
 
@@ -62,7 +68,7 @@ class Retention:
         if self.seconds is None:
             return 0
         before = time.time() - self.seconds
-        with self._lock:
+        with self._exclusive():
             due = self.log.prunable(before, learned_seq, PASS_LIMIT)
             if not due:
                 return 0
@@ -86,10 +92,27 @@ class Retention:
     def forget_user(self, user_id: str) -> ForgottenEvents:
         """Delete ``user_id``'s events from the archive, then from the log: if the archive cannot be
         rewritten (a damaged file), the log still holds what a retry will find."""
-        with self._lock:
+        with self._exclusive():
             archived = self.archive.forget_user(user_id) if self.archive is not None else 0
             forgotten = self.log.forget_user(user_id)
         return ForgottenEvents(forgotten, archived)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's lock, and with an archive the store's, which other processes take too."""
+        with self._lock:
+            if self.archive is None:
+                yield
+                return
+            deadline = time.monotonic() + STORE_LOCK_TIMEOUT
+            while (claim := self.log.database.try_lock("retention")) is None:
+                if time.monotonic() > deadline:
+                    raise StorageUnavailable()
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                claim.release()
 
 
 def _batches(event_ids: list[str]) -> list[list[str]]:

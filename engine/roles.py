@@ -37,6 +37,35 @@ log = logging.getLogger(__name__)
 
 ROLES = ("all", "serve", "learn")
 LEARNER_LEASE = "learner"
+LEASE_CHECK_INTERVAL = 0.5
+"""Seconds between a learner's looks at its lease: one whose lease ended (its PostgreSQL connection
+was cut) exits within this, before a standby that took the lease starts (after :data:`LEASE_GRACE`)."""
+LEASE_GRACE = 2.0
+
+
+class LeaseWatch:
+    """Looks at a learner's lease every :data:`LEASE_CHECK_INTERVAL` seconds. When it has ended (its
+    PostgreSQL connection was cut), it takes it again at once if nobody else has; otherwise a
+    standby has it, and ``lost`` is called: the learner must stop writing."""
+
+    def __init__(self, event_log: EventLog, lease: Claim, stopping: threading.Event, lost: Callable[[], None]) -> None:
+        self.log, self.lease, self._stopping, self._lost = event_log, lease, stopping, lost
+        threading.Thread(target=self._watch, name="lease-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(LEASE_CHECK_INTERVAL):
+            if self.lease.held():
+                continue
+            again = self.log.database.try_lock(LEARNER_LEASE)
+            if again is None:
+                self._lost()
+                return
+            log.warning("the learner lease's connection to the store was cut; took the lease again")
+            self.lease.release()
+            self.lease = again
+
+    def release(self) -> None:
+        self.lease.release()
 SNAPSHOTS_DIR = "snapshots"
 """Where a process keeps the model files of the snapshots it loaded (in its data directory)."""
 
@@ -50,6 +79,7 @@ def take_learner_lease(event_log: EventLog, *, wait: bool, stopping: threading.E
         if claim is not None:
             if announced:
                 log.info("standby: took the learner lease of %s", event_log.path)
+                stopping.wait(LEASE_GRACE)  # the learner that lost it stops within LEASE_CHECK_INTERVAL
             return claim
         if not wait:
             raise StartupRefused(f"another recbandit learner (or server) learns from the store {event_log.path}: "
@@ -81,9 +111,9 @@ class StoreSnapshots:
             checkpoint = Checkpoint(**json.loads(manifest))
         except (TypeError, ValueError) as error:
             raise CorruptCheckpoint(self.workdir, f"snapshot {snapshot_id} of the store is not a checkpoint ({error})") from None
-        path = self.workdir / f"snapshot-{snapshot_id}.vw"
+        path = self.workdir / f"snapshot-{snapshot_id}-{os.getpid()}.vw"  # processes sharing a folder keep apart
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(model))
-        for old in self.workdir.glob("snapshot-*.vw"):
+        for old in self.workdir.glob(f"snapshot-*-{os.getpid()}.vw"):
             if old != path:
                 old.unlink(missing_ok=True)
         return snapshot_id, checkpoint, path
@@ -118,7 +148,12 @@ class ModelFollower(HoldsServedModel):
         self.last_checkpoint: float | None = None
         self.updated = time.time()
         self._swapped = threading.Condition()
-        self.follow()
+        try:
+            if not self.follow():
+                log.warning("no snapshot in the store yet: serving a fresh model until the learner "
+                            "(recbandit learn) publishes one")
+        except Exception as error:  # served fresh until the next look
+            log.error("cannot load the learner's snapshot yet (serving a fresh model): %s", error)
         self._thread = threading.Thread(target=self._poll, name="model-follower", daemon=True)
 
     def follow(self) -> bool:

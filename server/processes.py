@@ -13,6 +13,7 @@ processes first.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -25,13 +26,18 @@ import time
 from pathlib import Path
 
 from engine.core import Engine
+from engine.errors import StartupRefused
 from engine.policy_source import PolicySource
+from engine.storage import redacted
 from server.champion import ChampionFollower
 from server.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("server.app")
 RESTART_DELAY = 1.0
 READY_TIMEOUT = 60.0
+REFUSED = 2  # the exit code of a command that refused to start
+REFUSAL_WINDOW = 30.0  # seconds after its start in which a child's exit code 2 is a refusal
+PR_SET_PDEATHSIG = 1
 
 
 def learn(settings: Settings, policy_source: PolicySource | None = None) -> None:
@@ -40,9 +46,10 @@ def learn(settings: Settings, policy_source: PolicySource | None = None) -> None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("learner of %s starting (data %s)", settings.store or Path(settings.data_dir) / "events.db",
+    config = dataclasses.replace(settings.engine_config(), role="learn", checkpoint_interval=SNAPSHOT_INTERVAL)
+    log.info("learner of %s starting (data %s)", redacted(config.store) if config.store else Path(settings.data_dir) / "events.db",
              settings.data_dir)
-    engine = Engine(dataclasses.replace(settings.engine_config(), role="learn", checkpoint_interval=SNAPSHOT_INTERVAL))
+    engine = Engine(config, cancel_wait=stop)
     engine.checkpoint()  # serving processes start from the learner's model, not one of their own
     champion = None
     if policy_source is not None:
@@ -78,21 +85,28 @@ def serve_processes(settings: Settings) -> None:
         overrides = {"ROLE": "serve", "PORT": str(port), "REUSE_PORT": "true", "PROCESSES": "1", "POLICY_REGISTRY": "",
                      "METRICS_PORT": str(settings.metrics_port + 1 + i) if settings.metrics_port else "0"}
         children.append(_Child(f"serving process {i + 1}", ["serve"], {**base, **_prefixed(overrides)}))
-    for child in children:
-        child.start()
-    _wait_until_listening(settings.host, port, stop)
-    log.info("listening on %s:%d (%d serving processes and a learner; data %s)", settings.host, port,
-             settings.processes, settings.data_dir, extra={"port": port})
-    while not stop.wait(0.2):
+    try:
         for child in children:
-            child.restart_if_dead()
+            child.start()
+        _wait_until_listening(settings.host, port, stop, children)
+        log.info("listening on %s:%d (%d serving processes and a learner; data %s)", settings.host, port,
+                 settings.processes, settings.data_dir, extra={"port": port})
+        while not stop.wait(0.2):
+            for child in children:
+                child.restart_if_dead()
+    finally:
+        _stop_all(children, settings.grace)
+
+
+def _stop_all(children: list[_Child], grace: float) -> None:
+    """Stop the serving processes, then the learner (it learns what is final and publishes)."""
     log.info("stopping: serving processes first, then the learner")
     for child in children[1:]:
         child.terminate()
     for child in children[1:]:
-        child.wait(settings.grace + 10.0)
+        child.wait(grace + 10.0)
     children[0].terminate()
-    children[0].wait(settings.grace + 30.0)
+    children[0].wait(grace + 30.0)
     log.info("stopped")
 
 
@@ -105,17 +119,23 @@ class _Child:
         self.environment = environment
         self.process: subprocess.Popen[bytes] | None = None
         self._died_at: float | None = None
+        self._started = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.environment)
+        self.process = subprocess.Popen(self.argv, env=self.environment, preexec_fn=_die_with_parent)
+        self._started = time.monotonic()
         log.info("%s started (pid %d)", self.name, self.process.pid)
 
     def restart_if_dead(self) -> None:
+        """Start the child again a second after it died; one refused at start (exit code 2) is not
+        started again: its refusal stands for the others too (a port in use, a bad setting)."""
         assert self.process is not None
         code = self.process.poll()
         if code is None:
             return
         now = time.monotonic()
+        if code == REFUSED and now - self._started < REFUSAL_WINDOW:
+            raise StartupRefused(f"{self.name} refused to start (its line above says why); stopping the others")
         if self._died_at is None:
             log.error("%s (pid %d) exited with %s; starting it again", self.name, self.process.pid, code)
             self._died_at = now
@@ -160,11 +180,25 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_until_listening(host: str, port: int, stop: threading.Event) -> None:
+def _wait_until_listening(host: str, port: int, stop: threading.Event, children: list[_Child]) -> None:
+    """Until the port answers and no child has been refused (another listener may hold the port)."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline and not stop.is_set():
+        for child in children:
+            child.restart_if_dead()
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                break
         except OSError:
             time.sleep(0.1)
+    settle = time.monotonic() + 1.0  # a child refused at bind exits within this
+    while time.monotonic() < settle and not stop.is_set():
+        for child in children:
+            child.restart_if_dead()
+        time.sleep(0.1)
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM it when the supervisor dies, even by kill -9 (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

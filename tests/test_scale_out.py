@@ -157,3 +157,44 @@ def test_replicas_agree_and_a_standby_learner_resumes_exactly_where_the_dead_one
     finally:
         for process in (one, two, active, standby):
             stop(process)
+
+
+def test_a_learner_whose_lease_connection_is_cut_takes_it_again_or_stops_never_two_learners(url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    tagged = f"{url}&application_name=recbandit-learner-a-{os.getpid()}"
+    active = spawn_learner(tmp_path / "learner-a", tagged, tmp_path / "learner-a.log")
+    eventually(lambda: "learning (model" in (tmp_path / "learner-a.log").read_text())
+    standby = spawn_learner(tmp_path / "learner-b", url, tmp_path / "learner-b.log")
+    try:
+        eventually(lambda: "standby" in (tmp_path / "learner-b.log").read_text())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                         (f"recbandit-learner-a-{os.getpid()}",))
+        # Whoever looks first has the lease: the cut learner takes it again, or it exits (code 3) and
+        # the standby takes it over. Never both.
+        retook = "took the lease again"
+        eventually(lambda: retook in (tmp_path / "learner-a.log").read_text() or active.poll() is not None)
+        if active.poll() is None:
+            time.sleep(3.0)  # longer than a standby's poll and grace
+            assert active.poll() is None and "took the learner lease" not in (tmp_path / "learner-b.log").read_text()
+        else:
+            assert active.wait() == 3 and "the learner lease of the store ended" in (tmp_path / "learner-a.log").read_text()
+            eventually(lambda: "took the learner lease" in (tmp_path / "learner-b.log").read_text())
+    finally:
+        for process in (active, standby):
+            stop(process)
+
+
+def test_serving_processes_refused_at_start_stop_the_supervisor_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT holds the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--processes", "2", "--port", str(port),
+                               "--data-dir", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=90)
+    assert done.returncode == 2
+    assert "refused to start" in done.stderr and "Traceback" not in done.stderr.split("refused to start")[-1]
