@@ -472,7 +472,10 @@ def _lease_lost() -> None:
 
 def _archive(config: EngineConfig, log: EventLog) -> Archive | None:
     """The archive of ``log``: the one it has archived to, else ``config.archive_dir``; a different
-    folder than the log's is refused, as is an archive without retention (nothing would go there)."""
+    folder than the log's is refused, as is an archive without retention (nothing would go there).
+    A serving process has none: the archive is the learner's (engine.retention)."""
+    if config.role == "serve":
+        return None
     recorded = log.archive_dir()
     wanted = None if config.archive_dir is None else Path(config.archive_dir).resolve()
     if wanted is not None and config.retention_seconds is None:

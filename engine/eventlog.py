@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS item_versions (
     features TEXT NOT NULL,
     superseded_ts {real}
 );
+CREATE TABLE IF NOT EXISTS archive_forgets (
+    user_id TEXT PRIMARY KEY,
+    ts {real} NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id {integer_key},
     ts {real} NOT NULL,
@@ -394,12 +398,16 @@ class EventLog:
 
     # -- privacy ---------------------------------------------------------------------------------
 
-    def forget_user(self, user_id: str) -> Forgotten:
-        """Delete the user's decisions, their rewards and final outcomes in one transaction."""
+    def forget_user(self, user_id: str, *, in_archive_later: bool = False) -> Forgotten:
+        """Delete the user's decisions, their rewards and final outcomes in one transaction; with
+        ``in_archive_later`` (a process without the archive), ask the learner, in the same
+        transaction, to forget the user in the archive too (:meth:`archive_forgets`)."""
 
         def forget(conn: Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
             rewards, outcomes, _ = delete_events(conn, event_ids)
+            if in_archive_later:
+                conn.execute("INSERT INTO archive_forgets VALUES (?, ?) ON CONFLICT DO NOTHING", (user_id, time.time()))
             return Forgotten(tuple(event_ids), rewards, outcomes)
 
         forgotten = self._writer.submit(forget)
@@ -472,6 +480,14 @@ class EventLog:
     def has_unjoined_rewards(self) -> bool:
         """Whether a serving process logged rewards the learner has not joined yet (a cheap read)."""
         return self._reader().execute("SELECT 1 FROM rewards WHERE joined = 0 LIMIT 1").fetchone() is not None
+
+    def archive_forgets(self) -> list[str]:
+        """The users whose archived events a process without the archive asked to be forgotten."""
+        return [u for (u,) in self._reader().execute("SELECT user_id FROM archive_forgets ORDER BY ts")]
+
+    def archive_forgotten(self, user_id: str) -> None:
+        """The archive has forgotten ``user_id``: the request is done."""
+        self._writer.submit(lambda conn: conn.execute("DELETE FROM archive_forgets WHERE user_id = ?", (user_id,)))
 
     def archive_dir(self) -> Path | None:
         """The folder retention archives this log's deleted events to (:mod:`engine.archive`), once it has."""

@@ -19,7 +19,8 @@ candidate's features whole.
 Forgetting a user and a pass never run at once, in one process or several (serving processes
 forget, the learner prunes; they share the store's ``retention`` lock when there is an archive): a
 pass between reading a user's events and deleting them would otherwise archive what the user had
-asked to be forgotten.
+asked to be forgotten. A serving process, which has no archive (it may be on another machine),
+asks the learner to forget the user there: its next pass does, within seconds.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class Retention:
             return 0
         before = time.time() - self.seconds
         with self._exclusive():
+            if self.archive is not None:  # what serving processes elsewhere were asked to forget
+                for user_id in self.log.archive_forgets():
+                    self.archive.forget_user(user_id)
+                    self.log.archive_forgotten(user_id)
             due = self.log.prunable(before, learned_seq, PASS_LIMIT)
             if not due:
                 return 0
@@ -94,7 +99,8 @@ class Retention:
         rewritten (a damaged file), the log still holds what a retry will find."""
         with self._exclusive():
             archived = self.archive.forget_user(user_id) if self.archive is not None else 0
-            forgotten = self.log.forget_user(user_id)
+            later = self.archive is None and self.log.archive_dir() is not None  # the learner's archive, elsewhere
+            forgotten = self.log.forget_user(user_id, in_archive_later=later)
         return ForgottenEvents(forgotten, archived)
 
     @contextmanager

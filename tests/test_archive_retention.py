@@ -242,3 +242,22 @@ def test_forget_user_with_a_damaged_archive_file_deletes_nothing_so_a_retry_can(
     with pytest.raises(ValueError, match="archive file"):
         engine.forget_user("user-3")
     assert any(r["user_id"] == "user-3" for r in engine.log.joined())
+
+
+def test_a_serving_process_forgets_a_user_and_the_learner_forgets_them_in_its_archive(pruned) -> None:  # type: ignore[no-untyped-def]
+    engine, _, archive_dir = pruned
+    engine.close()
+    data = Path(engine.log.path).parent
+    rules = RewardRules(window_seconds=WINDOW)
+    learner = Engine(EngineConfig(data_dir=data, rewards=rules, role="learn", retention_seconds=DAY, archive_dir=archive_dir))
+    serving = Engine(EngineConfig(data_dir=data, rewards=rules, role="serve"))  # no archive of its own
+    try:
+        forgotten = serving.forget_user("user-3")
+        assert forgotten.archived == 0 and forgotten.log.event_ids  # the live events at once
+        assert any(r["user_id"] == "user-3" for r in Archive(archive_dir).records())
+        learner._learner.prune()  # the learner's next pass (every 5 s)
+        assert all(r["user_id"] != "user-3" for r in Archive(archive_dir).records())
+        assert learner.log.archive_forgets() == []
+    finally:
+        serving.close()
+        learner.close()
