@@ -35,7 +35,7 @@ from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
 from server.edge import add_services
 from server.errors import InFlight
-from server.metrics import Metrics
+from server.metrics import Metrics, reward_label_set
 from server.servicers import AdminServicer, CatalogServicer, RecommenderServicer
 from server.settings import Settings
 from server.transport import refuse_address_in_use, server_credentials, server_options
@@ -77,8 +77,7 @@ async def build_server(
         options=edge.options,
     )
     in_flight = InFlight(settings.max_in_flight)  # one bound for every service
-    labels = frozenset(label.strip() for label in settings.reward_labels.split(",") if label.strip())
-    metrics = Metrics(engine, in_flight, labels) if settings.metrics_port else None
+    metrics = Metrics(engine, in_flight, reward_label_set(settings.reward_labels)) if settings.metrics_port else None
     if metrics is not None:
         engine.observe(metrics)
     add_services(server, {

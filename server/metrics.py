@@ -52,6 +52,11 @@ SCRAPE_TIMEOUT = 10.0
 DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
+def reward_label_set(text: str) -> frozenset[str]:
+    """``--reward-labels``: the comma-separated labels that get series of their own."""
+    return frozenset(label.strip() for label in text.split(",") if label.strip())
+
+
 class Metrics(Observer):
     """The server's metrics; :meth:`serve` starts their HTTP endpoint. The engine reports to it
     (``engine.observe(metrics)``): commits, learned outcomes, undelivered decisions."""

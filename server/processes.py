@@ -30,6 +30,8 @@ from engine.errors import StartupRefused
 from engine.policy_source import PolicySource
 from engine.storage import redacted
 from server.champion import ChampionFollower
+from server.errors import InFlight
+from server.metrics import Metrics, reward_label_set
 from server.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("server.app")
@@ -51,6 +53,11 @@ def learn(settings: Settings, policy_source: PolicySource | None = None) -> None
              settings.data_dir)
     engine = Engine(config, cancel_wait=stop)
     engine.checkpoint()  # serving processes start from the learner's model, not one of their own
+    endpoint = None
+    if settings.metrics_port:  # what it learns: outcomes, learned reward, lag, model age, pruning
+        metrics = Metrics(engine, InFlight(), reward_label_set(settings.reward_labels))
+        engine.observe(metrics)
+        endpoint = metrics.serve(settings.metrics_host, settings.metrics_port)
     champion = None
     if policy_source is not None:
         champion = ChampionFollower(engine, policy_source, settings.policy_poll_interval,
@@ -64,6 +71,9 @@ def learn(settings: Settings, policy_source: PolicySource | None = None) -> None
     log.info("stopping: learning what is final, then publishing the model")
     if champion is not None:
         champion.close()
+    if endpoint is not None:
+        endpoint.shutdown()
+        endpoint.server_close()
     engine.close()
     log.info("stopped; model published")
 

@@ -198,3 +198,22 @@ def test_serving_processes_refused_at_start_stop_the_supervisor_in_one_line(tmp_
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=90)
     assert done.returncode == 2
     assert "refused to start" in done.stderr and "Traceback" not in done.stderr.split("refused to start")[-1]
+
+
+def test_the_learner_serves_the_learning_metrics(tmp_path: Path) -> None:
+    import urllib.request
+
+    from server.bench import free_port
+
+    data = tmp_path / "data"
+    port = free_port()
+    with open(tmp_path / "learner.log", "wb") as sink:
+        learner = subprocess.Popen([sys.executable, "-m", "server.cli", "learn", "--data-dir", str(data),
+                                    "--metrics-port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        eventually(lambda: "learning (model" in (tmp_path / "learner.log").read_text())
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "recbandit_learner_lag_seconds" in text and "recbandit_model_age_seconds" in text
+    finally:
+        stop(learner)
