@@ -262,7 +262,10 @@ class LosingProxy:
         lost = b""
         for chunk in _chunks(source):
             if not (losing and sent.is_set()):
-                sink.sendall(chunk)
+                try:
+                    sink.sendall(chunk)
+                except OSError:  # the client hung up (it retries on a new connection): nobody to reply to
+                    break
                 continue
             lost += chunk
             if self.reply_marker in lost:
