@@ -331,7 +331,7 @@ class Learner(HoldsServedModel):
                 time.sleep(LEARN_BATCH_DELAY)  # let the rewards of the next few ms join this batch
             self._wake.clear()
             try:
-                if self.log.has_unjoined_rewards():  # logged by serving processes (engine.roles)
+                if self.snapshots is not None and self.log.has_unjoined_rewards():  # a learner beside serving processes
                     self.log.join_rewards()
                 if time.monotonic() >= next_close:  # on a timer, not on every reward's wake-up
                     self.close_windows()
