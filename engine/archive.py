@@ -197,18 +197,6 @@ class Archive:
         return sorted(folders)
 
 
-def one_history(
-    archived: Iterable[Mapping[str, object]], live: Iterable[Mapping[str, object]]
-) -> Iterator[dict[str, object]]:
-    """The archive and the live log as one history, ascending by ``(ts, event_id)``.
-
-    Both inputs must be ascending by ``(ts, event_id)`` (a ``ValueError`` says which is not). An
-    event in both — archived, not yet deleted from the log — comes once: the live copy.
-    """
-    merged = heapq.merge(_checked(archived, 0, "archived"), _checked(live, 1, "live"))
-    return _once(merged)
-
-
 # -- reading ---------------------------------------------------------------------------------------
 
 
@@ -298,16 +286,6 @@ def _once(rows: Iterable[_Row]) -> Iterator[dict[str, object]]:
     """Rows ordered by (ts, event_id), each event once: of equal ones, the last by (rank, row)."""
     for _, same in itertools.groupby(rows, key=lambda row: row[:2]):
         yield max(same, key=lambda row: row[2:4])[4]
-
-
-def _checked(records: Iterable[Mapping[str, object]], rank: int, name: str) -> Iterator[_Row]:
-    previous: tuple[float, str] | None = None
-    for position, record in enumerate(records):
-        key = _order(record)
-        if previous is not None and key < previous:
-            raise ValueError(f"{name} records are not ascending by (ts, event_id): {key} after {previous}")
-        previous = key
-        yield key[0], key[1], rank, position, dict(record)
 
 
 def _file_summaries(folder: Path) -> list[_FileSummary]:

@@ -13,7 +13,7 @@ import threading
 
 from engine.embeddings import Representation
 from engine.errors import InvalidRequest, PreconditionFailed
-from engine.eventlog import EventLog
+from engine.catalogstore import CatalogStore
 from engine.features import frozen_features, merge_features
 from engine.retrieval import LiveEmbeddings, Loaded
 from engine.types import Candidate, DecisionRequest, Item
@@ -21,12 +21,12 @@ from engine.validation import Limits, check_count, check_id, check_items
 
 
 class Catalog:
-    """The items the log holds, kept in memory with read-only features, and their writes.
+    """The items the store holds, kept in memory with read-only features, and their writes.
 
     Parameters
     ----------
-    log:
-        The event log the items are stored in.
+    store:
+        The catalog in the store (:attr:`engine.eventlog.EventLog.catalog`).
     limits:
         The limits item writes are checked against, and ``max_candidates``.
     lock:
@@ -35,23 +35,23 @@ class Catalog:
         The embeddings in use, whose retrieval index follows every write.
     """
 
-    def __init__(self, log: EventLog, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
-        self.log = log
+    def __init__(self, store: CatalogStore, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
+        self.store = store
         self.limits = limits
         self.lock = lock
         self.embeddings = embeddings
-        self._change = log.catalog_change()
-        self.items: dict[str, Item] = {item.item_id: _frozen_item(item, item.version) for item in log.items()}
+        self._change = store.change()
+        self.items: dict[str, Item] = {item.item_id: _frozen_item(item, item.version) for item in store.items()}
 
     def follow(self) -> bool:
         """Take in what other processes wrote to the store's catalog since the last look (a cheap
         read when nothing changed); True when something did. The whole catalog is read again."""
-        change = self.log.catalog_change()
+        change = self.store.change()
         if change == self._change:
             return False
         with self.lock:
             self._change = change
-            stored = {item.item_id: _frozen_item(item, item.version) for item in self.log.items()}
+            stored = {item.item_id: _frozen_item(item, item.version) for item in self.store.items()}
             gone = [item_id for item_id in self.items if item_id not in stored]
             changed = [item for item_id, item in stored.items() if self.items.get(item_id) != item]
             self.items = stored
@@ -64,7 +64,7 @@ class Catalog:
     def upsert_items(self, items: list[Item]) -> int:
         check_items("items", items, self.limits)
         with self.lock:
-            versions = self.log.upsert_items(items)
+            versions = self.store.upsert_items(items)
             stored = {item.item_id: _frozen_item(item, v) for item, v in zip(items, versions, strict=True)}
             self.items = {**self.items, **stored}
             self.embeddings.upsert_items(items)  # new items get a representation from their features
@@ -75,7 +75,7 @@ class Catalog:
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id, self.limits)
         with self.lock:
-            deleted = self.log.delete_items(item_ids)
+            deleted = self.store.delete_items(item_ids)
             catalog = dict(self.items)
             for item_id in deleted:
                 catalog.pop(item_id, None)
@@ -88,7 +88,7 @@ class Catalog:
             raise InvalidRequest("page_size", f"must be within [0, 1000] (0 means 100), got {page_size}")
         after = _decode_token(page_token)
         size = page_size or 100
-        items = self.log.items(after=after, limit=size + 1, active_only=active_only)
+        items = self.store.items(after=after, limit=size + 1, active_only=active_only)
         if len(items) <= size:
             return items, ""
         return items[:size], _encode_token(items[size - 1].item_id)

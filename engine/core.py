@@ -31,7 +31,8 @@ from engine.checkpoint import Checkpoint
 from engine.datadir import lock_data_dir, unusable
 from engine.embeddings import Representation
 from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady, StartupRefused
-from engine.eventlog import EVENT_LOG, Forgotten, EventLog
+from engine.eventlog import EventLog, Forgotten
+from engine.logreader import EVENT_LOG
 from engine.explain import Explainer, Explanation
 from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
@@ -130,7 +131,7 @@ class Engine:
         config = self.config
         catalog_lock = threading.Lock()
         self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.items.values(), catalog_lock)
-        self._catalog = Catalog(self.log, config.limits, catalog_lock, self.embeddings)
+        self._catalog = Catalog(self.log.catalog, config.limits, catalog_lock, self.embeddings)
         self._encoded = EncodedCandidates()
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
@@ -144,7 +145,8 @@ class Engine:
                 self._dir, self.log, config.bandit, self._stopping,
                 checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
                 retention=self._retention,
-                snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR) if config.role == "learn" else None,
+                snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR, term=self.log.take_learner_term(),
+                                         lost=_lease_lost) if config.role == "learn" else None,
             )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         if config.role != "all":  # other processes write the catalog too
@@ -476,7 +478,7 @@ def _archive(config: EngineConfig, log: EventLog) -> Archive | None:
     A serving process has none: the archive is the learner's (engine.retention)."""
     if config.role == "serve":
         return None
-    recorded = log.archive_dir()
+    recorded = log.reader.archive_dir()
     wanted = None if config.archive_dir is None else Path(config.archive_dir).resolve()
     if wanted is not None and config.retention_seconds is None:
         raise StartupRefused("--archive-dir keeps what --retention deletes: set --retention too")
@@ -487,7 +489,7 @@ def _archive(config: EngineConfig, log: EventLog) -> Archive | None:
         raise StartupRefused(f"this event log archives to {recorded}, which is missing: put the archive back "
                              "there; without it its history and ForgetUser would be incomplete")
     directory = wanted or recorded
-    return None if directory is None else Archive(directory, log.log_id())
+    return None if directory is None else Archive(directory, log.reader.log_id())
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,10 @@ class StorageUnavailable(RecbanditError):
         super().__init__("the event log cannot be written now; retry later (the server log has the cause)")
 
 
+class LeaseLost(RecbanditError):
+    """Another learner took the store's learner lease since this one took it: this one must stop writing."""
+
+
 class StartupRefused(RecbanditError):
     """The engine will not start on this data directory as it is; the message says why and the way out."""
 

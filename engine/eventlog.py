@@ -18,17 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.archive import Archive, one_history
-from engine.cache import BoundedCache
-from engine.errors import PreconditionFailed, RecbanditError, StartupRefused, shown
-from engine.features import frozen_features
+from engine.catalogstore import CatalogStore, version_unversioned_items
+from engine.errors import LeaseLost, PreconditionFailed, RecbanditError, StartupRefused
 from engine.groupcommit import GroupCommitWriter
 from engine.logwrites import (
     InsertDecision,
@@ -40,26 +36,13 @@ from engine.logwrites import (
     event_state,
     insert_outcome,
     join_rewards_of,
-    note_catalog_change,
     probe,
-    store_versions,
-    supersede,
 )
-from engine.records import (
-    CatalogVersions,
-    LoggedDecision,
-    Outcome,
-    Reward,
-    decision_from_json,
-    decision_pmfs,
-    decision_to_json,
-    features_from_json,
-    features_to_json,
-    joined_record,
-)
+from engine.logreader import DECISION_COLUMNS, LOG_SCHEMA_VERSION, LogReader, decision_from_row
+from engine.records import LoggedDecision, Outcome, Reward, decision_pmfs, decision_to_json
 from engine.rewards import Aggregation, RewardRules
 from engine.storage import Connection, open_database
-from engine.types import Features, Item, Status
+from engine.types import Status
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -125,12 +108,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
     model {blob} NOT NULL
 );
 """
-EVENT_LOG = "events.db"
-"""The event log's file name in a data directory."""
-
-LOG_SCHEMA_VERSION = 3
-"""The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
-
 _MIGRATIONS = {
     # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default
     1: "ALTER TABLE decisions ADD COLUMN undelivered INTEGER NOT NULL DEFAULT 0;"
@@ -141,13 +118,9 @@ _MIGRATIONS = {
        "ALTER TABLE rewards ADD COLUMN joined INTEGER NOT NULL DEFAULT 1;"
        "DROP INDEX IF EXISTS decisions_closed;",
 }
-_VERSIONS_CACHED = (1 << 16, 64 << 20)
-"""Catalog versions a log keeps decoded (entries, bytes of their JSON): those recent decisions name
-are read from the table once, until the cache is full and starts over."""
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
 log = logging.getLogger(__name__)
-_DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"
 
 
 class EventLog:
@@ -166,17 +139,20 @@ class EventLog:
         writer = self.database.connect(writer=True)
         try:
             self._migrate(writer)
-            self._version_items(writer)
+            version_unversioned_items(writer, self.database.begin)
             self._name_new_log(writer)
         except BaseException:
             writer.close()
             raise
-        self._versions: BoundedCache[int, tuple[str, Features]] = BoundedCache(*_VERSIONS_CACHED)
         self._writer = GroupCommitWriter(writer, begin=self.database.begin,
-                                         storage_failure=self.database.storage_failure)
-        self._local = threading.local()
-        self._readers: list[Connection] = [writer]
-        self._readers_lock = threading.Lock()
+                                         storage_failure=self.database.storage_failure,
+                                         rolled_back=self.database.rolled_back)
+        self._writer_connection = writer
+        self.reader = LogReader(self.database, read_only=False)
+        """Reads the log as typed records (history, joined events), with this log's connections."""
+        self._reader = self.reader.connection
+        self.catalog = CatalogStore(self._writer, self._reader)
+        """The catalog's items and versions, written through this log's writer."""
 
     def _migrate(self, conn: Connection) -> None:
         """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one.
@@ -208,44 +184,10 @@ class EventLog:
             conn.execute("ROLLBACK")
             raise
 
-    def _version_items(self, conn: Connection) -> None:
-        """Give every item without a catalog version (those of a log older than versions) its version."""
-        rows = conn.execute("SELECT item_id, features FROM items WHERE version = 0").fetchall()
-        if rows:
-            conn.execute(self.database.begin)
-            versions = store_versions(conn, rows)
-            conn.executemany("UPDATE items SET version = ? WHERE item_id = ?",
-                             [(v, item_id) for v, (item_id, _) in zip(versions, rows, strict=True)])
-            conn.execute("COMMIT")
-
-    def _catalog_versions(self, conn: Connection) -> CatalogVersions:
-        """The reader of catalog versions for records read on ``conn``: each version decoded once,
-        read-only, and shared by every candidate that names it."""
-
-        def item(version: int) -> tuple[str, Features]:
-            found = self._versions.get(version)
-            if found is None:
-                row = conn.execute("SELECT item_id, features FROM item_versions WHERE version = ?", (version,)).fetchone()
-                if row is None:
-                    raise ValueError(f"a record names catalog version {version}, which this log does not hold")
-                found = (row[0], frozen_features(features_from_json(row[1])))
-                self._versions.put(version, found, len(row[0]) + len(row[1]))
-            return found
-
-        return item
-
     @staticmethod
     def _name_new_log(conn: Connection) -> None:
         """Give a new log its random :meth:`log_id`; a log that has one keeps it."""
         conn.execute("INSERT INTO meta VALUES ('log_id', ?) ON CONFLICT DO NOTHING", (os.urandom(16).hex(),))
-
-    def _reader(self) -> Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.database.connect()
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
 
     def watch_storage(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` from the writer thread whenever writes start or stop failing."""
@@ -268,10 +210,8 @@ class EventLog:
 
     def close(self) -> None:
         self._writer.close()
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+        self._writer_connection.close()
+        self.reader.close()
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -306,8 +246,8 @@ class EventLog:
         return self._select_decision(self._reader(), event_id)
 
     def _select_decision(self, conn: Connection, event_id: str) -> LoggedDecision | None:
-        row = conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
-        return _decision(row, self._catalog_versions(conn)) if row else None
+        row = conn.execute(f"SELECT {DECISION_COLUMNS} FROM decisions WHERE event_id = ?", (event_id,)).fetchone()
+        return decision_from_row(row, self.reader.versions.reader(conn)) if row else None
 
     # -- rewards and activation -----------------------------------------------------------------
 
@@ -437,23 +377,31 @@ class EventLog:
 
         return self._writer.submit(delete)
 
-    def forget_superseded_versions(self, margin: float = 3600.0) -> int:
-        """Delete the catalog versions no decision in the log can name: those superseded (the item
-        changed or was deleted) ``margin`` seconds or more before the oldest decision the log holds.
-        A decision names only versions current when it was made. Returns how many went."""
+    def take_learner_term(self) -> int:
+        """Number a new learner term: what the learner that just took the lease publishes under. It
+        fences off every learner before it, which may not know yet that its lease ended
+        (:meth:`publish_snapshot`)."""
 
-        def forget(conn: Connection) -> int:
-            (oldest,) = conn.execute("SELECT MIN(ts) FROM decisions").fetchone()
-            before = (time.time() if oldest is None else oldest) - margin
-            return conn.execute("DELETE FROM item_versions WHERE superseded_ts < ?", (before,)).rowcount
+        def take(conn: Connection) -> int:
+            conn.execute("INSERT INTO meta VALUES ('learner_term', '0') ON CONFLICT DO NOTHING")
+            (term,) = conn.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+                                   " WHERE key = 'learner_term' RETURNING value").fetchone()
+            return int(term)
 
-        return self._writer.submit(forget)
+        return self._writer.submit(take)
 
-    def publish_snapshot(self, manifest: str, learned_seq: int, model: bytes, keep: int = 3) -> int:
+    def publish_snapshot(self, manifest: str, learned_seq: int, model: bytes, *, term: int | None = None,
+                         keep: int = 3) -> int:
         """Store a model snapshot, its manifest and the learner's position in one transaction; keep
-        the newest ``keep``. Returns its id."""
+        the newest ``keep``. Returns its id. With ``term`` (:meth:`take_learner_term`), only while
+        that term is the newest: otherwise :class:`~engine.errors.LeaseLost`, and nothing is stored."""
 
         def publish(conn: Connection) -> int:
+            if term is not None:
+                row = conn.execute(f"SELECT value FROM meta WHERE key = 'learner_term'{self.database.share_lock}").fetchone()
+                if row is None or int(row[0]) != term:
+                    raise LeaseLost(f"learner term {term} has ended: another learner took the lease "
+                                    f"(term {row and row[0]})")
             conn.execute("INSERT INTO snapshots (ts, learned_seq, manifest, model) VALUES (?, ?, ?, ?)",
                          (time.time(), learned_seq, manifest, model))
             (newest,) = conn.execute("SELECT MAX(id) FROM snapshots").fetchone()
@@ -472,11 +420,6 @@ class EventLog:
             "SELECT id, manifest, model FROM snapshots WHERE id = ?", (row[0],)).fetchone()
         return int(snapshot_id), str(manifest), bytes(model)
 
-    def catalog_change(self) -> str:
-        """A token that changes with every catalog write, by any process: how others notice one."""
-        row = self._reader().execute("SELECT value FROM meta WHERE key = 'catalog_change'").fetchone()
-        return "" if row is None else str(row[0])
-
     def has_unjoined_rewards(self) -> bool:
         """Whether a serving process logged rewards the learner has not joined yet (a cheap read)."""
         return self._reader().execute("SELECT 1 FROM rewards WHERE joined = 0 LIMIT 1").fetchone() is not None
@@ -488,11 +431,6 @@ class EventLog:
     def archive_forgotten(self, user_id: str) -> None:
         """The archive has forgotten ``user_id``: the request is done."""
         self._writer.submit(lambda conn: conn.execute("DELETE FROM archive_forgets WHERE user_id = ?", (user_id,)))
-
-    def archive_dir(self) -> Path | None:
-        """The folder retention archives this log's deleted events to (:mod:`engine.archive`), once it has."""
-        row = self._reader().execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone()
-        return None if row is None else Path(row[0])
 
     def set_archive_dir(self, directory: Path) -> None:
         """Record where this log's events are archived, so that every reader of the log finds them."""
@@ -541,11 +479,11 @@ class EventLog:
         ids = list(dict.fromkeys(event_ids))
         found: dict[str, LoggedDecision] = {}
         conn = self._reader()
-        versions = self._catalog_versions(conn)
+        versions = self.reader.versions.reader(conn)
         for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
-                found[row[0]] = _decision(row, versions)
+            for row in conn.execute(f"SELECT {DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})", chunk):
+                found[row[0]] = decision_from_row(row, versions)
         return found
 
     def outcome_time_after(self, seq: int) -> float | None:
@@ -561,168 +499,6 @@ class EventLog:
         """The highest outcome ``seq`` ever assigned: unlike :meth:`last_outcome_seq`, deleting outcomes
         never lowers it, so a checkpoint that learned beyond it was learned from another copy of the log."""
         return self.database.last_assigned(self._reader(), "outcomes", "seq")
-
-    def log_id(self) -> str:
-        """This log's random id, given when it was created: a checkpoint records the log it learned from."""
-        (value,) = self._reader().execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
-        return str(value)
-
-    def counts(self) -> dict[str, int]:
-        conn = self._reader()
-        return {
-            table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            for table in ("decisions", "rewards", "outcomes", "items")
-        }
-
-    # -- catalog ---------------------------------------------------------------------------------
-
-    def upsert_items(self, items: Iterable[Item]) -> list[int]:
-        """Store the items, and each one's features as a catalog version; return their versions in order."""
-        items = list(items)
-        features = [(i.item_id, features_to_json(i.features)) for i in items]
-
-        def upsert(conn: Connection) -> list[int]:
-            note_catalog_change(conn)
-            versions = store_versions(conn, features)
-            supersede(conn, [i.item_id for i in items])
-            conn.executemany("UPDATE item_versions SET superseded_ts = NULL WHERE version = ?", [(v,) for v in versions])
-            conn.executemany(
-                "INSERT INTO items (item_id, features, active, version) VALUES (?, ?, ?, ?) ON CONFLICT (item_id)"
-                " DO UPDATE SET features = excluded.features, active = excluded.active, version = excluded.version",
-                [(i.item_id, f, int(i.active), v) for i, (_, f), v in zip(items, features, versions, strict=True)],
-            )
-            return versions
-
-        return self._writer.submit(upsert)
-
-    def delete_items(self, item_ids: Iterable[str]) -> list[str]:
-        """Delete the given items; return the ids that existed."""
-        ids = list(item_ids)
-
-        def delete(conn: Connection) -> list[str]:
-            note_catalog_change(conn)
-            supersede(conn, ids)
-            deleted = [i for i in ids if conn.execute("DELETE FROM items WHERE item_id = ?", (i,)).rowcount]
-            return deleted
-
-        return self._writer.submit(delete)
-
-    def items(self, *, after: str = "", limit: int | None = None, active_only: bool = False) -> list[Item]:
-        query = "SELECT item_id, features, active, version FROM items WHERE item_id > ?"
-        if active_only:
-            query += " AND active = 1"
-        query += " ORDER BY item_id" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return [Item(i, features_from_json(f), bool(a), v) for i, f, a, v in self._reader().execute(query, (after,))]
-
-    # -- export ----------------------------------------------------------------------------------
-
-    def history(self) -> Iterator[dict[str, object]]:
-        """The whole history: what retention archived (:meth:`archive_dir`) and :meth:`joined`, as one,
-        in the same order. FileNotFoundError when the log has archived to a folder that is gone.
-
-        The log is read in one snapshot taken before the archive is listed: a retention pass
-        meanwhile archives before it deletes, so every event is in one or the other.
-        """
-        directory = self.archive_dir()
-        if directory is not None and not directory.is_dir():
-            raise FileNotFoundError(f"the archive of this event log, {directory}, is missing")
-        archive = None if directory is None else Archive(directory, self.log_id())
-        return self._history(archive)
-
-    def _history(self, archive: Archive | None) -> Iterator[dict[str, object]]:
-        with self._snapshot() as conn:
-            live = self._joined(conn)
-            yield from live if archive is None else one_history(archive.records(), live)
-
-    def joined(self, batch: int = 500) -> Iterator[dict[str, object]]:
-        """Every decision the log holds in time order (by ``ts``, then ``event_id``: the archive's
-        order too), with its slots' final outcomes and all its rewards; read in one snapshot."""
-        with self._snapshot() as conn:
-            yield from self._joined(conn, batch)
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[Connection]:
-        """A connection of its own in one read transaction, whose reads all see the log as it was at
-        the first: a long read misses nothing that commits meanwhile out of time order."""
-        conn = self.database.connect()
-        try:
-            conn.execute(self.database.begin_snapshot)
-            conn.execute("SELECT COUNT(*) FROM meta").fetchone()  # the snapshot is taken here
-            yield conn
-        finally:
-            conn.close()  # ends the transaction
-
-    def _joined(self, conn: Connection, batch: int = 500) -> Iterator[dict[str, object]]:
-        after = float("-inf")
-        while True:
-            bound = conn.execute("SELECT ts FROM decisions WHERE ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
-                                 (after, batch - 1)).fetchone()  # the page ends with every decision of its last ts
-            rows = conn.execute(
-                f"SELECT activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE ts > ? AND ts <= ?",
-                (after, float("inf") if bound is None else bound[0]),
-            ).fetchall()
-            if not rows:
-                return
-            yield from self._joined_rows(conn, rows)
-            after = max(row[2] for row in rows)
-
-    def joined_events(self, event_ids: list[str]) -> list[dict[str, object]]:
-        """The joined records of these events (unknown ids are left out), in time order."""
-        conn = self._reader()
-        rows = []
-        for chunk in chunks(event_ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows += conn.execute(f"SELECT activated_ts, {_DECISION_COLUMNS} FROM decisions WHERE event_id IN ({marks})",
-                                 chunk).fetchall()
-        return list(self._joined_rows(conn, rows))
-
-    def _joined_rows(self, conn: Connection, rows: list[tuple]) -> Iterator[dict[str, object]]:  # type: ignore[type-arg]
-        """Rows of ``activated_ts`` and :data:`_DECISION_COLUMNS` as joined records, by ``(ts, event_id)``."""
-        rows = sorted(rows, key=lambda row: (row[2], row[1]))
-        versions = self._catalog_versions(conn)
-        for chunk in chunks(rows, 500):
-            ids = [row[1] for row in chunk]
-            marks = ",".join("?" * len(ids))
-            outcomes: dict[tuple[str, int], tuple[float, str, float]] = {
-                (e, s): (r, src, ts)
-                for e, s, r, src, ts in conn.execute(
-                    f"SELECT event_id, slot, reward, source, ts FROM outcomes WHERE event_id IN ({marks})", ids
-                )
-            }
-            rewards: dict[str, list[dict[str, object]]] = {}
-            for e, item, label, value, ts in conn.execute(
-                f"SELECT event_id, item_id, label, value, ts FROM rewards WHERE event_id IN ({marks}) ORDER BY ts",
-                ids,
-            ):
-                rewards.setdefault(e, []).append({"item_id": item, "label": label, "value": value, "ts": ts})
-            for row in chunk:
-                yield joined_record(_decision(row[1:], versions), row[0], outcomes, rewards.get(row[1], []))
-
-
-def event_log_path(source: str | Path) -> Path:
-    """The log file of ``source``: a data directory's ``events.db`` (a path without a suffix is a
-    directory, present or not), or the file itself; FileNotFoundError when it does not exist."""
-    path = Path(source)
-    if path.is_dir() or not path.suffix:
-        path = path / EVENT_LOG
-    if not path.exists():
-        raise FileNotFoundError(f"no event log at {path}")
-    return path
-
-def _decision(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type: ignore[type-arg]
-    event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmfs = row
-    return decision_from_json(
-        record,
-        versions=versions,
-        pmfs=pmfs,
-        event_id=event_id,
-        ts=ts,
-        user_id=user_id,
-        model_version=model_version,
-        deferred=bool(deferred),
-        deadline=deadline,
-        undelivered=bool(undelivered),
-    )
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:

@@ -1,7 +1,7 @@
 """Write the joined event log (decisions with their rewards) as JSON Lines or Parquet.
 
 The export is the log's whole history: what retention archived, then what the log holds
-(:meth:`~engine.eventlog.EventLog.history`). JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
+(:meth:`~engine.logreader.LogReader.history`). JSON Lines keeps every record whole. Parquet has one row per filled slot, with the features and
 candidates as JSON text, which is the shape off-policy evaluation and notebooks want.
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.eventlog import EventLog
+from engine.logreader import LogReader
 
 
 def _private(path: Path) -> Path:
@@ -21,33 +21,32 @@ def _private(path: Path) -> Path:
     return path
 
 
-def export_jsonl(log: EventLog, path: Path) -> int:
+def export_jsonl(log: LogReader, path: Path) -> int:
     count = 0
     with open(_private(path), "w") as out:
-        for record in log.history():
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        for event in log.history():
+            out.write(json.dumps(event.to_export(), separators=(",", ":")) + "\n")
             count += 1
     return count
 
 
-def export_parquet(log: EventLog, path: Path) -> int:
+def export_parquet(log: LogReader, path: Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = []
-    for record in log.history():
+    for event in log.history():
+        record = event.to_export()
+        slots = record.pop("slots")
+        del record["rewards"]  # the labelled rewards stay in the JSON Lines export
         shared = {
-            "event_id": record["event_id"],
-            "ts": record["ts"],
-            "user_id": record["user_id"],
-            "model_version": record["model_version"],
+            **record,
             "user_features": json.dumps(record["user_features"]),
             "context": json.dumps(record["context"]),
             "candidates": json.dumps(record["candidates"]),
-            "num_candidates": len(record["candidates"]),  # type: ignore[arg-type]
-            "deferred": record["deferred"],
+            "num_candidates": len(event.decision.candidates),
         }
-        for slot in record["slots"]:  # type: ignore[attr-defined]
+        for slot in slots:  # type: ignore[attr-defined]
             rows.append({**shared, **slot})
     pq.write_table(pa.Table.from_pylist(rows), _private(path))
     return len(rows)

@@ -13,6 +13,10 @@ connection: what the database's ``storage_failure`` says, never a constraint or 
 :class:`~engine.errors.StorageUnavailable`, and :attr:`GroupCommitWriter.healthy` turns False
 until a transaction commits cleanly again; ``on_health_change`` hears of each turn.
 
+A transaction the database rolls back to resolve a conflict with another process's (a PostgreSQL
+deadlock or serialization failure: what the database's ``rolled_back`` says) is run again whole,
+up to :data:`CONFLICT_RETRIES` times after a short random pause; its callers see only the commit.
+
 One operation that raises must not fail the others. The writer first runs the whole batch in one
 transaction with no savepoints (one statement per write, the cheap path). If any operation raises,
 that transaction is rolled back and the batch runs again with each operation in its own savepoint:
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 
 RECOVERY_HOLD = 2.0
+CONFLICT_RETRIES = 5
+"""Times a transaction the database rolled back for a conflict with another one is run again."""
 
 
 class Rejected:
@@ -72,11 +79,12 @@ class _Pending:
 
 
 class GroupCommitWriter:
-    def __init__(self, connection: Connection, *, begin: str,
-                 storage_failure: Callable[[BaseException], bool], max_batch: int = 512) -> None:
+    def __init__(self, connection: Connection, *, begin: str, storage_failure: Callable[[BaseException], bool],
+                 rolled_back: Callable[[BaseException], bool] = lambda error: False, max_batch: int = 512) -> None:
         self._connection = connection
         self._begin = begin  # the statement that starts a write transaction
         self._storage_failure = storage_failure  # whether an error says the storage failed, not the operation
+        self._rolled_back = rolled_back  # whether an error says the database undid the transaction for a conflict
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
         self._ready = threading.Condition(threading.Lock())
@@ -145,9 +153,19 @@ class GroupCommitWriter:
         changes = conn.total_changes
         began = time.perf_counter()
         try:
-            if not self._run_plain(conn, batch):
-                self._run_with_savepoints(conn, batch)
-            conn.execute("COMMIT")
+            for attempt in range(CONFLICT_RETRIES + 1):
+                try:
+                    if not self._run_plain(conn, batch):
+                        self._run_with_savepoints(conn, batch)
+                    conn.execute("COMMIT")
+                    break
+                except Exception as error:
+                    if attempt == CONFLICT_RETRIES or not self._rolled_back(error):
+                        raise
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    log.info("a transaction conflicted with another process's and runs again: %s", error)
+                    time.sleep(random.uniform(0.001, 0.02) * (attempt + 1))
         except BaseException as error:
             try:
                 if conn.in_transaction:
@@ -220,7 +238,9 @@ class GroupCommitWriter:
                     else:
                         pending.result, pending.error = result, None
                 i = j
-        except Exception:
+        except Exception as error:
+            if self._rolled_back(error):
+                raise  # the whole transaction runs again
             if conn.in_transaction:  # SQLite may have rolled back already (a full disk does)
                 conn.execute("ROLLBACK")
             return False
@@ -233,6 +253,8 @@ class GroupCommitWriter:
             try:
                 pending.result, pending.error = pending.operation(conn), None
             except Exception as error:  # handed to the caller, who re-raises it
+                if self._rolled_back(error):
+                    raise  # the whole transaction runs again
                 conn.execute("ROLLBACK TO SAVEPOINT op")
                 pending.result, pending.error = None, error
             conn.execute("RELEASE SAVEPOINT op")

@@ -148,7 +148,7 @@ class Learner(HoldsServedModel):
             checkpoint = read_checkpoint(self.data_dir)
             model_path = None if checkpoint is None else self.data_dir / checkpoint.model_file
             if checkpoint is not None:
-                check_fits_log(checkpoint, self.data_dir, self.log.log_id(), self.log.last_assigned_seq())
+                check_fits_log(checkpoint, self.data_dir, self.log.reader.log_id(), self.log.last_assigned_seq())
         if checkpoint is None:
             self.served = ServedModel(VWBandit(bandit), "vw-" + uuid.uuid4().hex[:8])
             self.learned_seq = self.examples_learned = 0
@@ -306,7 +306,7 @@ class Learner(HoldsServedModel):
                 ts=time.time(),
                 bandit=asdict(served.bandit.config),
                 policy=asdict(served.registered_policy) if served.registered_policy else None,
-                log_id=self.log.log_id(),
+                log_id=self.log.reader.log_id(),
             )
             try:
                 if self.snapshots is not None:

@@ -9,9 +9,7 @@ default reward). ``ON CONFLICT DO NOTHING`` on ``(event_id, slot)`` keeps the fi
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -207,32 +205,6 @@ def chunks(values: list[T], size: int) -> Iterator[list[T]]:
 
 class _EventIdTaken(Exception):
     """A decision's event id is in the log already (handled by running the batch's writes one by one)."""
-
-
-def store_versions(conn: Connection, items: list[tuple[str, str]]) -> list[int]:
-    """The catalog versions of ``(item_id, features_json)`` pairs, stored if new.
-
-    A version is addressed by its content: the digest of the item id and the features' JSON (whose
-    order it keeps), so the same features of the same item are stored once however often they are
-    written, and a decision's reference always reads back what it was decided with.
-    """
-    digests = [hashlib.blake2b(f"{item_id}\x00{features}".encode(), digest_size=16).digest() for item_id, features in items]
-    conn.executemany("INSERT INTO item_versions (digest, item_id, features) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     [(d, item_id, features) for d, (item_id, features) in zip(digests, items, strict=True)])
-    return [conn.execute("SELECT version FROM item_versions WHERE digest = ?", (d,)).fetchone()[0] for d in digests]
-
-
-def note_catalog_change(conn: Connection) -> None:
-    conn.execute(SET_META, ("catalog_change", os.urandom(8).hex()))
-
-
-def supersede(conn: Connection, item_ids: list[str]) -> None:
-    """Mark the current catalog versions of ``item_ids`` superseded now (the one an item keeps is unmarked after)."""
-    now = time.time()
-    for chunk in chunks(item_ids, 500):
-        marks = ",".join("?" * len(chunk))
-        conn.execute(f"UPDATE item_versions SET superseded_ts = ? WHERE version IN"
-                     f" (SELECT version FROM items WHERE item_id IN ({marks}))", (now, *chunk))
 
 
 def join_rewards_of(conn: Connection, event_id: str, chosen: list[str]) -> int:

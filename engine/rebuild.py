@@ -13,7 +13,8 @@ from engine.checkpoint import MANIFEST, read_manifest
 from engine.core import EngineConfig
 from engine.datadir import lock_data_dir
 from engine.errors import CorruptCheckpoint, StartupRefused
-from engine.eventlog import EVENT_LOG, EventLog
+from engine.eventlog import EventLog
+from engine.logreader import EVENT_LOG
 from engine.learning import Learner
 
 

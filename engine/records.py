@@ -234,65 +234,106 @@ def _slots_from_json(slots: list[str], pmfs: bytes | None, candidates: tuple[Can
                  for item_id, (pmf, scores) in zip(slots, pmfs_and_scores, strict=True))
 
 
-def joined_record(
-    decision: LoggedDecision,
-    activated_ts: float | None,
-    outcomes: dict[tuple[str, int], tuple[float, str, float]],
-    rewards: list[dict[str, object]],
-) -> dict[str, object]:
-    """The joined record of ``decision`` (the export's, the archive's): its slots with their final
-    outcomes (``outcomes`` by event id and slot: reward, source, time) and every reward."""
-    slots = []
-    for i, slot in enumerate(decision.slots):
-        final = outcomes.get((decision.event_id, i))
-        slots.append(
+@dataclass(frozen=True, slots=True)
+class SlotOutcome:
+    """A slot's final reward: its value, where it came from (a label's aggregate, or ``default``), and when."""
+
+    reward: float
+    source: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedEvent:
+    """A decision with what came of it: each slot's final outcome (``None`` while the slot is open)
+    and every reward reported for it. What :class:`engine.logreader.LogReader` reads, the archive
+    keeps and ``export-log`` writes (as :meth:`to_export`)."""
+
+    decision: LoggedDecision
+    outcomes: tuple[SlotOutcome | None, ...]
+    rewards: tuple[Reward, ...] = ()
+    activated_ts: float | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self.decision.event_id
+
+    @property
+    def ts(self) -> float:
+        return self.decision.ts
+
+    @property
+    def user_id(self) -> str:
+        return self.decision.user_id
+
+    def reward(self, slot: int) -> float | None:
+        """Slot ``slot``'s final reward, or ``None`` while it is open."""
+        outcome = self.outcomes[slot]
+        return None if outcome is None else outcome.reward
+
+    def to_export(self) -> dict[str, object]:
+        """The export's JSON object (also the archive's row): the decision's fields, its slots with
+        their final outcomes, and every reward."""
+        decision = self.decision
+        slots = [
             {
                 "slot": i,
                 "item_id": slot.item_id,
                 "probability": slot.probability,
                 "pmf": list(slot.pmf),
-                "reward": final[0] if final else None,
-                "reward_source": final[1] if final else None,
-                "reward_final_ts": final[2] if final else None,
+                "reward": None if final is None else final.reward,
+                "reward_source": None if final is None else final.source,
+                "reward_final_ts": None if final is None else final.ts,
             }
+            for i, (slot, final) in enumerate(zip(decision.slots, self.outcomes, strict=True))
+        ]
+        return {
+            "event_id": decision.event_id,
+            "ts": decision.ts,
+            "user_id": decision.user_id,
+            "user_features": dict(decision.user_features),
+            "context": dict(decision.context),
+            "candidates": [{"item_id": c.item_id, "features": dict(c.features)} for c in decision.candidates],
+            "slots": slots,
+            "rewards": [{"item_id": r.item_id, "label": r.label, "value": r.value, "ts": r.ts} for r in self.rewards],
+            "model_version": decision.model_version,
+            "deferred": decision.deferred,
+            "undelivered": decision.undelivered,
+            "activated_ts": self.activated_ts,
+            "deadline": decision.deadline,
+            "schema_version": decision.schema_version,
+        }
+
+    @classmethod
+    def from_export(cls, record: Mapping[str, object]) -> JoinedEvent:
+        """The inverse of :meth:`to_export`. Fields a Parquet export leaves out take their defaults:
+        no rewards, delivered, not deferred, never activated, and the deadline at the decision."""
+        slots: list[Mapping[str, object]] = record["slots"]  # type: ignore[assignment]
+        ts = float(record["ts"])  # type: ignore[arg-type]
+        decision = LoggedDecision(
+            event_id=str(record["event_id"]),
+            ts=ts,
+            user_id=str(record["user_id"]),
+            user_features=features_from_dict(record["user_features"]),  # type: ignore[arg-type]
+            context=features_from_dict(record["context"]),  # type: ignore[arg-type]
+            candidates=tuple(Candidate(c["item_id"], features_from_dict(c["features"]))
+                             for c in record["candidates"]),  # type: ignore[attr-defined]
+            slots=tuple(SlotChoice(s["item_id"], s["probability"], tuple(s["pmf"])) for s in slots),  # type: ignore[arg-type]
+            model_version=str(record["model_version"]),
+            deferred=bool(record.get("deferred", False)),
+            deadline=float(record.get("deadline", ts)),  # type: ignore[arg-type]
+            schema_version=int(record.get("schema_version", SCHEMA_VERSION)),  # type: ignore[call-overload]
+            undelivered=bool(record.get("undelivered", False)),
         )
-    return {
-        "event_id": decision.event_id,
-        "ts": decision.ts,
-        "user_id": decision.user_id,
-        "user_features": dict(decision.user_features),
-        "context": dict(decision.context),
-        "candidates": [{"item_id": c.item_id, "features": dict(c.features)} for c in decision.candidates],
-        "slots": slots,
-        "rewards": rewards,
-        "model_version": decision.model_version,
-        "deferred": decision.deferred,
-        "undelivered": decision.undelivered,
-        "activated_ts": activated_ts,
-        "deadline": decision.deadline,
-        "schema_version": decision.schema_version,
-    }
-
-
-def decision_from_export(record: Mapping[str, object]) -> LoggedDecision:
-    """The decision of a joined record (:meth:`engine.eventlog.EventLog.joined`, its JSON
-    Lines export, or the archive)."""
-    return LoggedDecision(
-        event_id=record["event_id"],  # type: ignore[arg-type]
-        ts=record["ts"],  # type: ignore[arg-type]
-        user_id=record["user_id"],  # type: ignore[arg-type]
-        user_features=features_from_dict(record["user_features"]),  # type: ignore[arg-type]
-        context=features_from_dict(record["context"]),  # type: ignore[arg-type]
-        candidates=tuple(Candidate(c["item_id"], features_from_dict(c["features"]))
-                         for c in record["candidates"]),  # type: ignore[attr-defined]
-        slots=tuple(SlotChoice(s["item_id"], s["probability"], tuple(s["pmf"]))
-                    for s in record["slots"]),  # type: ignore[attr-defined]
-        model_version=record["model_version"],  # type: ignore[arg-type]
-        deferred=record["deferred"],  # type: ignore[arg-type]
-        deadline=record["deadline"],  # type: ignore[arg-type]
-        schema_version=record["schema_version"],  # type: ignore[arg-type]
-        undelivered=record["undelivered"],  # type: ignore[arg-type]
-    )
+        outcomes = tuple(
+            None if s.get("reward") is None
+            else SlotOutcome(float(s["reward"]), str(s.get("reward_source") or ""), float(s.get("reward_final_ts") or ts))  # type: ignore[arg-type]
+            for s in slots
+        )
+        rewards = tuple(Reward(decision.event_id, str(r["item_id"]), str(r["label"]), float(r["value"]), float(r["ts"]))
+                        for r in record.get("rewards") or ())  # type: ignore[attr-defined]
+        activated = record.get("activated_ts")
+        return cls(decision, outcomes, rewards, None if activated is None else float(activated))  # type: ignore[arg-type]
 
 
 def features_to_json(features: Features) -> str:

@@ -59,7 +59,7 @@ from engine.errors import InvalidRequest
 from engine.eventlog import EventLog
 from engine.ope import IPS, SNIPS, BanditFeedback, Bootstrap, Estimate, Estimator
 from engine.ope.base import Terms
-from engine.records import LoggedDecision, decision_from_export
+from engine.records import JoinedEvent, LoggedDecision
 from engine.types import Candidate
 
 DEFAULT_WINDOW_SECONDS = 86_400.0
@@ -240,11 +240,13 @@ def _settled(
             return
     if archive is None:
         return
-    for record in archive.records_newest_first(start=start):
-        slots = record["slots"]
-        if record["event_id"] in seen or not slots or slots[0]["reward"] is None or record["deadline"] > closed_by:  # type: ignore[index, operator]
+    for event in map(JoinedEvent.from_export, archive.records_newest_first(start=start)):
+        decision = event.decision
+        if decision.event_id in seen or not decision.slots or decision.deadline > closed_by:
             continue
-        yield decision_from_export(record), float(slots[0]["reward"])  # type: ignore[index]
+        reward = event.reward(0)
+        if reward is not None:
+            yield decision, reward
 
 
 class _ActionLines:

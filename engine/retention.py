@@ -62,7 +62,7 @@ class Retention:
         self.seconds = seconds
         self.archive = archive
         self._lock = threading.Lock()  # a pass, or forgetting a user
-        self._archive_recorded = archive is not None and log.archive_dir() is not None
+        self._archive_recorded = archive is not None and log.reader.archive_dir() is not None
 
     def run(self, learned_seq: int) -> int:
         """One pass: delete (and archive) the due events of a model that learned up to ``learned_seq``."""
@@ -84,12 +84,12 @@ class Retention:
                     return 0  # one small file now, or a fuller one later: wait while the oldest is young
                 self._archive(event_ids)
             deleted = sum(self.log.delete_events(batch) for batch in _batches(event_ids))
-            self.log.forget_superseded_versions()
+            self.log.catalog.forget_superseded_versions()
             return deleted
 
     def _archive(self, event_ids: list[str]) -> None:
         assert self.archive is not None
-        self.archive.write_sorted(record for batch in _batches(event_ids) for record in self.log.joined_events(batch))
+        self.archive.write_sorted(event.to_export() for batch in _batches(event_ids) for event in self.log.reader.events(batch))
         if not self._archive_recorded:  # once it holds something: from now on every reader needs it
             self.log.set_archive_dir(self.archive.directory)
             self._archive_recorded = True
@@ -99,7 +99,7 @@ class Retention:
         rewritten (a damaged file), the log still holds what a retry will find."""
         with self._exclusive():
             archived = self.archive.forget_user(user_id) if self.archive is not None else 0
-            later = self.archive is None and self.log.archive_dir() is not None  # the learner's archive, elsewhere
+            later = self.archive is None and self.log.reader.archive_dir() is not None  # the learner's archive, elsewhere
             forgotten = self.log.forget_user(user_id, in_archive_later=later)
         return ForgottenEvents(forgotten, archived)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from engine.bandit import BanditConfig, VWBandit
 from engine.checkpoint import Checkpoint, atomic_write
-from engine.errors import CorruptCheckpoint, ModelNotReady, PreconditionFailed, StartupRefused
+from engine.errors import CorruptCheckpoint, LeaseLost, ModelNotReady, PreconditionFailed, StartupRefused
 from engine.eventlog import EventLog
 from engine.learning import HoldsServedModel, ServedModel
 from engine.observer import Observer
@@ -94,11 +94,19 @@ def take_learner_lease(event_log: EventLog, *, wait: bool, stopping: threading.E
 class StoreSnapshots:
     """The learner's checkpoints as snapshots in the store: the manifest (with the learner's
     position) and the model's bytes in one row, written in one transaction; readers load the newest.
-    Model files are written to ``workdir`` to be loaded by VW."""
+    Model files are written to ``workdir`` to be loaded by VW.
 
-    def __init__(self, event_log: EventLog, workdir: Path) -> None:
+    A learner publishes under its ``term`` (:meth:`EventLog.take_learner_term`): once a standby has
+    taken the lease and a term of its own, a publish of the learner before it is refused, and
+    ``lost`` is called, however late that learner hears that its lease ended.
+    """
+
+    def __init__(self, event_log: EventLog, workdir: Path, *, term: int | None = None,
+                 lost: Callable[[], None] | None = None) -> None:
         self.log = event_log
         self.workdir = workdir
+        self.term = term
+        self._lost = lost
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def read(self, after: int = 0) -> tuple[int, Checkpoint, Path] | None:
@@ -126,7 +134,12 @@ class StoreSnapshots:
             model = path.read_bytes()
         finally:
             path.unlink(missing_ok=True)
-        self.log.publish_snapshot(json.dumps(asdict(checkpoint)), checkpoint.learned_seq, model)
+        try:
+            self.log.publish_snapshot(json.dumps(asdict(checkpoint)), checkpoint.learned_seq, model, term=self.term)
+        except LeaseLost:
+            if self._lost is not None:
+                self._lost()
+            raise
         return checkpoint
 
 

@@ -68,8 +68,12 @@ class Database(Protocol):
     real: str
     blob: str
 
-    def connect(self, *, writer: bool = False) -> Connection: ...
+    def connect(self, *, writer: bool = False, read_only: bool = False) -> Connection:
+        """A connection in autocommit; the ``writer``'s creates the store, a ``read_only`` one cannot write."""
     def storage_failure(self, error: BaseException) -> bool: ...
+    def rolled_back(self, error: BaseException) -> bool:
+        """Whether ``error`` says the database undid the transaction to resolve a conflict with
+        another (a deadlock, a serialization failure): running it again may well succeed."""
     def last_assigned(self, conn: Connection, table: str, column: str) -> int: ...
     def give_back_pages(self, conn: Connection) -> None: ...
     def fold_write_ahead_log(self, conn: Connection) -> bool: ...
@@ -127,8 +131,11 @@ class SQLiteDatabase:
         self.name = str(path)
         self.vacuums = False  # whether the file can give deleted pages back: learned by the writer's connection
 
-    def connect(self, *, writer: bool = False) -> sqlite3.Connection:
+    def connect(self, *, writer: bool = False, read_only: bool = False) -> sqlite3.Connection:
         """A connection; the writer's first makes a new file private and able to give pages back."""
+        if read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
         if writer:
             _create_private(str(self.path))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -140,6 +147,9 @@ class SQLiteDatabase:
         if writer:
             self.vacuums = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL: logs made since retention
         return conn
+
+    def rolled_back(self, error: BaseException) -> bool:
+        return False  # one writer at a time (BEGIN IMMEDIATE): a busy file waits out its timeout instead
 
     def storage_failure(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.DatabaseError | OSError) and not isinstance(
@@ -202,14 +212,17 @@ class PostgresDatabase:
         self.url = url
         self.name = redacted(url)
 
-    def connect(self, *, writer: bool = False) -> PostgresConnection:
-        return PostgresConnection(self._open)
+    def connect(self, *, writer: bool = False, read_only: bool = False) -> PostgresConnection:
+        return PostgresConnection(functools.partial(self._open, read_only))
 
-    def _open(self) -> Any:
+    def _open(self, read_only: bool = False) -> Any:
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                cursor_factory=psycopg.RawCursor)
+        if read_only:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
 
     def storage_failure(self, error: BaseException) -> bool:
         import psycopg
@@ -217,6 +230,9 @@ class PostgresDatabase:
         return isinstance(error, StorageUnavailable | psycopg.OperationalError | OSError) or (
             isinstance(error, psycopg.DatabaseError) and not isinstance(
                 error, psycopg.IntegrityError | psycopg.ProgrammingError | psycopg.DataError))
+
+    def rolled_back(self, error: BaseException) -> bool:
+        return _undone_for_a_conflict(error)
 
     def last_assigned(self, conn: Connection, table: str, column: str) -> int:
         (sequence,) = conn.execute("SELECT pg_get_serial_sequence(?, ?)", (table, column)).fetchone()
@@ -343,7 +359,15 @@ def _away_as_unavailable() -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as error:
+        if _undone_for_a_conflict(error):
+            raise  # the writer runs the transaction again
         raise StorageUnavailable() from error
+
+
+def _undone_for_a_conflict(error: BaseException) -> bool:
+    """SQLSTATE class 40, transaction rollback: a deadlock (40P01) or a serialization failure (40001).
+    (psycopg's ``DeadlockDetected`` is not a ``TransactionRollback``: the class is what tells.)"""
+    return str(getattr(error, "sqlstate", None) or "").startswith("40")
 
 
 @functools.lru_cache(maxsize=512)

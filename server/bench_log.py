@@ -44,7 +44,7 @@ from pathlib import Path
 
 import grpc
 
-from engine.eventlog import EVENT_LOG
+from engine.logreader import EVENT_LOG
 from engine.types import Item
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.app import RunningServer

@@ -28,7 +28,7 @@ import click
 from pydantic import BaseModel
 
 from engine.errors import ConfigurationError, InvalidRequest, RecbanditError
-from engine.eventlog import EVENT_LOG
+from engine.logreader import EVENT_LOG
 from server.logs import configure as configure_logs
 from server.settings import CONFIG_ENV, ENV_PREFIX, NESTED, ReportOptions, Settings, choices
 
@@ -356,9 +356,8 @@ def _rebuild_model(settings: Settings) -> int:
 
 
 def _export_log(settings: Settings) -> int:
-    from engine.eventlog import EventLog
     from engine.export import export_jsonl, export_parquet
-    from engine.rewards import RewardRules
+    from engine.logreader import LogReader
 
     args = settings.export_log
     if args.out is None:
@@ -375,11 +374,8 @@ def _export_log(settings: Settings) -> int:
         return 2
     fmt = args.format or ("parquet" if out.suffix == ".parquet" else "jsonl")
     try:
-        log = EventLog(settings.store or database, RewardRules())
-        try:
-            count = (export_parquet if fmt == "parquet" else export_jsonl)(log, out)
-        finally:
-            log.close()
+        with LogReader.open(settings.store or database) as reader:
+            count = (export_parquet if fmt == "parquet" else export_jsonl)(reader, out)
     except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
         print(f"export-log: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
         return 2

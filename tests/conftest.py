@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from engine.records import JoinedEvent
 from server._proto.recbandit.v1 import recbandit_pb2_grpc as pb_grpc
 from server.app import RunningServer, start
 from server.settings import Settings
@@ -63,6 +65,11 @@ class Traffic:
 
 POSTGRES = os.environ.get("RECBANDIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 """The PostgreSQL database tests make their schemas in (trust auth on 127.0.0.1 by default)."""
+
+
+def exported(events: Iterable[object]) -> list[dict[str, object]]:
+    """Joined events (or export records) as the JSON Lines export reads them back: tuples become lists."""
+    return [json.loads(json.dumps(e.to_export() if isinstance(e, JoinedEvent) else e)) for e in events]
 
 
 @contextmanager

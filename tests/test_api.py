@@ -52,7 +52,7 @@ def test_recommend_with_the_same_event_id_returns_the_same_decision(server) -> N
     first = client.recommender.Recommend(recommend_request(num_results=2, event_id="order-42"))
     again = client.recommender.Recommend(recommend_request(num_results=2, event_id="order-42"))
     assert first == again and first.event_id == "order-42"
-    assert running.engine.log.counts()["decisions"] == 1
+    assert running.engine.log.reader.counts()["decisions"] == 1
     other_user = recommend_request(event_id="order-42")
     other_user.user_id = "u2"
     assert status_of(client.recommender.Recommend, other_user)[0] == grpc.StatusCode.ALREADY_EXISTS
@@ -218,7 +218,7 @@ INVALID = [
 def test_invalid_recommend_requests_name_the_field(server, request_, message) -> None:  # type: ignore[no-untyped-def]
     running, client = server
     assert status_of(client.recommender.Recommend, request_) == (grpc.StatusCode.INVALID_ARGUMENT, message)
-    assert running.engine.log.counts()["decisions"] == 0
+    assert running.engine.log.reader.counts()["decisions"] == 0
 
 
 def test_invalid_feedback_and_unknown_events(server) -> None:  # type: ignore[no-untyped-def]
@@ -238,7 +238,7 @@ def test_invalid_feedback_and_unknown_events(server) -> None:  # type: ignore[no
     assert status_of(client.recommender.Activate, pb.ActivateRequest(event_id="nope"))[0] == grpc.StatusCode.NOT_FOUND
     code, _ = status_of(client.catalog.ListItems, pb.ListItemsRequest(page_token="%%%"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert running.engine.log.counts()["rewards"] == 0
+    assert running.engine.log.reader.counts()["rewards"] == 0
 
 
 def test_unexpected_failures_are_internal_without_details(server, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -16,11 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine.archive
-from engine.archive import ARCHIVE_SCHEMA_VERSION, Archive, ArchiveUnreadable, one_history
+from engine.archive import ARCHIVE_SCHEMA_VERSION, Archive, ArchiveUnreadable
+from engine.logreader import one_history
+from engine.records import JoinedEvent
 
 MIDNIGHT = 1_750_032_000.0  # 2025-06-16T00:00:00Z
 DAY = 86_400.0
 JUST_BEFORE = math.nextafter  # the float just below a midnight is the day before
+
+
+def joined(export: dict[str, object]) -> JoinedEvent:
+    return JoinedEvent.from_export(export)
 
 
 def record(event_id: str, ts: float, user_id: str = "u-1", **changes: object) -> dict[str, object]:
@@ -188,19 +194,19 @@ def test_files_whose_spans_touch_are_merged(tmp_path: Path) -> None:
 
 
 def test_one_history_merges_in_order_and_prefers_the_live_copy() -> None:
-    archived = as_json([record("a", 1.0), record("c", 3.0), record("d", 4.0)])
-    live_d = record("d", 4.0, undelivered=True)
-    live = [record("b", 2.0), live_d, record("e", 4.0), record("f", 5.0)]
+    archived = [joined(record("a", 1.0)), joined(record("c", 3.0)), joined(record("d", 4.0))]
+    live_d = joined(record("d", 4.0, undelivered=True))
+    live = [joined(record("b", 2.0)), live_d, joined(record("e", 4.0)), joined(record("f", 5.0))]
 
     history = list(one_history(archived, live))
 
-    assert [r["event_id"] for r in history] == ["a", "b", "c", "d", "e", "f"]
-    assert history[3] == live_d
+    assert [e.event_id for e in history] == ["a", "b", "c", "d", "e", "f"]
+    assert history[3] is live_d
 
 
 def test_one_history_refuses_input_out_of_order() -> None:
     with pytest.raises(ValueError, match="live records are not ascending"):
-        list(one_history([record("a", 1.0)], [record("c", 3.0), record("b", 2.0)]))
+        list(one_history([joined(record("a", 1.0))], [joined(record("c", 3.0)), joined(record("b", 2.0))]))
 
 
 def test_forget_user_removes_their_records_from_every_file(three_days: tuple[Archive, list[dict[str, object]]]) -> None:

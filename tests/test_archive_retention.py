@@ -20,6 +20,7 @@ from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.report import ReportRequest
 from engine.rewards import RewardRules
 from engine.types import Candidate, Item
+from tests.conftest import exported
 from server.cli import main
 from training.evaluate import EvaluationConfig, evaluate
 from training.replay import PolicyCandidate
@@ -35,7 +36,7 @@ def write_history(path: Path, now: float) -> list[str]:
     try:
         items = [Item(f"sku-{i}", {"category": f"cat-{i % 3}", "price": 10.0 + i, "tags": ("sale",) * (i % 2)})
                  for i in range(6)]
-        catalog = [Item(i.item_id, i.features, True, v) for i, v in zip(items, log.upsert_items(items), strict=True)]
+        catalog = [Item(i.item_id, i.features, True, v) for i, v in zip(items, log.catalog.upsert_items(items), strict=True)]
         event_ids = []
         for n in range(120):
             ts = now - 10 * DAY + n * (8.8 * DAY / 100) if n < 100 else now - 3600.0 + n
@@ -58,10 +59,6 @@ def write_history(path: Path, now: float) -> list[str]:
         log.close()
 
 
-def exported(records: object) -> list[dict[str, object]]:
-    return [json.loads(json.dumps(r)) for r in records]  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def pruned(tmp_path: Path) -> Iterator[tuple[Engine, Path, Path]]:
     """An engine with one day of retention and an archive, over a log of ten days; and an unpruned copy of that log."""
@@ -75,8 +72,8 @@ def pruned(tmp_path: Path) -> Iterator[tuple[Engine, Path, Path]]:
                                  retention_seconds=DAY, archive_dir=tmp_path / "archive"))
     try:
         deadline = time.monotonic() + 30
-        while engine.log.counts()["decisions"] > 20:  # the learner re-learns the log, then its pass archives
-            assert time.monotonic() < deadline, engine.log.counts()
+        while engine.log.reader.counts()["decisions"] > 20:  # the learner re-learns the log, then its pass archives
+            assert time.monotonic() < deadline, engine.log.reader.counts()
             time.sleep(0.1)
         yield engine, unpruned, tmp_path / "archive"
     finally:
@@ -87,15 +84,15 @@ def test_pruned_events_are_archived_by_day_and_the_history_equals_the_unpruned_l
     engine, unpruned, archive_dir = pruned
     archive = Archive(archive_dir)
     assert archive.count() == 100 and len(archive.days()) >= 10
-    assert engine.log.counts()["decisions"] == 20
-    assert engine.log.archive_dir() == archive_dir.resolve()
+    assert engine.log.reader.counts()["decisions"] == 20
+    assert engine.log.reader.archive_dir() == archive_dir.resolve()
     whole = EventLog(unpruned / "events.db", RewardRules(window_seconds=WINDOW))
     try:
-        expected = exported(whole.joined())
+        expected = exported(whole.reader.joined())
     finally:
         whole.close()
-    assert exported(engine.log.history()) == expected
-    assert exported(engine.log.history())[:100] == exported(archive.records())
+    assert exported(engine.log.reader.history()) == expected
+    assert exported(engine.log.reader.history())[:100] == exported(archive.records())
 
 
 def test_estimates_from_archive_and_log_equal_those_of_the_unpruned_log(pruned, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +126,7 @@ def test_forgetting_a_user_removes_their_archived_events(pruned) -> None:  # typ
     forgotten = engine.forget_user("user-3")
     archived = sum(1 for n in range(100) if n % 7 == 3)
     assert forgotten.archived == archived and len(forgotten.log.event_ids) == sum(1 for n in range(100, 120) if n % 7 == 3)
-    assert all(r["user_id"] != "user-3" for r in engine.log.history())
+    assert all(e.user_id != "user-3" for e in engine.log.reader.history())
     assert Archive(archive_dir).count() == 100 - archived
 
 
@@ -150,7 +147,7 @@ def test_a_missing_archive_is_named_rather_than_read_as_no_history(pruned, tmp_p
     log = EventLog(engine.log.path, RewardRules())
     try:
         with pytest.raises(FileNotFoundError, match="the archive of this event log"):
-            log.history()
+            log.reader.history()
     finally:
         log.close()
     out = tmp_path / "events.jsonl"
@@ -175,7 +172,7 @@ def test_a_few_young_due_events_wait_for_a_fuller_archive_file(tmp_path: Path) -
                                  archive_dir=tmp_path / "archive"))
     try:
         assert engine.wait_until_learned()
-        assert engine._learner.prune() == 0 and engine.log.counts()["decisions"] == 5
+        assert engine._learner.prune() == 0 and engine.log.reader.counts()["decisions"] == 5
         with sqlite3.connect(engine.log.path) as conn:
             assert conn.execute("SELECT value FROM meta WHERE key = 'archive_dir'").fetchone() is None
     finally:
@@ -188,13 +185,13 @@ def test_a_history_read_while_a_pass_archives_and_deletes_misses_nothing(tmp_pat
     write_history(tmp_path / "events.db", time.time())
     log = EventLog(tmp_path / "events.db", RewardRules(window_seconds=WINDOW))
     try:
-        reading = log.history()
+        reading = log.reader.history()
         first = next(reading)  # the log's snapshot is taken: the pass below cannot take events from under it
-        retention = Retention(log, DAY, Archive(tmp_path / "archive", log.log_id()))
-        assert retention.run(learned_seq=1 << 40) == 100 and log.counts()["decisions"] == 20
-        seen = [first["event_id"], *(r["event_id"] for r in reading)]
+        retention = Retention(log, DAY, Archive(tmp_path / "archive", log.reader.log_id()))
+        assert retention.run(learned_seq=1 << 40) == 100 and log.reader.counts()["decisions"] == 20
+        seen = [first.event_id, *(e.event_id for e in reading)]
         assert seen == [f"event-{n:03d}" for n in range(120)]
-        assert [r["event_id"] for r in log.history()] == seen  # and after it, from archive and log
+        assert [e.event_id for e in log.reader.history()] == seen  # and after it, from archive and log
     finally:
         log.close()
 
@@ -210,7 +207,7 @@ def test_a_missing_archive_or_another_logs_is_refused_at_start(pruned, tmp_path:
     stranger = EventLog(tmp_path / "stranger.db", RewardRules())
     try:
         with pytest.raises(ValueError, match="belongs to event log"):
-            list(Archive(archive_dir, stranger.log_id()).records())
+            list(Archive(archive_dir, stranger.reader.log_id()).records())
     finally:
         stranger.close()
 
@@ -230,7 +227,7 @@ def test_an_archive_that_cannot_be_written_stops_neither_learning_nor_checkpoint
         while engine.model_info().last_checkpoint_ts is None:  # the background loop goes on to checkpoint
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert engine.log.counts()["decisions"] == 120  # nothing deleted that was not archived
+        assert engine.log.reader.counts()["decisions"] == 120  # nothing deleted that was not archived
     finally:
         engine.close()
 
@@ -241,7 +238,7 @@ def test_forget_user_with_a_damaged_archive_file_deletes_nothing_so_a_retry_can(
     victim.write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="archive file"):
         engine.forget_user("user-3")
-    assert any(r["user_id"] == "user-3" for r in engine.log.joined())
+    assert any(e.user_id == "user-3" for e in engine.log.reader.joined())
 
 
 def test_a_serving_process_forgets_a_user_and_the_learner_forgets_them_in_its_archive(pruned) -> None:  # type: ignore[no-untyped-def]

@@ -69,7 +69,7 @@ def test_recommend_feedback_and_activate_round_trip_as_typed_values(server) -> N
         assert deferred.event_id == "email-7" and running.engine.log.get_decision("email-7").deferred
         assert client.activate("email-7") is Status.NEW
         assert client.activate("email-7") is Status.DUPLICATE
-    assert running.engine.log.counts()["decisions"] == 2 and running.engine.log.counts()["rewards"] == 2
+    assert running.engine.log.reader.counts()["decisions"] == 2 and running.engine.log.reader.counts()["rewards"] == 2
 
 
 def test_catalog_calls_round_trip_and_page_through_every_item(server) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ def test_invalid_argument_is_raised_at_once_with_code_and_message(server) -> Non
             client.feedback("nope", 1.0)
         assert (unknown.value.code(), unknown.value.details(), unknown.value.attempts) == (
             grpc.StatusCode.NOT_FOUND, "event_id: no decision with event_id 'nope'", 1)
-    assert running.engine.log.counts()["decisions"] == 0
+    assert running.engine.log.reader.counts()["decisions"] == 0
 
 
 def test_features_are_plain_values_and_anything_else_is_named_before_a_call(server) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +120,7 @@ def test_features_are_plain_values_and_anything_else_is_named_before_a_call(serv
         assert dict(logged.user_features) == {"age": 31.0, "vip": True, "tags": ("run",)}
         with pytest.raises(TypeError, match=r"^feature 'age': NoneType is not a str, a number, a bool or a list of str$"):
             client.recommend("u1", user_features={"age": None}, candidates=CANDIDATES)
-    assert running.engine.log.counts()["decisions"] == 1
+    assert running.engine.log.reader.counts()["decisions"] == 1
 
 
 def test_the_diagnostics_an_operator_asks_for_come_back_typed(server) -> None:  # type: ignore[no-untyped-def]
@@ -303,7 +303,7 @@ def test_a_lost_reply_is_retried_into_the_same_decision(server, caplog) -> None:
         proxy.close()
     assert (proxy.lost_replies, proxy.connections) == (1, 2)  # answered once, lost, asked again
     assert any("Recommend: UNAVAILABLE" in r.getMessage() for r in caplog.records)
-    assert running.engine.log.counts()["decisions"] == 1
+    assert running.engine.log.reader.counts()["decisions"] == 1
     logged = running.engine.log.get_decision(page.event_id)
     assert page.items == tuple(RankedItem(s.item_id, s.probability, i) for i, s in enumerate(logged.slots))
     assert not logged.undelivered  # the retry took the decision to its caller

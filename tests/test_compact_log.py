@@ -20,13 +20,9 @@ from engine.features import frozen_features
 from engine.records import candidate_to_json
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport
+from tests.conftest import exported
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eventlog"
-
-
-def exported(records: object) -> list[dict[str, object]]:
-    """Records as their JSON export reads back (tuples become lists)."""
-    return [json.loads(json.dumps(record)) for record in records]  # type: ignore[attr-defined]
 
 
 def raw_record(data_dir: Path, event_id: str) -> str:
@@ -110,7 +106,7 @@ def test_the_export_holds_every_feature_as_before(engine: Engine) -> None:
     engine.upsert_items(CATALOG[:4])
     engine.decide(DecisionRequest(user_id="u1", candidates=tuple(Candidate(i.item_id) for i in CATALOG[:4]), event_id="e"))
     engine.record_reward(RewardReport("e", 1.0, label="click"))
-    (record,) = exported(engine.log.joined())
+    (record,) = exported(engine.log.reader.joined())
     assert record["candidates"] == exported([{"item_id": i.item_id, "features": dict(i.features)} for i in CATALOG[:4]])
     assert record["schema_version"] == 2 and record["slots"][0]["reward"] == 1.0
 
@@ -120,11 +116,11 @@ def test_a_log_written_before_catalog_versions_migrates_and_reads_exactly_as_it_
     then = [json.loads(line) for line in (FIXTURES / "events-schema2.jsonl").read_text().splitlines()]
     log = EventLog(tmp_path / "events.db", RewardRules())
     try:
-        now = exported(log.joined())
+        now = exported(log.reader.joined())
         assert sorted(now, key=lambda r: r["event_id"]) == sorted(then, key=lambda r: r["event_id"])
         assert [r["event_id"] for r in now] == [r["event_id"] for r in sorted(then, key=lambda r: (r["ts"], r["event_id"]))]
         assert {r["schema_version"] for r in now} == {1}
-        items = log.items()
+        items = log.catalog.items()
         assert len(items) == 5 and all(item.version > 0 for item in items)
         assert len({item.version for item in items}) == 5
         (schema,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

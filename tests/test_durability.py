@@ -42,7 +42,7 @@ def test_a_restart_keeps_the_log_and_what_was_learned(start_server, tmp_path) ->
     running, client = start_server()
     after = client.admin.GetModelInfo(pb.GetModelInfoRequest())
     assert (after.examples_learned, after.model_version) == (200, before.model_version)
-    assert running.engine.log.counts()["decisions"] == 200
+    assert running.engine.log.reader.counts()["decisions"] == 200
     play(client, 10, offset=200)
     assert running.engine.wait_until_learned()
     assert running.engine.model_info().examples_learned == 210
@@ -85,10 +85,10 @@ def test_kill_9_during_traffic_loses_nothing_acknowledged(tmp_path: Path) -> Non
     assert len(acknowledged_rewards) > 100
 
     log = EventLog(data / "events.db", RewardRules())
-    logged = {record["event_id"]: record for record in log.joined()}
+    logged = {event.event_id: event for event in log.reader.joined()}
     assert acknowledged_decisions <= logged.keys()
-    assert all(logged[e]["rewards"] for e in acknowledged_rewards)
-    outcomes = log.counts()["outcomes"]
+    assert all(logged[e].rewards for e in acknowledged_rewards)
+    outcomes = log.reader.counts()["outcomes"]
     log.close()
 
     process, port = spawn_server(data)

@@ -81,7 +81,7 @@ def test_oversized_requests_are_refused_and_nothing_is_cached(server) -> None:  
         grpc.StatusCode.INVALID_ARGUMENT, "candidates: must have at most 500 entries, got 80000")
     too_big = pb.RecommendRequest(user_id="u", candidates=[pb.Candidate(item_id=f"i{j}") for j in range(200_000)])
     assert status_of(client.recommender.Recommend, too_big)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert running.engine.log.counts()["decisions"] == 0
+    assert running.engine.log.reader.counts()["decisions"] == 0
 
 
 def test_echoed_names_and_ids_are_cut_short(server) -> None:  # type: ignore[no-untyped-def]
@@ -135,7 +135,7 @@ def test_calls_past_max_in_flight_are_refused_at_once(start_server) -> None:  # 
         assert {c.code() for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     accepted = [c for c in pending if c not in refused]
     assert all(c.result().event_id for c in accepted)
-    assert running.engine.log.counts()["decisions"] == 4
+    assert running.engine.log.reader.counts()["decisions"] == 4
 
 
 def test_a_call_whose_deadline_passed_is_not_started(server) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +153,7 @@ def test_a_call_whose_deadline_passed_is_not_started(server) -> None:  # type: i
     assert {c.code() for c in calls} == {grpc.StatusCode.DEADLINE_EXCEEDED}
     time.sleep(0.3)
     client.recommender.Recommend(recommend_request(event_id="on-time"))
-    assert running.engine.log.counts()["decisions"] == 1
+    assert running.engine.log.reader.counts()["decisions"] == 1
 
 
 def test_the_servicer_refuses_a_call_whose_deadline_passed_before_any_work(server) -> None:  # type: ignore[no-untyped-def]
@@ -165,7 +165,7 @@ def test_the_servicer_refuses_a_call_whose_deadline_passed_before_any_work(serve
 
     with pytest.raises(RuntimeError, match="^DEADLINE_EXCEEDED: the deadline passed before the call started$"):
         asyncio.run(RecommenderServicer(running.engine).Recommend(recommend_request(), Expired()))
-    assert running.engine.log.counts()["decisions"] == 0
+    assert running.engine.log.reader.counts()["decisions"] == 0
 
 
 def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server) -> None:  # type: ignore[no-untyped-def]
@@ -186,7 +186,7 @@ def test_a_decision_its_caller_never_got_is_not_learned_by_default(start_server)
     time.sleep(0.5)  # one more pass of the window closer
     outcomes = {o.event_id: o.source for o in running.engine.log.final_outcomes_after(0)}
     assert outcomes == {shown.event_id: "default"}
-    exported = {r["event_id"]: r["undelivered"] for r in running.engine.log.joined()}
+    exported = {e.event_id: e.decision.undelivered for e in running.engine.log.reader.joined()}
     assert exported == {"gone": True, "shown": False}
     metrics = scrape(metrics_port)
     assert metrics[("recbandit_undelivered_decisions_total", ())] == 1
@@ -229,7 +229,7 @@ def test_storage_failures_turn_health_not_serving_until_a_write_succeeds(server)
     writer.execute("PRAGMA max_page_count = 1073741823")  # space again
     _wait_for(lambda: health.Check(health_pb2.HealthCheckRequest()).status == SERVING)  # the probe wrote
     assert client.recommender.Recommend(big).event_id
-    assert running.engine.log.counts()["decisions"] == 2
+    assert running.engine.log.reader.counts()["decisions"] == 2
 
 
 def _wait_for(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -253,4 +253,4 @@ def test_a_large_request_is_decided_beside_small_ones(server) -> None:  # type: 
     small = [client.recommender.Recommend(recommend_request()).event_id for _ in range(5)]
     worker.join()
     assert len(small) == 5 and len(finished) == 1
-    assert running.engine.log.counts()["decisions"] == 6
+    assert running.engine.log.reader.counts()["decisions"] == 6

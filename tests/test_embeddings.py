@@ -14,7 +14,8 @@ from engine.embeddings import Embeddings, Representation, current_artifact, load
 from engine.errors import InvalidRequest
 from engine.eventlog import EventLog
 from engine.export import export_jsonl
-from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.logreader import LogReader
+from engine.records import JoinedEvent, LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
 from engine.types import Candidate, Item
 from server.cli import main as cli
@@ -211,19 +212,16 @@ def test_readers_see_a_consistent_index_while_items_are_upserted(embeddings: Emb
     assert errors == [] and len(embeddings) == 120 + 4000
 
 
-def _joined(data_dir: Path) -> list[dict[str, object]]:
-    log = EventLog(data_dir / "events.db", RewardRules())
-    try:
-        return list(log.joined())
-    finally:
-        log.close()
+def _joined(data_dir: Path) -> list[JoinedEvent]:
+    with LogReader.open(data_dir) as reader:
+        return list(reader.joined())
 
 
 def _log_with_rewards(data_dir: Path, world: TrainingData) -> None:
     """An event log of the planted world: one decision per interaction, rewarded click or purchase."""
     log = EventLog(data_dir / "events.db", RewardRules())
     try:
-        log.upsert_items(world.items)
+        log.catalog.upsert_items(world.items)
         now = time.time()
         for n, x in enumerate(world.interactions[:1200]):
             ts = now - 3600 + x.ts * 3000
@@ -274,25 +272,22 @@ def test_train_embeddings_command_reads_the_log_and_a_csv_and_writes_the_artifac
     profile, _ = inputs["imported.csv"]
     assert (profile["rows"], profile["undated"], profile["first_ts"], profile["last_ts"]) == (2, 1, 1.0, 1.0)
 
-    log = EventLog(tmp_path / "events.db", RewardRules())
-    try:
-        interactions, users = interactions_from_log(log.joined(), EmbeddingConfig(label_weights=(("purchase", 4.0),), default_weight=0.0))
-    finally:
-        log.close()
+    interactions, users = interactions_from_log(_joined(tmp_path), EmbeddingConfig(label_weights=(("purchase", 4.0),), default_weight=0.0))
     assert len(interactions) == 240 and {x.weight for x in interactions} == {4.0}
     assert users["user-0"] == {"segment": "seg-0"}
 
 
 def test_interactions_from_log_weights_labels_and_skips_non_positive_rewards() -> None:
-    records = [
-        {"user_id": "u1", "ts": 1.0, "user_features": {"segment": "a", "tags": ["x", "y"]}, "rewards": [
-            {"item_id": "i1", "label": "click", "value": 1.0, "ts": 2.0},
-            {"item_id": "i1", "label": "purchase", "value": 20.0, "ts": 3.0},
-            {"item_id": "i2", "label": "click", "value": 0.0, "ts": 4.0},
-            {"item_id": "i3", "label": "", "value": 1.0, "ts": 5.0}]},
-        {"user_id": "u1", "ts": 0.5, "user_features": {"segment": "old"}, "rewards": []},
+    def event(ts: float, user_features: dict[str, object], *rewards: tuple[str, str, float, float]) -> JoinedEvent:
+        decision = LoggedDecision(f"e{ts}", ts, "u1", user_features, {}, (), (), "v0", False, ts + 600)  # type: ignore[arg-type]
+        return JoinedEvent(decision, (), tuple(Reward(decision.event_id, *r) for r in rewards))
+
+    events = [
+        event(1.0, {"segment": "a", "tags": ("x", "y")},
+              ("i1", "click", 1.0, 2.0), ("i1", "purchase", 20.0, 3.0), ("i2", "click", 0.0, 4.0), ("i3", "", 1.0, 5.0)),
+        event(0.5, {"segment": "old"}),
     ]
-    interactions, users = interactions_from_log(records, EmbeddingConfig(default_weight=0.5))
+    interactions, users = interactions_from_log(events, EmbeddingConfig(default_weight=0.5))
     assert interactions == [Interaction("u1", "i1", 1.0, 2.0), Interaction("u1", "i1", 5.0, 3.0), Interaction("u1", "i3", 0.5, 5.0)]
     assert users == {"u1": {"segment": "a", "tags": ("x", "y")}}
 
@@ -355,11 +350,8 @@ def test_bad_serving_inputs_name_the_argument(embeddings: Embeddings, call, fiel
 
 def test_training_data_from_a_jsonl_export_matches_the_log_and_parquet_is_refused(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _log_with_rewards(tmp_path, world)
-    log = EventLog(tmp_path / "events.db", RewardRules())
-    try:
-        export_jsonl(log, tmp_path / "events.jsonl")
-    finally:
-        log.close()
+    with LogReader.open(tmp_path) as reader:
+        export_jsonl(reader, tmp_path / "events.jsonl")
     config = EmbeddingConfig()
     from_log = load_training_data(tmp_path, config)
     from_jsonl = load_training_data(tmp_path, config, events=tmp_path / "events.jsonl")

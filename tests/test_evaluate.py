@@ -69,12 +69,12 @@ def test_slot_examples_carry_the_servers_features_and_the_pmf_over_the_candidate
     examples = slot_examples(records)
     assert len(records) == 500 and len(examples) == 1000
     first, second = examples[0], examples[1]
-    assert first.shared == shared_line(records[0]["user_features"], records[0]["context"])  # type: ignore[arg-type]
+    assert first.shared == shared_line(records[0].decision.user_features, records[0].decision.context)
     assert (first.slot, second.slot) == (0, 1) and len(first.actions) == 6 and len(second.actions) == 5
-    assert records[0]["slots"][0]["item_id"] not in " ".join(second.actions)  # type: ignore[index]
-    for ex, slot in zip(examples[:2], records[0]["slots"]):  # type: ignore[call-overload]
-        assert f"id={slot['item_id']} " in ex.actions[ex.chosen]
-        assert ex.logging_pmf[ex.chosen] == slot["probability"]
+    assert records[0].decision.slots[0].item_id not in " ".join(second.actions)
+    for ex, slot in zip(examples[:2], records[0].decision.slots):
+        assert f"id={slot.item_id} " in ex.actions[ex.chosen]
+        assert ex.logging_pmf[ex.chosen] == slot.probability
         assert sum(ex.logging_pmf) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -117,8 +117,8 @@ def test_estimates_of_the_logging_policy_uniform_random_and_the_candidates(logge
 def test_an_exported_jsonl_or_parquet_log_gives_the_same_estimates(logged: Path, tmp_path: Path) -> None:
     log = EventLog(logged / "events.db", RewardRules())
     try:
-        export_jsonl(log, tmp_path / "events.jsonl")
-        export_parquet(log, tmp_path / "events.parquet")
+        export_jsonl(log.reader, tmp_path / "events.jsonl")
+        export_parquet(log.reader, tmp_path / "events.parquet")
     finally:
         log.close()
     config = EvaluationConfig(candidates=(PolicyCandidate(),), n_resamples=100, compare_python_replay=False)

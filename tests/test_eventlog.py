@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigurationError, InvalidRequest, PreconditionFailed, UnknownEvent
+from engine.errors import ConfigurationError, InvalidRequest, LeaseLost, PreconditionFailed, UnknownEvent
 from engine.eventlog import EventLog
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import Aggregation, RewardRules, parse_duration
@@ -105,7 +105,7 @@ def test_rewards_are_refused_when_they_cannot_count(store: str) -> None:
         log.append_reward(Reward("e1", "c", "", 1.0, now))
     with pytest.raises(PreconditionFailed, match="reward window of this event has closed"):
         log.append_reward(Reward("e1", "a", "", 1.0, now + 61))
-    assert log.counts()["rewards"] == 0
+    assert log.reader.counts()["rewards"] == 0
     log.close()
 
 
@@ -117,9 +117,9 @@ def test_a_reopened_log_holds_everything_committed(store: str) -> None:
         log.append_reward(Reward(f"e{i}", "", "click", float(i), now))
     log.close()
     reopened = open_log(store)
-    assert reopened.counts() == {"decisions": 50, "rewards": 50, "outcomes": 50, "items": 0}
+    assert reopened.reader.counts() == {"decisions": 50, "rewards": 50, "outcomes": 50, "items": 0}
     assert [f[3] for f in finals(reopened)] == [float(i) for i in range(50)]
-    assert len(list(reopened.joined(batch=7))) == 50
+    assert len(list(reopened.reader.joined(batch=7))) == 50
     reopened.close()
 
 
@@ -176,19 +176,19 @@ def test_superseded_catalog_versions_go_once_no_decision_in_the_log_can_name_the
 
     log = open_log(store)
     try:
-        [first] = log.upsert_items([Item("sku", {"price": 1.0})])
-        [current] = log.upsert_items([Item("sku", {"price": 2.0})])
-        log.upsert_items([Item("gone", {"x": "y"})])
-        log.delete_items(["gone"])
-        assert log.upsert_items([Item("sku", {"price": 2.0})]) == [current]  # unchanged: the same version, kept
+        [first] = log.catalog.upsert_items([Item("sku", {"price": 1.0})])
+        [current] = log.catalog.upsert_items([Item("sku", {"price": 2.0})])
+        log.catalog.upsert_items([Item("gone", {"x": "y"})])
+        log.catalog.delete_items(["gone"])
+        assert log.catalog.upsert_items([Item("sku", {"price": 2.0})]) == [current]  # unchanged: the same version, kept
         log.append_decision(decision("old", time.time() - 100))  # made before the changes: may name the old ones
-        assert log.forget_superseded_versions(margin=0.0) == 0
+        assert log.catalog.forget_superseded_versions(margin=0.0) == 0
         log.delete_events(["old"])
-        assert log.forget_superseded_versions(margin=3600.0) == 0  # superseded too recently
-        assert log.forget_superseded_versions(margin=-1.0) == 2  # the first price and the deleted item
-        [item] = log.items()
+        assert log.catalog.forget_superseded_versions(margin=3600.0) == 0  # superseded too recently
+        assert log.catalog.forget_superseded_versions(margin=-1.0) == 2  # the first price and the deleted item
+        [item] = log.catalog.items()
         assert item.version == current and item.version != first
-        assert log.upsert_items([Item("sku", {"price": 2.0})]) == [current]
+        assert log.catalog.upsert_items([Item("sku", {"price": 2.0})]) == [current]
     finally:
         log.close()
 
@@ -212,3 +212,17 @@ def test_rewards_a_serving_process_logs_are_made_final_by_the_learner_in_order(s
     finally:
         serving.close()
         learner.close()
+
+
+def test_a_learner_whose_term_ended_cannot_publish(store: str) -> None:
+    first, second = open_log(store), open_log(store)
+    old = first.take_learner_term()
+    assert first.publish_snapshot("{}", 1, b"model-1", term=old) == 1
+    new = second.take_learner_term()  # a standby took the lease
+    assert new == old + 1
+    with pytest.raises(LeaseLost, match=f"learner term {old} has ended"):
+        first.publish_snapshot("{}", 2, b"stale", term=old)
+    assert second.newest_snapshot() == (1, "{}", b"model-1")  # nothing of the old term's stored
+    assert second.publish_snapshot("{}", 2, b"model-2", term=new) == 2
+    first.close()
+    second.close()

@@ -77,7 +77,7 @@ def test_a_batch_of_decisions_with_a_retried_and_a_taken_event_id(tmp_path: Path
     assert logged["first"] == first and logged["retry"] == retry
     assert logged["taken"] is not other_user and logged["taken"].user_id == "u1"  # type: ignore[attr-defined]
     assert all(logged[d.event_id] is d for d in fresh)
-    assert log.counts()["decisions"] == 2 + len(fresh)
+    assert log.reader.counts()["decisions"] == 2 + len(fresh)
     log.close()
 
 
@@ -92,7 +92,7 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(tmp_path:
     })
     assert isinstance(results["bad"], UnknownEvent) and results["good"] is Status.NEW
     assert all(results[d.event_id] is d for d in fresh)
-    assert log.counts() == {"decisions": 11, "rewards": 1, "outcomes": 1, "items": 0}
+    assert log.reader.counts() == {"decisions": 11, "rewards": 1, "outcomes": 1, "items": 0}
     log.close()
 
 
@@ -165,7 +165,7 @@ def test_a_batch_of_rewards_gets_what_each_would_get_alone(tmp_path: Path) -> No
     assert isinstance(results["unknown"], UnknownEvent)
     assert "'a' was not recommended" in str(results["e2 wrong item"])
     assert "window" in str(results["e2 late"])
-    assert log.counts()["rewards"] == 3  # e3's first, one e1 click, e1's purchase
+    assert log.reader.counts()["rewards"] == 3  # e3's first, one e1 click, e1's purchase
     finals = {(o.event_id, o.slot): o.reward for o in log.final_outcomes_after(0)}
     assert finals[("e3", 0)] == 1.0 and finals[("e1", 0)] in (2.0, 9.0, 7.0) and len(finals) == 2
     # whichever e1 reward the batch took first is the one that made the slot final

@@ -33,7 +33,7 @@ def test_the_bandit_learns_a_user_dependent_best_item_and_approaches_the_oracle_
     first = summarise(pages[:500], block=500)[0]
     assert last.ratio > first.ratio + 0.15  # it learned: the early rounds were far worse
     running.engine.wait_until_learned()
-    assert running.engine.log.counts() == {"decisions": 3000, "rewards": 3000, "outcomes": 3000, "items": 10}
+    assert running.engine.log.reader.counts() == {"decisions": 3000, "rewards": 3000, "outcomes": 3000, "items": 10}
     assert running.engine.model_info().examples_learned == 3000
 
 

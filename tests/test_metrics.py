@@ -135,7 +135,7 @@ def test_a_retry_of_an_event_id_is_not_a_second_decision(start_server) -> None: 
     for _ in range(3):
         client.recommender.Recommend(recommend_request(event_id="page-1"))
     decisions = sum(v for (name, _), v in scrape(port).items() if name == "recbandit_decisions_total")
-    assert decisions == 1 and running.engine.log.counts()["decisions"] == 1
+    assert decisions == 1 and running.engine.log.reader.counts()["decisions"] == 1
 
 
 def test_scrapes_do_not_open_a_connection_each(start_server) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from engine.export import export_jsonl
 from engine.rewards import RewardRules
 from server.cli import main
 from training.obd import OBDFormatError, SDIST_ROOT, import_obd, run_import, wilson_interval
+from tests.conftest import exported
 
 FIXTURE = Path(__file__).parent / "fixtures" / "obd"
 FILES = {("random", "all"): 6, ("bts", "all"): 6, ("bts", "men"): 4}  # (policy, campaign) -> items
@@ -49,9 +50,9 @@ def import_fixture(log: EventLog, source: Path = FIXTURE):  # type: ignore[no-un
 def test_every_impression_becomes_one_event_with_its_propensity_click_and_position(log: EventLog) -> None:
     import_fixture(log)
     want = expected()
-    records = {r["event_id"]: r for r in log.joined()}
+    records = {r["event_id"]: r for r in exported(log.reader.joined())}
     assert len(want) == 72 and set(records) == set(want)
-    assert log.counts() == {"decisions": 72, "rewards": 72, "outcomes": 72, "items": 0}
+    assert log.reader.counts() == {"decisions": 72, "rewards": 72, "outcomes": 72, "items": 0}
     for event_id, (policy, campaign, row) in want.items():
         record = records[event_id]
         assert record["model_version"] == f"obd-{policy}"
@@ -77,7 +78,7 @@ def test_candidates_carry_the_item_context_and_the_rows_affinity(log: EventLog) 
     with open(FIXTURE / "bts" / "men" / "item_context.csv", newline="") as stream:
         items = {row["item_id"]: row for row in csv.DictReader(stream)}
     row = rows("bts", "men")[3]
-    record = next(r for r in log.joined() if r["event_id"] == "obd-bts-men-3")
+    record = next(r for r in exported(log.reader.joined()) if r["event_id"] == "obd-bts-men-3")
     for candidate in record["candidates"]:
         item = candidate["item_id"].removeprefix("men-")
         features = dict(candidate["features"])
@@ -116,16 +117,16 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
 
 def test_importing_again_adds_nothing(log: EventLog) -> None:
     import_fixture(log)
-    before = (log.counts(), log.last_outcome_seq())
+    before = (log.reader.counts(), log.last_outcome_seq())
     again = import_fixture(log)
     assert [s.new_events for s in again] == [0, 0, 0] and [s.events for s in again] == [30, 30, 12]
-    assert (log.counts(), log.last_outcome_seq()) == before
+    assert (log.reader.counts(), log.last_outcome_seq()) == before
 
 
 def test_the_export_holds_the_imported_rows(log: EventLog, tmp_path: Path) -> None:
     import_fixture(log)
     out = tmp_path / "events.jsonl"
-    assert export_jsonl(log, out) == 72
+    assert export_jsonl(log.reader, out) == 72
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     want = expected()
     assert sorted(r["event_id"] for r in exported) == sorted(want)
@@ -152,7 +153,7 @@ def test_reads_the_sdist_and_an_extracted_copy_alike(tmp_path: Path) -> None:
         event_log = EventLog(tmp_path / f"{name}.db", RewardRules())
         try:
             summaries = import_fixture(event_log, source)
-            results.append(([(s.events, s.clicks) for s in summaries], list(event_log.joined())))
+            results.append(([(s.events, s.clicks) for s in summaries], exported(event_log.reader.joined())))
         finally:
             event_log.close()
     assert results[0] == results[1]
@@ -167,7 +168,7 @@ def test_the_command_imports_and_prints_the_summary(tmp_path: Path, capsys: pyte
     assert f"random   all           30      30 {clicks:>6}     6  {clicks / 30:.4f}" in printed
     event_log = EventLog(tmp_path / "data" / "events.db", RewardRules())
     try:
-        assert event_log.counts()["decisions"] == 60
+        assert event_log.reader.counts()["decisions"] == 60
     finally:
         event_log.close()
 

@@ -17,7 +17,7 @@ from engine.errors import ConfigurationError, StartupRefused
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.app import start
 from server.settings import Settings
-from tests.conftest import postgres_schema, stubs
+from tests.conftest import execute, postgres_schema, stubs
 from tests.test_api import recommend_request
 
 
@@ -171,3 +171,52 @@ def test_export_log_reads_a_postgresql_store(url: str, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     assert main(["export-log", "--store", url, "--data-dir", str(tmp_path / "elsewhere"), "--out", str(out)]) == 0
     assert [json.loads(line)["event_id"] for line in out.read_text().splitlines()] == ["e0", "e1", "e2"]
+
+
+def test_a_transaction_the_database_undoes_for_a_deadlock_runs_again_and_health_stays(url: str) -> None:
+    """Two writers lock two rows in opposite orders: PostgreSQL undoes one transaction to break the
+    deadlock, and its writer runs it again, so both callers get their commit."""
+    import threading
+
+    from engine.groupcommit import GroupCommitWriter
+    from engine.storage import open_database
+
+    execute(url, "CREATE TABLE pair (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+    execute(url, "INSERT INTO pair VALUES ('x', 0), ('y', 0)")
+    database = open_database(url)
+    writers = [GroupCommitWriter(database.connect(writer=True), begin=database.begin,
+                                 storage_failure=database.storage_failure, rolled_back=database.rolled_back)
+               for _ in range(2)]
+    both_hold_one = threading.Barrier(2, timeout=20)
+
+    def crossing(first: str, second: str):  # type: ignore[no-untyped-def]
+        runs: list[int] = []
+
+        def operation(conn):  # type: ignore[no-untyped-def]
+            runs.append(1)
+            conn.execute("UPDATE pair SET n = n + 1 WHERE name = ?", (first,))
+            if len(runs) == 1:
+                both_hold_one.wait()  # the first run of each: now each waits for the other's row
+            conn.execute("UPDATE pair SET n = n + 1 WHERE name = ?", (second,))
+            return len(runs)
+
+        return operation
+
+    results: dict[int, object] = {}
+
+    def submit(i: int, first: str, second: str) -> None:
+        try:
+            results[i] = writers[i].submit(crossing(first, second))
+        except Exception as error:  # what a caller would get
+            results[i] = error
+
+    threads = [threading.Thread(target=submit, args=(0, "x", "y")), threading.Thread(target=submit, args=(1, "y", "x"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(results.values()) == [1, 2]  # one committed at once, the deadlock's victim on its second run
+    assert all(writer.healthy for writer in writers)
+    assert rows(url, "SELECT name, n FROM pair ORDER BY name") == [("x", 2), ("y", 2)]  # each update once
+    for writer in writers:
+        writer.close()

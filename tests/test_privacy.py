@@ -59,8 +59,8 @@ def test_forget_user_deletes_the_log_memory_and_embeddings_of_one_user(storefron
     assert forgotten.embedding_removed
     assert running.engine._learner._recent.find(alice_events) == {}  # the unrewarded visit was in memory
     assert not running.engine.embeddings.current.embeddings.is_known_user("alice")
-    assert all(record["user_id"] != "alice" for record in running.engine.log.joined())
-    assert running.engine.log.counts()["decisions"] == 10
+    assert all(event.user_id != "alice" for event in running.engine.log.reader.joined())
+    assert running.engine.log.reader.counts()["decisions"] == 10
     code, _ = status_of(client.recommender.Feedback, pb.FeedbackRequest(event_id=alice_events[2], reward=1.0))
     assert code == grpc.StatusCode.NOT_FOUND
     again = client.admin.ForgetUser(pb.ForgetUserRequest(user_id="alice"))
@@ -88,7 +88,7 @@ def test_pseudonymised_user_ids_never_reach_the_disk(storefront, tmp_path: Path)
     train_from_log(data_dir, CONFIG, progress=False)
     client.admin.Checkpoint(pb.CheckpointRequest())
     export = tmp_path / "export.jsonl"
-    export_jsonl(running.engine.log, export)
+    export_jsonl(running.engine.log.reader, export)
     users = {json.loads(line)["user_id"] for line in export.read_text().splitlines()}
     assert pseudonym in users and len(users) == 11 and all(len(u) == 64 for u in users)
     for path in [export, *data_dir.rglob("*")]:
@@ -98,7 +98,7 @@ def test_pseudonymised_user_ids_never_reach_the_disk(storefront, tmp_path: Path)
 
     forgotten = client.admin.ForgetUser(pb.ForgetUserRequest(user_id="alice"))  # the raw id, as Recommend had it
     assert forgotten.decisions_deleted == 3
-    assert pseudonym not in {r["user_id"] for r in running.engine.log.joined()}
+    assert pseudonym not in {e.user_id for e in running.engine.log.reader.joined()}
 
 
 def test_a_short_pseudonymisation_key_is_refused(tmp_path: Path) -> None:

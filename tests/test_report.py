@@ -157,7 +157,7 @@ def test_open_reward_windows_are_no_data_with_tokens_through_the_command(  # typ
     running, _ = start_server(auth_tokens=str(tokens))
     with RecbanditClient(f"127.0.0.1:{running.port}", token="c" * 32) as recbandit:  # it publishes the catalog
         StorefrontClient(recbandit, Storefront(STRONG), BEHAVIOUR).play(12, concurrency=1)
-    assert running.engine.log.counts()["outcomes"] == 12
+    assert running.engine.log.reader.counts()["outcomes"] == 12
     (tmp_path / "admin-token").write_text("a" * 32 + "\n")
     (tmp_path / "storefront-token").write_text("s" * 32 + "\n")
     common = ["report", "--target", f"127.0.0.1:{running.port}", "--out", str(tmp_path / "empty.png")]

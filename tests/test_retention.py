@@ -41,17 +41,17 @@ def test_old_final_learned_events_are_deleted_and_their_pages_given_back(start_s
     database = running.engine.log.path
     used_before, _ = pages(Path(database))
     deadline = time.monotonic() + 20
-    while running.engine.log.counts()["decisions"] > 0:  # windows close (1 s), then 2 s of retention
-        assert time.monotonic() < deadline, running.engine.log.counts()
+    while running.engine.log.reader.counts()["decisions"] > 0:  # windows close (1 s), then 2 s of retention
+        assert time.monotonic() < deadline, running.engine.log.reader.counts()
         time.sleep(0.2)
     request.event_id = "new"
     client.recommender.Recommend(request)  # recent and its window open: kept
-    counts = running.engine.log.counts()
+    counts = running.engine.log.reader.counts()
     assert (counts["decisions"], counts["rewards"], counts["outcomes"]) == (1, 0, 0)
     used_after, free_after = pages(Path(database))
     assert free_after == 0 and used_after < used_before / 2, (used_before, used_after)
     assert scrape(metrics_port)[("recbandit_events_pruned_total", ())] == 60
-    assert [r["event_id"] for r in running.engine.log.joined()] == ["new"]
+    assert [e.event_id for e in running.engine.log.reader.joined()] == ["new"]
     assert running.engine.model_info().examples_learned == 60  # the model keeps what it learned
 
 
@@ -80,7 +80,7 @@ def test_a_log_made_before_retention_reuses_its_pages_without_a_vacuum_per_page(
     log = EventLog(path, RewardRules())
     try:
         log.append_decision(decision("e1", time.time() - 10))
-        assert not log.database.vacuums and log.delete_events(["e1", "unknown"]) == 1 and log.counts()["decisions"] == 0
+        assert not log.database.vacuums and log.delete_events(["e1", "unknown"]) == 1 and log.reader.counts()["decisions"] == 0
     finally:
         log.close()
     fresh = EventLog(tmp_path / "fresh.db", RewardRules())

@@ -195,7 +195,7 @@ def _decision(event_id: str, user_id: str) -> LoggedDecision:
 
 def test_the_log_keeps_its_id_and_its_last_assigned_seq_when_outcomes_are_deleted(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "events.db", RewardRules())
-    log_id = log.log_id()
+    log_id = log.reader.log_id()
     assert len(log_id) == 32 and log.last_assigned_seq() == 0
     for i, user in enumerate(("kept", "forgotten", "forgotten")):
         log.append_decision(_decision(f"e{i}", user))
@@ -204,9 +204,9 @@ def test_the_log_keeps_its_id_and_its_last_assigned_seq_when_outcomes_are_delete
     assert (log.last_outcome_seq(), log.last_assigned_seq()) == (1, 3)
     log.close()
     reopened = EventLog(tmp_path / "events.db", RewardRules())
-    assert (reopened.log_id(), reopened.last_assigned_seq()) == (log_id, 3)
+    assert (reopened.reader.log_id(), reopened.last_assigned_seq()) == (log_id, 3)
     reopened.close()
-    assert EventLog(tmp_path / "other.db", RewardRules()).log_id() != log_id
+    assert EventLog(tmp_path / "other.db", RewardRules()).reader.log_id() != log_id
 
 
 # -- 7e: rebuild-model -----------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_rebuild_model_replays_the_log_after_a_refused_model_and_the_server_star
     assert [p.name.startswith(f"{MANIFEST}.bad-") for p in data.glob(f"{MANIFEST}.bad-*")] == [True]
 
     running, client = start_server()
-    outcomes = running.engine.log.counts()["outcomes"]
+    outcomes = running.engine.log.reader.counts()["outcomes"]
     info = client.admin.GetModelInfo(pb.GetModelInfoRequest())
     assert (info.examples_learned, info.examples_pending) == (outcomes, 0) == (40, 0)
     play(client, 5, offset=40)

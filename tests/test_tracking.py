@@ -22,6 +22,7 @@ from training.plots import candidate_order
 from training.registry import MODEL_NAME, RegistrationFloor, download_policy, evaluate_and_register
 from training.replay import load_joined, slot_examples
 from training.tracking import EVALUATION_EXPERIMENT, tracked_evaluation, tracking_client
+from tests.conftest import exported
 
 CONFIG = EvaluationConfig(candidates=(LEARNER, EXPLORER), n_resamples=100, compare_python_replay=False)
 
@@ -87,7 +88,7 @@ def test_the_registered_policy_is_a_pyfunc_model_whose_pmf_is_the_vw_models_own(
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["user_features", "context", "candidates"]
     assert [c.name for c in model.metadata.get_output_schema().inputs] == ["item_ids", "pmf"]
 
-    records = load_joined(logged)[-5:]
+    records = exported(load_joined(logged)[-5:])
     frame = pd.DataFrame({
         "user_features": [json.dumps(r["user_features"]) for r in records],
         "context": [json.dumps(r["context"]) for r in records],

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from engine.core import Engine
+from engine.logreader import LogReader
 from training.simulator import Storefront, WorldConfig
 from training.storefront_client import SIMULATED_DEADLINE, Page, Recbandit, StorefrontClient
 
@@ -132,9 +133,9 @@ def format_table(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
-def exploration_rate(engine_log) -> float:  # type: ignore[no-untyped-def]
+def exploration_rate(reader: LogReader) -> float:
     """Mean over logged decisions of 1 − max(pmf) in slot 0: the chance a decision explored."""
-    rates = [1.0 - max(record["slots"][0]["pmf"]) for record in engine_log.joined()]
+    rates = [1.0 - max(event.decision.slots[0].pmf) for event in reader.joined()]
     return sum(rates) / len(rates)
 
 
@@ -201,7 +202,7 @@ def run_demo(
         running.engine.close_windows()
         running.engine.wait_until_learned()
         blocks = summarise(pages, block)
-        explored = exploration_rate(running.engine.log)
+        explored = exploration_rate(running.engine.log.reader)
         info = running.engine.model_info()
     finally:
         running.stop(grace=2.0)

@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.embeddings import Embeddings, FeatureTable, feature_tokens, identity_token, write_artifact
 from engine.errors import InvalidRequest
-from engine.records import features_from_dict
+from engine.records import JoinedEvent
 from engine.types import Features, Item
 from training.lineage import DatasetFacts, digest_lines
 
@@ -113,22 +113,21 @@ class TrainingResult:
 # -- inputs -------------------------------------------------------------------------------------------
 
 
-def interactions_from_log(records: Iterable[Mapping[str, object]], config: EmbeddingConfig) -> tuple[list[Interaction], dict[str, Features]]:
-    """Positive rewards of joined event-log records (``EventLog.joined()`` or its JSONL export).
+def interactions_from_log(events: Iterable[JoinedEvent], config: EmbeddingConfig) -> tuple[list[Interaction], dict[str, Features]]:
+    """Positive rewards of joined events (:meth:`engine.logreader.LogReader.history` or a JSONL export).
 
     Each reward with a value above 0 becomes one interaction weighted by its label; the user's
     features are those of their latest decision.
     """
     interactions: list[Interaction] = []
     user_features: dict[str, tuple[float, Features]] = {}
-    for record in records:
-        user_id, ts = str(record["user_id"]), float(record["ts"])  # type: ignore[arg-type]
-        if ts >= user_features.get(user_id, (-math.inf, {}))[0]:
-            user_features[user_id] = (ts, features_from_dict(record.get("user_features") or {}))  # type: ignore[arg-type]
-        for reward in record.get("rewards") or ():  # type: ignore[attr-defined]
-            weight = config.weight(str(reward.get("label", "")))
-            if float(reward["value"]) > 0 and weight > 0:
-                interactions.append(Interaction(user_id, str(reward["item_id"]), weight, float(reward["ts"])))
+    for event in events:
+        if event.ts >= user_features.get(event.user_id, (-math.inf, {}))[0]:
+            user_features[event.user_id] = (event.ts, event.decision.user_features)
+        for reward in event.rewards:
+            weight = config.weight(reward.label)
+            if reward.value > 0 and weight > 0:
+                interactions.append(Interaction(event.user_id, reward.item_id, weight, reward.ts))
     return interactions, {u: f for u, (_, f) in user_features.items()}
 
 
@@ -365,15 +364,14 @@ def load_training_data(
     The Parquet export is refused: its rows keep each slot's final reward but not the labelled
     rewards that interactions are weighted by.
     """
-    from engine.eventlog import EVENT_LOG, EventLog
-    from engine.rewards import RewardRules
+    from engine.logreader import EVENT_LOG, LogReader
     from training.replay import load_joined
 
     if events is not None and Path(events).suffix == ".parquet":
         raise InvalidRequest("events", f"{events}: the Parquet export has no reward labels; use a JSONL export")
 
     database = Path(data_dir) / EVENT_LOG
-    log = EventLog(database, RewardRules()) if database.exists() else None
+    log = LogReader.open(database) if database.exists() else None
     sources = []
     try:
         if events is not None:

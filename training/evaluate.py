@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.bandit import BanditConfig
 from engine.ope import ESTIMATORS, BanditFeedback, Bootstrap, Estimate
-from engine.eventlog import event_log_path
+from engine.logreader import event_log_path
 from training.lineage import digest_file
 from training.replay import (
     PolicyCandidate,

@@ -46,6 +46,7 @@ from typing import IO
 
 from engine.eventlog import EventLog
 from engine.features import with_time_context
+from engine.logreader import EVENT_LOG
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import RewardRules
 from engine.types import Candidate, FeatureValue
@@ -394,7 +395,7 @@ def run_import(
     elif not source.exists():
         raise FileNotFoundError(f"--source {source}: no such file or folder")
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = EventLog(data_dir / "events.db", RewardRules())
+    log = EventLog(data_dir / EVENT_LOG, RewardRules())
     try:
         summaries = import_obd(log, source, policies=policies, campaigns=campaigns, progress=progress)
     finally:

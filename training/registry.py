@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from engine.bandit import BanditConfig
 from engine.ope import Estimate
 from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
-from engine.eventlog import event_log_path
+from engine.logreader import event_log_path
 from training.replay import PolicyCandidate
 from training.tracking import data_tags, tracked_evaluation, tracking_client
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, example_lines, labelled_lines, regression_line
-from engine.eventlog import EventLog, event_log_path
-from engine.records import features_from_dict
+from engine.logreader import LogReader, event_log_path
+from engine.records import JoinedEvent
+from engine.storage import is_postgres
 
 CB_TYPES = ("ips", "dr", "mtr")
 REWARD_MODEL_ARGUMENTS = "-q UI -q CI -b 18 --quiet"
@@ -97,25 +98,24 @@ class ReplayResult:
 # -- reading the log ------------------------------------------------------------------------------
 
 
-def load_joined(source: str | Path) -> list[dict[str, object]]:
-    """Joined events from a data directory or ``events.db``, an exported ``.jsonl`` or ``.parquet``."""
+def load_joined(source: str | Path) -> list[JoinedEvent]:
+    """Joined events from a data directory, its ``events.db`` or a ``postgresql://`` store, or from an
+    exported ``.jsonl`` or ``.parquet`` file."""
+    if is_postgres(source):
+        with LogReader.open(source) as reader:
+            return list(reader.history())
     path = event_log_path(source)
     if path.suffix == ".jsonl":
         with open(path) as lines:
-            return [json.loads(line) for line in lines if line.strip()]
+            return [JoinedEvent.from_export(json.loads(line)) for line in lines if line.strip()]
     if path.suffix == ".parquet":
-        return _records_from_parquet(path)
-    from engine.rewards import RewardRules
-
-    log = EventLog(path, RewardRules())
-    try:
-        return list(log.history())
-    finally:
-        log.close()
+        return _events_from_parquet(path)
+    with LogReader.open(path) as reader:
+        return list(reader.history())
 
 
-def _records_from_parquet(path: Path) -> list[dict[str, object]]:
-    """Regroup the Parquet export's slot rows into joined records (rows keep decision order)."""
+def _events_from_parquet(path: Path) -> list[JoinedEvent]:
+    """Regroup the Parquet export's slot rows into joined events (rows keep decision order)."""
     import pyarrow.parquet as pq
 
     records: dict[str, dict[str, object]] = {}
@@ -123,31 +123,30 @@ def _records_from_parquet(path: Path) -> list[dict[str, object]]:
         record = records.get(row["event_id"])
         if record is None:
             record = records[row["event_id"]] = {
-                "event_id": row["event_id"], "ts": row["ts"], "user_id": row["user_id"],
-                "user_features": json.loads(row["user_features"]), "context": json.loads(row["context"]),
-                "candidates": json.loads(row["candidates"]), "model_version": row["model_version"], "slots": [],
+                **row, "user_features": json.loads(row["user_features"]), "context": json.loads(row["context"]),
+                "candidates": json.loads(row["candidates"]), "slots": [],
             }
-        record["slots"].append({k: row[k] for k in ("slot", "item_id", "probability", "pmf", "reward")})  # type: ignore[attr-defined]
-    return sorted(records.values(), key=lambda r: r["ts"])  # type: ignore[arg-type,return-value]
+        record["slots"].append(row)  # type: ignore[attr-defined]
+    return sorted((JoinedEvent.from_export(r) for r in records.values()), key=lambda e: (e.ts, e.event_id))
 
 
-def slot_examples(records: Iterable[dict[str, object]]) -> list[SlotExample]:
+def slot_examples(events: Iterable[JoinedEvent]) -> list[SlotExample]:
     """One example per slot with a final reward, in decision order, as the engine learns it."""
     examples = []
-    for record in sorted(records, key=lambda r: r["ts"]):  # type: ignore[arg-type,return-value]
-        candidates = record["candidates"]
-        shared, lines = example_lines(features_from_dict(record["user_features"]), features_from_dict(record["context"]),  # type: ignore[arg-type]
-                                      ((c["item_id"], features_from_dict(c["features"])) for c in candidates))  # type: ignore[attr-defined]
-        ids = [c["item_id"] for c in candidates]  # type: ignore[attr-defined]
+    for event in sorted(events, key=lambda e: e.ts):
+        decision = event.decision
+        shared, lines = example_lines(decision.user_features, decision.context,
+                                      ((c.item_id, c.features) for c in decision.candidates))
+        ids = [c.item_id for c in decision.candidates]
         remaining = list(range(len(ids)))
-        for slot in record["slots"]:  # type: ignore[attr-defined]
-            chosen = remaining.index(ids.index(slot["item_id"]))
-            if slot["reward"] is not None:
+        for number, (slot, outcome) in enumerate(zip(decision.slots, event.outcomes, strict=True)):
+            chosen = remaining.index(ids.index(slot.item_id))
+            if outcome is not None:
                 examples.append(SlotExample(
-                    event_id=str(record["event_id"]), ts=float(record["ts"]), slot=int(slot["slot"]),  # type: ignore[arg-type]
+                    event_id=decision.event_id, ts=decision.ts, slot=number,
                     shared=shared, actions=tuple(lines[i] for i in remaining), chosen=chosen,
-                    reward=float(slot["reward"]), probability=float(slot["probability"]),
-                    logging_pmf=tuple(float(slot["pmf"][i]) for i in remaining),
+                    reward=outcome.reward, probability=slot.probability,
+                    logging_pmf=tuple(slot.pmf[i] for i in remaining),
                 ))
             remaining.pop(chosen)
     return examples

@@ -206,7 +206,7 @@ def data_tags(evaluation: Evaluation) -> dict[str, object]:
 
 def evaluation_dataset(evaluation: Evaluation) -> DatasetFacts:
     """The slot examples an evaluation used, as lineage: the store, their count, time range and digest."""
-    from engine.eventlog import event_log_path
+    from engine.logreader import event_log_path
 
     d = evaluation.data
     store = event_log_path(d.source)  # the file read: events.db in a data directory, or the export
