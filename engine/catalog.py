@@ -9,11 +9,13 @@ embeddings index; the sync of a new embeddings artifact holds the same lock
 from __future__ import annotations
 
 import base64
+import random
 import threading
 
 from engine.embeddings import Representation
 from engine.errors import InvalidRequest, PreconditionFailed
 from engine.catalogstore import CatalogStore
+from engine.coldstart import ColdStart
 from engine.features import frozen_features, merge_features
 from engine.retrieval import LiveEmbeddings, Loaded
 from engine.types import Candidate, DecisionRequest, Item
@@ -33,15 +35,28 @@ class Catalog:
         The catalog lock, which every write holds (and so does ``embeddings`` when it syncs).
     embeddings:
         The embeddings in use, whose retrieval index follows every write.
+    cold_start:
+        The candidate set of a Recommend that sends none when the embeddings cannot rank for it
+        (:mod:`engine.coldstart`).
     """
 
-    def __init__(self, store: CatalogStore, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings) -> None:
+    def __init__(self, store: CatalogStore, limits: Limits, lock: threading.Lock, embeddings: LiveEmbeddings,
+                 cold_start: ColdStart) -> None:
         self.store = store
         self.limits = limits
         self.lock = lock
         self.embeddings = embeddings
+        self.cold_start = cold_start
         self._change = store.change()
-        self.items: dict[str, Item] = {item.item_id: _frozen_item(item, item.version) for item in store.items()}
+        self.items: dict[str, Item] = {}
+        self.active_count = 0
+        self._replace({item.item_id: _frozen_item(item, item.version) for item in store.items()})
+
+    def _replace(self, items: dict[str, Item]) -> None:
+        """The catalog is now ``items`` (replaced, never changed in place: a decision reads it once)."""
+        self.active_count = sum(1 for item in items.values() if item.active)
+        self.items = items
+        self.cold_start.catalog_changed()
 
     def follow(self) -> bool:
         """Take in what other processes wrote to the store's catalog since the last look (a cheap
@@ -54,7 +69,7 @@ class Catalog:
             stored = {item.item_id: _frozen_item(item, item.version) for item in self.store.items()}
             gone = [item_id for item_id in self.items if item_id not in stored]
             changed = [item for item_id, item in stored.items() if self.items.get(item_id) != item]
-            self.items = stored
+            self._replace(stored)
             if changed:
                 self.embeddings.upsert_items(changed)
             if gone:
@@ -66,7 +81,7 @@ class Catalog:
         with self.lock:
             versions = self.store.upsert_items(items)
             stored = {item.item_id: _frozen_item(item, v) for item, v in zip(items, versions, strict=True)}
-            self.items = {**self.items, **stored}
+            self._replace({**self.items, **stored})
             self.embeddings.upsert_items(items)  # new items get a representation from their features
         return len(items)
 
@@ -79,7 +94,7 @@ class Catalog:
             catalog = dict(self.items)
             for item_id in deleted:
                 catalog.pop(item_id, None)
-            self.items = catalog
+            self._replace(catalog)
             self.embeddings.delete_items(deleted)
         return len(deleted)
 
@@ -98,7 +113,9 @@ class Catalog:
     def candidates(
         self, request: DecisionRequest, live: Loaded | None, user: Representation | None, retrieval_top_n: int
     ) -> list[Candidate]:
-        """The request's candidates merged with the catalog, else LightFM's top N, else every active item.
+        """The request's candidates merged with the catalog; else LightFM's top N for a user the
+        embeddings know something of; else every active item, or the cold-start set
+        (:mod:`engine.coldstart`) of a catalog larger than ``max_candidates``.
 
         Excluded and inactive items are left out.
         """
@@ -116,19 +133,16 @@ class Catalog:
                     candidates.append(c)
                 else:
                     candidates.append(Candidate(c.item_id, merge_features(item.features, c.features), item))
-        elif live is not None and user is not None:
+        elif live is not None and user is not None and _known(user):
             candidates = self._retrieve(live, user, excluded, retrieval_top_n)
+        elif self.active_count > self.limits.max_candidates:
+            ids = self.cold_start.candidate_ids(catalog, excluded, random.Random())
+            candidates = [Candidate(i, catalog[i].features, catalog[i]) for i in ids]
         else:
             candidates = [Candidate(i.item_id, i.features, i) for i in catalog.values() if i.active]
             candidates = [c for c in candidates if c.item_id not in excluded]
             if not candidates:
                 raise PreconditionFailed("candidates", "empty, and the catalog has no active item to offer")
-            if len(candidates) > self.limits.max_candidates:
-                raise PreconditionFailed(
-                    "candidates",
-                    f"empty, and the catalog's {len(candidates)} active items exceed max_candidates "
-                    f"{self.limits.max_candidates}; send candidates",
-                )
         if not candidates:
             raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
         return candidates
@@ -145,6 +159,11 @@ class Catalog:
             if item is not None and item.active:  # the index follows the catalog; this covers a write in progress
                 candidates.append(Candidate(item_id, item.features, item))
         return candidates
+
+
+def _known(user: Representation) -> bool:
+    """Whether the embeddings know anything of the user (a trained identity, a known feature)."""
+    return bool(user.bias) or bool(user.vector.any())
 
 
 def _frozen_item(item: Item, version: int) -> Item:

@@ -28,6 +28,7 @@ from engine.archive import Archive
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, shared_line, with_affinity
 from engine.catalog import Catalog
 from engine.checkpoint import Checkpoint
+from engine.coldstart import ColdStart, ColdStartConfig
 from engine.datadir import lock_data_dir, unusable
 from engine.embeddings import Representation
 from engine.errors import Busy, EventConflict, InvalidRequest, ModelNotReady, StartupRefused
@@ -52,6 +53,10 @@ from engine.validation import Limits, check_decision_request, check_id, check_re
 MODEL_AT_REST_TIMEOUT = 5.0
 LEASE_LOST_EXIT = 3
 CATALOG_POLL_INTERVAL = 0.5
+COLD_START_INTERVAL = 5.0
+"""Seconds between rankings of the cold-start slices (new outcomes in, popular and newest ranked again)."""
+COLD_START_OUTCOMES = 200_000
+"""Outcomes a starting engine reads back for the popular slice (the most recent; older ones weigh little)."""
 """Seconds between looks for catalog writes by other processes (roles serve and learn): within a second."""
 log = logging.getLogger(__name__)
 """Seconds an explanation waits for learning to pause before it answers UNAVAILABLE."""
@@ -74,6 +79,7 @@ class EngineConfig:
     store: str = ""  # a postgresql:// URL: the event log lives there; empty: events.db in data_dir
     role: str = "all"  # all: serve and learn; serve: decide and follow the learner's snapshots; learn (engine.roles)
     model_poll_interval: float = 1.0  # role serve: seconds between looks for a newer snapshot, and catalog changes
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)  # Recommend without candidates, unranked
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,7 @@ class Engine:
         """Open the store and start. A learner (role ``learn``) may wait for the store's lease as a
         standby: setting ``cancel_wait`` (a signal handler does) ends the wait with :class:`StartupRefused`."""
         config.bandit.validate()
+        config.cold_start.validate()
         config.rewards.validate()
         if config.role not in ROLES:
             raise StartupRefused(f"role must be one of {', '.join(ROLES)}, got {config.role!r}")
@@ -131,7 +138,9 @@ class Engine:
         config = self.config
         catalog_lock = threading.Lock()
         self.embeddings = LiveEmbeddings(self._dir, lambda: self._catalog.items.values(), catalog_lock)
-        self._catalog = Catalog(self.log.catalog, config.limits, catalog_lock, self.embeddings)
+        self._cold_start = ColdStart(config.cold_start, self.log.final_outcomes_after,
+                                     start_after=max(0, self.log.last_outcome_seq() - COLD_START_OUTCOMES))
+        self._catalog = Catalog(self.log.catalog, config.limits, catalog_lock, self.embeddings, self._cold_start)
         self._encoded = EncodedCandidates()
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
@@ -151,6 +160,7 @@ class Engine:
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         if config.role != "all":  # other processes write the catalog too
             threading.Thread(target=self._follow_catalog, name="catalog-follower", daemon=True).start()
+        threading.Thread(target=self._rank_cold_start, name="cold-start", daemon=True).start()
         self._reporting = threading.Lock()
         self._explainer = Explainer(self.log.get_decision, lambda: self._learner.bandit,
                                     lambda: self._learner.at_rest(MODEL_AT_REST_TIMEOUT),
@@ -172,6 +182,16 @@ class Engine:
                 if not failed:
                     log.error("cannot follow the catalog's changes (serving the catalog in hand): %s", error)
                 failed = True
+
+    def _rank_cold_start(self) -> None:
+        """Take in new outcomes and rank the cold-start slices after every catalog write, and every
+        :data:`COLD_START_INTERVAL` seconds."""
+        while not self._stopping.is_set():
+            try:
+                self._cold_start.refresh(time.time(), self._catalog.items)
+            except Exception as error:  # the store is away: the last ranking serves
+                log.warning("cannot rank the cold-start candidates now: %s", error)
+            self._cold_start.wait_for_change(COLD_START_INTERVAL)
 
     @property
     def observer(self) -> Observer:
@@ -443,6 +463,7 @@ class Engine:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._cold_start.catalog_changed()  # its ranking thread stops now
         try:
             self._learner.join()
             self.embeddings.close()

@@ -42,6 +42,7 @@ from pydantic_settings import (
 )
 
 from engine.bandit import BanditConfig
+from engine.coldstart import ColdStartConfig
 from engine.core import EngineConfig
 from engine.errors import ConfigurationError
 from engine.privacy import read_key
@@ -195,6 +196,10 @@ class Settings(BaseSettings):
     grace: float = Field(5.0, description="seconds calls in flight may finish at shutdown")
     reflection: bool = Field(True, description="serve gRPC reflection (grpcurl, grpcui)")
     retrieval_top_n: int = Field(100, description="candidates the embeddings retrieve when a Recommend sends none")
+    cold_start_candidates: str = Field("20,10,20", description="POPULAR,NEWEST,EXPLORE: the candidate set of a "
+                                                               "Recommend without candidates that no embeddings rank, "
+                                                               "when the catalog exceeds --max-candidates")
+    cold_start_half_life: str = Field("1d", description="how fast the popular slice forgets a reward (a duration)")
     embeddings_poll_interval: float = Field(5.0, description="seconds between looks for new embeddings (0: never)")
     policy_registry: str = Field("", description="MLflow tracking URI whose champion policy is served; empty: none")
     policy_poll_interval: float = Field(30.0, description="seconds between looks for a new champion "
@@ -300,6 +305,7 @@ class Settings(BaseSettings):
             seed=self.seed,
             checkpoint_interval=self.checkpoint_interval,
             retrieval_top_n=self.retrieval_top_n,
+            cold_start=_cold_start(self.cold_start_candidates, self.cold_start_half_life),
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
             retention_seconds=_retention(self.retention),
@@ -369,6 +375,20 @@ def _store(text: str) -> str:
         raise ConfigurationError("store", "must be a postgresql://user@host:port/db URL (empty: events.db in the "
                                           "data directory)")
     return store
+
+
+def _cold_start(slices: str, half_life: str) -> ColdStartConfig:
+    parts = [p.strip() for p in slices.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ConfigurationError("cold_start_candidates", f"must be POPULAR,NEWEST,EXPLORE (three counts), got {slices!r}")
+    popular, newest, explore = map(int, parts)
+    try:
+        seconds = parse_duration(half_life)
+    except ConfigurationError:
+        raise ConfigurationError("cold_start_half_life", f"not a duration like 12h or 7d: {half_life!r}") from None
+    config = ColdStartConfig(popular, newest, explore, half_life_seconds=seconds)
+    config.validate()
+    return config
 
 
 def _retention(text: str) -> float | None:
