@@ -44,6 +44,7 @@ from engine.privacy import Pseudonymizer
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.report import LearningReport, ReportRequest, learning_report
 from engine.retention import Retention
+from engine.retraining import EmbeddingsFollower, EmbeddingsTrainer, Retraining
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
@@ -80,6 +81,8 @@ class EngineConfig:
     role: str = "all"  # all: serve and learn; serve: decide and follow the learner's snapshots; learn (engine.roles)
     model_poll_interval: float = 1.0  # role serve: seconds between looks for a newer snapshot, and catalog changes
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)  # Recommend without candidates, unranked
+    embeddings_retrain_interval: float = 0.0  # roles all and learn, with a trainer: seconds between looks; 0: never
+    embeddings_retrain_min_interactions: int = 1000  # new positive rewards a training needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +99,20 @@ class ModelInfo:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, *, cancel_wait: threading.Event | None = None) -> None:
+    def __init__(self, config: EngineConfig, *, cancel_wait: threading.Event | None = None,
+                 embeddings_trainer: EmbeddingsTrainer | None = None) -> None:
         """Open the store and start. A learner (role ``learn``) may wait for the store's lease as a
-        standby: setting ``cancel_wait`` (a signal handler does) ends the wait with :class:`StartupRefused`."""
+        standby: setting ``cancel_wait`` (a signal handler does) ends the wait with :class:`StartupRefused`.
+        With ``embeddings_trainer`` and ``config.embeddings_retrain_interval``, the learner re-trains
+        the embeddings on that schedule (:mod:`engine.retraining`)."""
         config.bandit.validate()
         config.cold_start.validate()
         config.rewards.validate()
         if config.role not in ROLES:
             raise StartupRefused(f"role must be one of {', '.join(ROLES)}, got {config.role!r}")
         self.config = config
+        self._trainer = embeddings_trainer
+        self.retraining: Retraining | None = None
         self._dir = Path(config.data_dir)
         self._stopping = threading.Event()
         self._releases: list[Callable[[], None]] = []  # undone by close, last first
@@ -166,6 +174,15 @@ class Engine:
                                     lambda: self._learner.at_rest(MODEL_AT_REST_TIMEOUT),
                                     config.limits)
         self.embeddings.watch(config.embeddings_poll_interval)
+        if config.role == "serve":  # the learner's embeddings, wherever this replica runs
+            EmbeddingsFollower(self.log, self.embeddings, self._dir, poll_interval=max(config.model_poll_interval, 1.0),
+                               stopping=self._stopping).start()
+        elif self._trainer is not None and config.embeddings_retrain_interval > 0:
+            self.retraining = Retraining(self.log, self.embeddings, self._trainer,
+                                         interval=config.embeddings_retrain_interval,
+                                         min_interactions=config.embeddings_retrain_min_interactions,
+                                         stopping=self._stopping)
+            self.retraining.start()
 
     @property
     def bandit(self) -> VWBandit:

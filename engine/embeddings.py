@@ -27,7 +27,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -406,8 +406,6 @@ def write_artifact(data_dir: str | Path, embeddings: Embeddings, *, keep: int = 
     The artifact is fsynced and renamed before the manifest, so a reader following the manifest
     never sees a partial file. The ``keep`` newest artifacts stay; older ones are removed.
     """
-    directory = Path(data_dir) / "embeddings"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     ts = time.time()
     name = f"embeddings-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ts))}-{int(ts * 1e6) % 1_000_000:06d}.npz"
     arrays = embeddings.arrays()
@@ -416,8 +414,18 @@ def write_artifact(data_dir: str | Path, embeddings: Embeddings, *, keep: int = 
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    atomic_write(directory / name, write_npz)
-    manifest = {"artifact": name, "created_ts": ts, "metrics": embeddings.metadata.get("metrics", {})}
+    return install_artifact(data_dir, name, write_npz, embeddings.metadata.get("metrics", {}), keep=keep)
+
+
+def install_artifact(data_dir: str | Path, name: str, write: Callable[[str], None],
+                     metrics: Mapping[str, object] | None = None, *, keep: int = 3) -> Path:
+    """Write the artifact ``name`` (``write(tmp_path)`` writes its bytes) into ``<data_dir>/embeddings``
+    atomically, then point the manifest at it; the ``keep`` newest artifacts stay. A replica installs
+    the learner's artifacts under their own names, so every decision names the same one."""
+    directory = Path(data_dir) / "embeddings"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    atomic_write(directory / name, write)
+    manifest = {"artifact": name, "created_ts": time.time(), "metrics": dict(metrics or {})}
     atomic_write(directory / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     for old in sorted(directory.glob("embeddings-*.npz"))[:-keep]:
         if old.name != name:

@@ -107,6 +107,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     manifest TEXT NOT NULL,
     model {blob} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS embeddings (
+    id {integer_key},
+    ts {real} NOT NULL,
+    artifact TEXT NOT NULL,
+    data {blob} NOT NULL
+);
 """
 _MIGRATIONS = {
     # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default
@@ -117,6 +123,8 @@ _MIGRATIONS = {
        "ALTER TABLE decisions ADD COLUMN pmf BLOB;"
        "ALTER TABLE rewards ADD COLUMN joined INTEGER NOT NULL DEFAULT 1;"
        "DROP INDEX IF EXISTS decisions_closed;",
+    # 3 → 4: embeddings artifacts the learner publishes for every replica (the table is in _SCHEMA)
+    3: "",
 }
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
@@ -409,6 +417,27 @@ class EventLog:
             return int(newest)
 
         return self._writer.submit(publish)
+
+    def publish_embeddings(self, artifact: str, data: bytes, keep: int = 2) -> int:
+        """Store an embeddings artifact (its file name and bytes) for every replica; keep the newest ``keep``."""
+
+        def publish(conn: Connection) -> int:
+            conn.execute("INSERT INTO embeddings (ts, artifact, data) VALUES (?, ?, ?)", (time.time(), artifact, data))
+            (newest,) = conn.execute("SELECT MAX(id) FROM embeddings").fetchone()
+            conn.execute("DELETE FROM embeddings WHERE id <= ?", (newest - keep,))
+            return int(newest)
+
+        return self._writer.submit(publish)
+
+    def newest_embeddings(self, after: int = 0) -> tuple[int, str, bytes] | None:
+        """The newest published embeddings artifact if its id is above ``after``: ``(id, file name, bytes)``."""
+        conn = self._reader()
+        row = conn.execute("SELECT MAX(id) FROM embeddings").fetchone()
+        if row is None or row[0] is None or row[0] <= after:
+            return None
+        artifact_id, artifact, data = conn.execute(
+            "SELECT id, artifact, data FROM embeddings WHERE id = ?", (row[0],)).fetchone()
+        return int(artifact_id), str(artifact), bytes(data)
 
     def newest_snapshot(self, after: int = 0) -> tuple[int, str, bytes] | None:
         """The newest snapshot if its id is above ``after``: ``(id, manifest, model)``."""

@@ -28,7 +28,7 @@ from engine.types import Item
 EVENT_LOG = "events.db"
 """The event log's file name in a data directory."""
 
-LOG_SCHEMA_VERSION = 3
+LOG_SCHEMA_VERSION = 4
 """The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
 
 DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"
@@ -121,6 +121,11 @@ class LogReader:
             table: conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
             for table in ("decisions", "rewards", "outcomes", "items")
         }
+
+    def positive_rewards_since(self, ts: float) -> int:
+        """How many rewards above 0 were reported after ``ts``: the interactions embeddings learn from."""
+        (count,) = self.connection().execute("SELECT COUNT(*) FROM rewards WHERE value > 0 AND ts > ?", (ts,)).fetchone()
+        return int(count)
 
     def items(self, *, active_only: bool = False) -> list[Item]:
         """The catalog's items, by id."""

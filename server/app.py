@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from engine.core import Engine
 from engine.errors import ConfigurationError
 from engine.policy_source import PolicySource
+from engine.retraining import EmbeddingsTrainer
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.auth import AuthInterceptor, Tokens
 from server.champion import ChampionFollower
@@ -158,13 +159,15 @@ class RunningServer:
         self.loop.close()
 
 
-def start(settings: Settings, policy_source: PolicySource | None = None) -> RunningServer:
+def start(settings: Settings, policy_source: PolicySource | None = None,
+          embeddings_trainer: EmbeddingsTrainer | None = None) -> RunningServer:
     """Start serving; with ``policy_source`` (what ``--policy-registry`` names, built by the CLI),
-    follow its champion."""
+    follow its champion; with ``embeddings_trainer`` (built by the CLI for
+    ``--embeddings-retrain-interval``), re-train the embeddings on that schedule."""
     if settings.policy_registry and policy_source is None:
         raise ConfigurationError("policy_registry", "is set, but no policy source was handed to the server")
     edge = Edge.from_settings(settings)
-    engine = Engine(settings.engine_config())
+    engine = Engine(settings.engine_config(), embeddings_trainer=embeddings_trainer)
     champion = None
     if policy_source is not None:
         download_dir = Path(settings.data_dir) / "policies"
@@ -217,12 +220,13 @@ async def _set_health(health: health_aio.HealthServicer, *, serving: bool) -> No
         await health.set(name, status)
 
 
-def serve(settings: Settings, policy_source: PolicySource | None = None) -> None:
+def serve(settings: Settings, policy_source: PolicySource | None = None,
+          embeddings_trainer: EmbeddingsTrainer | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain, checkpoint and return."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    running = start(settings, policy_source)
+    running = start(settings, policy_source, embeddings_trainer)
     tokens = running.edge.tokens if running.edge else None
     reloads = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sighup")  # one reload at a time, in order
     signal.signal(signal.SIGHUP, lambda *_: reloads.submit(_reload, tokens))

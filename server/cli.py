@@ -141,6 +141,18 @@ def _needs_training(command: str, modules: Iterable[str] = TRAINING_EXTRA) -> No
         _refuse(command, missing)
 
 
+def _embeddings_trainer(command: str, settings: Settings) -> Any:
+    """LightFM's scheduled trainer (training's, handed to the engine) when --embeddings-retrain-interval is set."""
+    if not settings.embeddings_retrain_interval.strip() or settings.role == "serve":
+        return None
+    _needs_training(f"{command}: --embeddings-retrain-interval")
+    from training.embeddings import EmbeddingConfig, ScheduledTraining
+    from training.tracking import default_tracking_uri
+
+    return ScheduledTraining(settings.data_dir, EmbeddingConfig(), store=settings.store,
+                             tracking_uri=default_tracking_uri(settings.data_dir))
+
+
 def _namespace(settings: Settings, section: str, **extra: Any) -> SimpleNamespace:
     """A command's options as the attributes its module reads (``args.min_decisions``)."""
     return SimpleNamespace(**getattr(settings, section).model_dump(), **extra)
@@ -194,9 +206,9 @@ def serve(context: click.Context, **flags: Any) -> None:
         if settings.processes > 1:
             from server.processes import serve_processes
 
-            serve_processes(settings)
+            serve_processes(settings)  # its learner process re-trains the embeddings, if asked
         else:
-            run_server(settings, policy_source)
+            run_server(settings, policy_source, _embeddings_trainer("serve", settings))
     except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:  # refused at start: one line
         _refuse("serve", _why_not_started(error, settings.data_dir))
 
@@ -218,7 +230,7 @@ def learn(context: click.Context, **flags: Any) -> None:
         policy_source = RegistryPolicySource(settings.policy_registry)
     try:
         settings.engine_config()
-        run_learner(settings, policy_source)
+        run_learner(settings, policy_source, _embeddings_trainer("learn", settings))
     except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
         _refuse("learn", _why_not_started(error, settings.data_dir))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from engine.core import Engine
 from engine.errors import StartupRefused
 from engine.policy_source import PolicySource
+from engine.retraining import EmbeddingsTrainer
 from engine.storage import redacted
 from server.champion import ChampionFollower
 from server.errors import InFlight
@@ -42,16 +43,18 @@ REFUSAL_WINDOW = 30.0  # seconds after its start in which a child's exit code 2 
 PR_SET_PDEATHSIG = 1
 
 
-def learn(settings: Settings, policy_source: PolicySource | None = None) -> None:
+def learn(settings: Settings, policy_source: PolicySource | None = None,
+          embeddings_trainer: EmbeddingsTrainer | None = None) -> None:
     """Run the store's learner until SIGTERM or SIGINT, then checkpoint (publish) and return; with
-    ``policy_source``, serve (and publish) its champion as it changes."""
+    ``policy_source``, serve (and publish) its champion as it changes; with ``embeddings_trainer``,
+    re-train and publish the embeddings on the ``--embeddings-retrain-interval`` schedule."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     config = dataclasses.replace(settings.engine_config(), role="learn", checkpoint_interval=SNAPSHOT_INTERVAL)
     log.info("learner of %s starting (data %s)", redacted(config.store) if config.store else Path(settings.data_dir) / "events.db",
              settings.data_dir)
-    engine = Engine(config, cancel_wait=stop)
+    engine = Engine(config, cancel_wait=stop, embeddings_trainer=embeddings_trainer)
     engine.checkpoint()  # serving processes start from the learner's model, not one of their own
     endpoint = None
     if settings.metrics_port:  # what it learns: outcomes, learned reward, lag, model age, pruning

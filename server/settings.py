@@ -200,6 +200,11 @@ class Settings(BaseSettings):
                                                                "Recommend without candidates that no embeddings rank, "
                                                                "when the catalog exceeds --max-candidates")
     cold_start_half_life: str = Field("1d", description="how fast the popular slice forgets a reward (a duration)")
+    embeddings_retrain_interval: str = Field("", description="the learner re-trains the LightFM embeddings from the "
+                                                             "store this often (a duration, e.g. 6h; needs the "
+                                                             "training extra); empty: never")
+    embeddings_retrain_min_interactions: int = Field(1000, description="new positive rewards a scheduled "
+                                                                       "re-training needs")
     embeddings_poll_interval: float = Field(5.0, description="seconds between looks for new embeddings (0: never)")
     policy_registry: str = Field("", description="MLflow tracking URI whose champion policy is served; empty: none")
     policy_poll_interval: float = Field(30.0, description="seconds between looks for a new champion "
@@ -306,6 +311,8 @@ class Settings(BaseSettings):
             checkpoint_interval=self.checkpoint_interval,
             retrieval_top_n=self.retrieval_top_n,
             cold_start=_cold_start(self.cold_start_candidates, self.cold_start_half_life),
+            embeddings_retrain_interval=_retrain_interval(self.embeddings_retrain_interval),
+            embeddings_retrain_min_interactions=self.embeddings_retrain_min_interactions,
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
             retention_seconds=_retention(self.retention),
@@ -320,6 +327,7 @@ class Settings(BaseSettings):
         if not self.data_dir.strip():
             raise ConfigurationError("data_dir", "must name a directory")
         at_least = {"max_candidates": 1, "retrieval_top_n": 1, "workers": 1, "grace": 0.0,
+                    "embeddings_retrain_min_interactions": 1,
                     "embeddings_poll_interval": 0.0, "processes": 1, "model_poll_interval": 0.05}
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -389,6 +397,18 @@ def _cold_start(slices: str, half_life: str) -> ColdStartConfig:
     config = ColdStartConfig(popular, newest, explore, half_life_seconds=seconds)
     config.validate()
     return config
+
+
+def _retrain_interval(text: str) -> float:
+    if not text.strip():
+        return 0.0
+    try:
+        seconds = parse_duration(text.strip())
+    except ConfigurationError:
+        raise ConfigurationError("embeddings_retrain_interval", f"not a duration like 30m, 6h or 1d: {text!r}") from None
+    if seconds <= 0:
+        raise ConfigurationError("embeddings_retrain_interval", f"must be above 0 (empty: never), got {text!r}")
+    return seconds
 
 
 def _retention(text: str) -> float | None:

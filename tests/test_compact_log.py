@@ -17,6 +17,7 @@ import pytest
 from engine.core import Engine, EngineConfig
 from engine.eventlog import EventLog
 from engine.features import frozen_features
+from engine.logreader import LOG_SCHEMA_VERSION
 from engine.records import candidate_to_json
 from engine.rewards import RewardRules
 from engine.types import Candidate, DecisionRequest, Item, RewardReport
@@ -124,7 +125,7 @@ def test_a_log_written_before_catalog_versions_migrates_and_reads_exactly_as_it_
         assert len(items) == 5 and all(item.version > 0 for item in items)
         assert len({item.version for item in items}) == 5
         (schema,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert schema == "3"
+        assert schema == str(LOG_SCHEMA_VERSION)
     finally:
         log.close()
 

@@ -149,6 +149,7 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
         conn.execute("DROP INDEX rewards_unjoined")
         conn.execute("ALTER TABLE rewards DROP COLUMN joined")
         conn.execute("DROP TABLE snapshots")
+        conn.execute("DROP TABLE embeddings")
         conn.execute("ALTER TABLE items DROP COLUMN version")
         conn.execute("DROP TABLE item_versions")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -157,7 +158,7 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
         old = log.get_decision("old")
         assert old == dataclasses.replace(decision("old", old.ts), schema_version=1) and not old.undelivered
         (version,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == "3"
+        assert version == "4"
     finally:
         log.close()
 
@@ -167,7 +168,7 @@ def test_a_log_of_a_newer_schema_is_refused_in_one_line(store: str) -> None:
 
     open_log(store).close()
     execute(store, "UPDATE meta SET value = '9' WHERE key = 'schema_version'")
-    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 3 this recbandit reads"):
+    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 4 this recbandit reads"):
         open_log(store)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from engine.embeddings import Embeddings, FeatureTable, feature_tokens, identity_token, write_artifact
 from engine.errors import InvalidRequest
 from engine.records import JoinedEvent
+from engine.retraining import TrainedEmbeddings
 from engine.types import Features, Item
 from training.lineage import DatasetFacts, digest_lines
 
@@ -253,11 +254,13 @@ def train_embeddings(
     *,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    incumbent: Embeddings | None = None,
 ) -> TrainingResult:
     """Evaluate on the time-ordered holdout, then (with ``refit``) fit on everything; return the model.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch of the holdout fit (1-based) with
-    ``epoch_seconds``, and with the holdout metrics whenever they are computed.
+    ``epoch_seconds``, and with the holdout metrics whenever they are computed. ``incumbent`` (the
+    embeddings in use) is scored on the same holdout, as ``incumbent_<metric>``.
     """
     config.validate()
     if not data.interactions:
@@ -276,6 +279,9 @@ def train_embeddings(
         popularity = np.asarray(train_m.sum(axis=0)).ravel()
         pop = ranking_metrics(lambda b: np.broadcast_to(popularity, (len(b), len(popularity))), train_m, test_m, config.k, users)
         metrics.update({f"popularity_{name}": value for name, value in pop.items()})
+        if incumbent is not None:
+            held = ranking_metrics(_scorer(incumbent, matrices, data), train_m, test_m, config.k, users)
+            metrics.update({f"incumbent_{name}": value for name, value in held.items()})
 
         def evaluate(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
             ub, uv = model.get_user_representations(matrices.user_features)
@@ -289,6 +295,23 @@ def train_embeddings(
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
     embeddings = _embeddings(model, matrices, data, config, metrics)
     return TrainingResult(embeddings, metrics)
+
+
+def _scorer(embeddings: Embeddings, matrices: _Matrices, data: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores of trained ``embeddings`` for users by matrix row, over the matrices' items: what the
+    holdout ranks them by. Items they hold no representation of rank last."""
+    users = sorted(matrices.user_index, key=matrices.user_index.__getitem__)
+
+    def score_rows(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), len(matrices.item_ids)))
+        for n, row in enumerate(rows):
+            user = users[int(row)]
+            scores = embeddings.scores(embeddings.user_representation(user, data.user_features.get(user, {})),
+                                       matrices.item_ids)
+            out[n] = np.where(np.isnan(scores), -np.inf, scores)
+        return out
+
+    return score_rows
 
 
 def _fit(matrices: _Matrices, interactions, config: EmbeddingConfig, desc: str,  # type: ignore[no-untyped-def]
@@ -339,7 +362,8 @@ def _embeddings(model, matrices: _Matrices, data: TrainingData, config: Embeddin
     ids = [i for i in matrices.item_ids if i in active]
     rows = [matrices.item_index[i] for i in ids]
     metadata = {"config": asdict(config), "metrics": metrics, "lightfm_version": lightfm.__version__,
-                "trained_ts": time.time()}
+                "trained_ts": time.time(),
+                "data_until": max((x.ts for x in data.interactions), default=0.0)}  # what a scheduled training counts from
     return Embeddings(
         FeatureTable(matrices.user_tokens, model.user_embeddings.astype(np.float32), model.user_biases.astype(np.float32)),
         FeatureTable(matrices.item_tokens, model.item_embeddings.astype(np.float32), model.item_biases.astype(np.float32)),
@@ -357,9 +381,11 @@ def load_training_data(
     *,
     events: str | Path | None = None,
     interactions_csv: str | Path | None = None,
+    store: str = "",
 ) -> TrainingData:
     """Interactions and user features from the event log (or ``events``: a JSONL export or another
     data directory), the catalog from the event log, plus the interactions of ``interactions_csv``.
+    The event log is the data directory's, or ``store`` (a ``postgresql://`` URL) when given.
 
     The Parquet export is refused: its rows keep each slot's final reward but not the labelled
     rewards that interactions are weighted by.
@@ -370,8 +396,8 @@ def load_training_data(
     if events is not None and Path(events).suffix == ".parquet":
         raise InvalidRequest("events", f"{events}: the Parquet export has no reward labels; use a JSONL export")
 
-    database = Path(data_dir) / EVENT_LOG
-    log = LogReader.open(database) if database.exists() else None
+    database = store or Path(data_dir) / EVENT_LOG
+    log = LogReader.open(database) if store or Path(database).exists() else None
     sources = []
     try:
         if events is not None:
@@ -379,7 +405,7 @@ def load_training_data(
             sources.append(interactions_dataset(Path(events), interactions))
         elif log is not None:
             interactions, user_features = interactions_from_log(log.history(), config)
-            sources.append(interactions_dataset(database, interactions))
+            sources.append(interactions_dataset(Path(database) if not store else log.database.name, interactions))
         else:
             interactions, user_features = [], {}
         items = log.items() if log is not None else []
@@ -393,14 +419,15 @@ def load_training_data(
     return TrainingData(interactions, user_features, items, tuple(sources))
 
 
-def interactions_dataset(store: Path, interactions: Sequence[Interaction]) -> DatasetFacts:
+def interactions_dataset(store: Path | str, interactions: Sequence[Interaction]) -> DatasetFacts:
     """Lineage of the interactions read from ``store``: their count, time range and digest.
 
     The range covers the dated interactions (a CSV row without a timestamp has none).
     """
     dated = [x.ts for x in interactions if x.ts > 0]
     digest = digest_lines(f"{x.user_id}\t{x.item_id}\t{x.weight!r}\t{x.ts!r}" for x in interactions)
-    return DatasetFacts(name=store.name, store=str(store), rows=len(interactions), first_ts=min(dated, default=None),
+    name = store.name if isinstance(store, Path) else "event log"  # a store URL (its password redacted)
+    return DatasetFacts(name=name, store=str(store), rows=len(interactions), first_ts=min(dated, default=None),
                         last_ts=max(dated, default=None), digest=digest, extra=(("undated", len(interactions) - len(dated)),))
 
 
@@ -454,18 +481,24 @@ def train_from_log(
     tracking_uri: str | None = None,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    store: str = "",
+    incumbent: Embeddings | None = None,
 ) -> TrainingResult:
-    """Train on the data directory's log, write the artifact there, and track the run in MLflow.
+    """Train on the data directory's log (or ``store``'s), write the artifact there, and track the run in MLflow.
+
+    With ``incumbent`` (the embeddings in use) the artifact is written only if it scores no worse
+    on the holdout (:func:`no_worse`); otherwise the result's ``path`` is None.
 
     With a ``tracking_uri`` the run goes to the experiment ``recbandit-embeddings``: the config as
     params, the holdout metrics per evaluated epoch and at the end, the interactions read as dataset
     inputs (store, rows, time range, digest), ``training.png`` (see :func:`training.plots.plot_training`)
     and the artifact.
     """
-    data = load_training_data(data_dir, config, events=events, interactions_csv=interactions_csv)
+    data = load_training_data(data_dir, config, events=events, interactions_csv=interactions_csv, store=store)
     if tracking_uri is None:
-        result = train_embeddings(data, config, on_epoch=on_epoch, progress=progress)
-        return TrainingResult(result.embeddings, result.metrics, write_artifact(data_dir, result.embeddings))
+        result = train_embeddings(data, config, on_epoch=on_epoch, progress=progress, incumbent=incumbent)
+        path = write_artifact(data_dir, result.embeddings) if no_worse(result.metrics, config.k) else None
+        return TrainingResult(result.embeddings, result.metrics, path)
     import tempfile
 
     from training.plots import plot_training
@@ -482,14 +515,48 @@ def train_from_log(
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
 
-        result = train_embeddings(data, config, on_epoch=log_epoch, progress=progress)
-        path = write_artifact(data_dir, result.embeddings)
+        result = train_embeddings(data, config, on_epoch=log_epoch, progress=progress, incumbent=incumbent)
         tracked.log_metrics(result.metrics)
-        tracked.log_artifact(path, "embeddings")
+        published = no_worse(result.metrics, config.k)
+        tracked.set_tags({"published": published, "scheduled": incumbent is not None})
+        path = write_artifact(data_dir, result.embeddings) if published else None
+        if path is not None:
+            tracked.log_artifact(path, "embeddings")
         with tempfile.TemporaryDirectory(prefix="recbandit-embeddings-") as tmp:
             plot_training(history, result.metrics, config.k, Path(tmp) / "training.png")
             tracked.log_artifact(Path(tmp) / "training.png")
     return TrainingResult(result.embeddings, result.metrics, path)
+
+
+def no_worse(metrics: Mapping[str, float], k: int) -> bool:
+    """Whether new embeddings score at least as well as the ones in use on the same holdout, by
+    recall@k (then AUC on a tie); true when there is nothing to compare with."""
+    key = f"recall_at_{k}"
+    if f"incumbent_{key}" not in metrics or key not in metrics:
+        return True
+    new, old = (metrics[key], metrics.get("auc", 0.0)), (metrics[f"incumbent_{key}"], metrics.get("incumbent_auc", 0.0))
+    return new >= old
+
+
+class ScheduledTraining:
+    """LightFM's :class:`engine.retraining.EmbeddingsTrainer`: trains from the store on a schedule,
+    tracked in MLflow, written to the data directory only when no worse than the embeddings in use."""
+
+    def __init__(self, data_dir: str | Path, config: EmbeddingConfig, *, store: str = "",
+                 tracking_uri: str | None = None) -> None:
+        config.validate()
+        self.data_dir, self.config, self.store, self.tracking_uri = Path(data_dir), config, store, tracking_uri
+
+    def train(self, incumbent: Embeddings | None) -> TrainedEmbeddings:
+        result = train_from_log(self.data_dir, self.config, store=self.store, incumbent=incumbent,
+                                tracking_uri=self.tracking_uri, progress=False)
+        k, metrics = self.config.k, result.metrics
+        recall = f"recall@{k} {metrics.get(f'recall_at_{k}', float('nan')):.4f}"
+        if incumbent is not None and f"incumbent_recall_at_{k}" in metrics:
+            recall += f" against {metrics[f'incumbent_recall_at_{k}']:.4f} for the embeddings in use"
+        reason = ("no worse: " if result.path is not None else "worse: ") + recall
+        return TrainedEmbeddings(result.path, dict(metrics), reason,
+                                 float(result.embeddings.metadata.get("data_until", 0.0)))
 
 
 def format_metrics(metrics: Mapping[str, float], k: int) -> str:
