@@ -4,8 +4,9 @@ Each candidate VW configuration is replayed with progressive validation by VW's 
 (:mod:`training.replay`); its pmf before each example gives the target probabilities. Every
 candidate, the logging policy (the pmfs the server logged) and uniform random are estimated with
 every estimator of :mod:`engine.ope`, over all slots and per slot, with seeded bootstrap
-intervals. DM and DR use a cross-fitted VW reward model. The first candidate is also replayed
-through the server's adapter one example at a time, to report both throughputs on the same data.
+intervals. DM and DR use a cross-fitted, calibrated reward model (:mod:`training.reward_model`).
+The first candidate is also replayed through the server's adapter one example at a time, to
+report both throughputs on the same data.
 
 The replay writes its data file, reward models and predictions to a working directory; unless the
 caller passes one (and then owns it), it is a temporary directory removed before :func:`evaluate`
@@ -35,10 +36,10 @@ from training.replay import (
     load_joined,
     replay_fast,
     replay_python,
-    reward_predictions,
     slot_examples,
     write_vw_data,
 )
+from training.reward_model import reward_predictions
 
 LOGGING, UNIFORM = "logging", "uniform-random"
 

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.bandit import BanditConfig, VWBandit, example_lines, labelled_lines, regression_line
+from engine.bandit import BanditConfig, VWBandit, example_lines, labelled_lines
 from engine.logreader import LogReader, event_log_path
 from engine.records import JoinedEvent
 from engine.storage import is_postgres
 
 CB_TYPES = ("ips", "dr", "mtr")
-REWARD_MODEL_ARGUMENTS = "-q UI -q CI -b 18 --quiet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,56 +221,3 @@ def _normalised(scores: dict[int, float]) -> np.ndarray:
     pmf = np.array([scores[i] for i in range(len(scores))])
     total = pmf.sum()
     return pmf / total if total > 0 else np.full(len(pmf), 1.0 / len(pmf))
-
-
-# -- the reward model for DM and DR ---------------------------------------------------------------
-
-
-def reward_predictions(examples: Sequence[SlotExample], workdir: Path, folds: int = 2) -> list[np.ndarray]:
-    """Cross-fitted reward predictions ``q(x, a)`` for every candidate of every example.
-
-    A squared-loss VW regression of the reward on the (user, context, item) features of the
-    logged (context, item) pairs, with the server's interactions. Events are split into ``folds``
-    interleaved folds; the model fitted on the other folds predicts every candidate of the
-    held-out one, so no example's prediction has seen its own reward. The training rows are
-    shuffled with a fixed seed: the model is a regression, not a policy learned in time order.
-    """
-    import vowpalwabbit
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    events = {e: i for i, e in enumerate(dict.fromkeys(ex.event_id for ex in examples))}
-    fold_of = [events[ex.event_id] % folds for ex in examples]
-    predictions: list[np.ndarray | None] = [None] * len(examples)
-    for fold in range(folds):
-        held_out = [i for i, f in enumerate(fold_of) if f == fold]
-        train, test = workdir / f"train-{fold}.txt", workdir / f"test-{fold}.txt"
-        model, scores = workdir / f"reward-{fold}.vw", workdir / f"scores-{fold}.txt"
-        # Shuffled (seeded): in log order, rewards arrive in runs — clicks become final at once,
-        # misses when their window closes — and an online learner would end up fitting the last run.
-        rows = [i for i, f in enumerate(fold_of) if f != fold]
-        np.random.default_rng(fold).shuffle(rows)
-        with open(train, "w") as out:
-            for i in rows:
-                out.write(_regression_line(examples[i], examples[i].chosen, f"{examples[i].reward!r} ") + "\n")
-        with open(test, "w") as out:
-            for i in held_out:
-                out.writelines(_regression_line(examples[i], a) + "\n" for a in range(len(examples[i].actions)))
-        vw = vowpalwabbit.Workspace(f"{REWARD_MODEL_ARGUMENTS} -d {train} -f {model}")
-        vw.run_parser()
-        vw.finish()
-        vw = vowpalwabbit.Workspace(f"-i {model} -t --quiet -d {test} -p {scores}")
-        vw.run_parser()
-        vw.finish()
-        with open(scores) as lines:
-            values = np.array([float(line.split()[0]) for line in lines if line.strip()])
-        for used in (train, test, model, scores):  # one line per candidate: the test file dwarfs the log
-            used.unlink()
-        offsets = np.cumsum([0] + [len(examples[i].actions) for i in held_out])
-        for j, i in enumerate(held_out):
-            predictions[i] = values[offsets[j] : offsets[j + 1]]
-    return predictions  # type: ignore[return-value]
-
-
-def _regression_line(example: SlotExample, action: int, label: str = "") -> str:
-    """One (context, item) row of ``example`` (:func:`engine.bandit.regression_line`)."""
-    return regression_line(example.shared, example.actions[action], label)
