@@ -143,9 +143,9 @@ class ColdStart:
         self._changed.wait(timeout)
         self._changed.clear()
 
-    def refresh(self, now: float, catalog: Mapping[str, Item], batch: int = 5000) -> int:
-        """Take in the outcomes finalised since the last look, and rank the catalog's popular and
-        newest items again, off the request path. Returns how many outcomes were new."""
+    def refresh(self, now: float, catalog: Mapping[str, Item], batch: int = 5000, *, rank: bool = True) -> int:
+        """Take in the outcomes finalised since the last look, and (with ``rank``) rank the catalog's
+        popular and newest items again, off the request path. Returns how many outcomes were new."""
         with self._lock:
             taken = 0
             while True:
@@ -157,7 +157,8 @@ class ColdStart:
                 taken += len(outcomes)
                 if len(outcomes) < batch:
                     break
-            self._rank(now, catalog)
+            if rank:
+                self._rank(now, catalog)
             return taken
 
     def _rank(self, now: float, catalog: Mapping[str, Item]) -> None:

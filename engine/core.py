@@ -201,13 +201,20 @@ class Engine:
                 failed = True
 
     def _rank_cold_start(self) -> None:
-        """Take in new outcomes and rank the cold-start slices after every catalog write, and every
-        :data:`COLD_START_INTERVAL` seconds."""
+        """Take in new outcomes and rank the cold-start slices after catalog writes, and every
+        :data:`COLD_START_INTERVAL` seconds. A ranking reads the whole catalog, so after one the
+        thread rests at least ten times as long as it took: a bulk catalog load costs it a tenth of
+        a core at most. A catalog that every Recommend can take whole is not ranked at all."""
         while not self._stopping.is_set():
+            began = time.monotonic()
             try:
-                self._cold_start.refresh(time.time(), self._catalog.items)
+                catalog = self._catalog
+                self._cold_start.refresh(time.time(), catalog.items,
+                                         rank=catalog.active_count > self.config.limits.max_candidates)
             except Exception as error:  # the store is away: the last ranking serves
                 log.warning("cannot rank the cold-start candidates now: %s", error)
+            if self._stopping.wait(10 * (time.monotonic() - began)):
+                return
             self._cold_start.wait_for_change(COLD_START_INTERVAL)
 
     @property

@@ -35,6 +35,16 @@ def test_a_fresh_server_with_a_large_catalog_answers_without_candidates(start_se
             for i in range(start, start + 1000)]))
     client.catalog.UpsertItems(pb.UpsertItemsRequest(items=[pb.Item(item_id="sku-1999", active=False)]))
 
+    newest = {f"sku-{i}" for i in range(1988, 1998)}  # the last written active items
+
+    def offered_now() -> set[str]:
+        reply = client.recommender.Recommend(pb.RecommendRequest(user_id="probe", exclude_item_ids=["sku-1998"]))
+        return {c.item_id for c in running.engine.log.get_decision(reply.event_id).candidates}
+
+    deadline = time.monotonic() + 10
+    while not newest <= offered_now():  # the slices are ranked off the request path, just after a write
+        assert time.monotonic() < deadline, "the newest items never reached the cold-start set"
+        time.sleep(0.05)
     seen: Counter[str] = Counter()
     for n in range(40):
         reply = client.recommender.Recommend(pb.RecommendRequest(user_id=f"u{n}", num_results=2,
@@ -43,7 +53,6 @@ def test_a_fresh_server_with_a_large_catalog_answers_without_candidates(start_se
         offered = [c.item_id for c in logged.candidates]
         assert len(offered) == 50 == len(set(offered))  # no reward yet: 10 newest and 40 explored
         assert "sku-1999" not in offered and "sku-1998" not in offered  # inactive, excluded
-        newest = {f"sku-{i}" for i in range(1988, 1998)}  # the last written active items
         assert newest <= set(offered)
         for slot, item in zip(logged.slots, reply.items, strict=True):
             assert slot.item_id == item.item_id and slot.pmf[offered.index(item.item_id)] == slot.probability
