@@ -1,0 +1,89 @@
+"""Campaign results: per arm, channel and surface, and recbandit's uplift over control with an
+interval that resamples users."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.campaign import CONTROL, RECBANDIT, campaign_report, in_control
+from engine.records import JoinedEvent, LoggedDecision, Reward, SlotChoice
+from engine.types import Candidate
+
+
+def event(n: int, user: str, channel: str, clicked: bool, revenue: float) -> JoinedEvent:
+    decision = LoggedDecision(f"e{n}", 100.0 + n, user, {}, {"channel": channel, "surface": "home"},
+                              (Candidate("a"), Candidate("b")), (SlotChoice("a", 0.5, (0.5, 0.5)),), "v", False, 200.0 + n)
+    rewards = []
+    if clicked:
+        rewards.append(Reward(f"e{n}", "a", "click", 1.0, 101.0 + n))
+    if revenue:
+        rewards.append(Reward(f"e{n}", "a", "purchase", revenue, 102.0 + n))
+    return JoinedEvent(decision, (None,), tuple(rewards))
+
+
+def planted(users: int, seed: int, ctr: dict[str, float]) -> tuple[list[JoinedEvent], dict[str, str]]:
+    """Each user in one arm (a third in control), ten visits, clicking with their arm's rate."""
+    rng = np.random.default_rng(seed)
+    events, arms = [], {}
+    for u in range(users):
+        user = f"user-{u}"
+        arms[user] = CONTROL if in_control(user, 1 / 3) else RECBANDIT
+        taste = rng.uniform(0.5, 1.5)  # users differ: their visits are not independent
+        for v in range(10):
+            clicked = rng.random() < min(1.0, ctr[arms[user]] * taste)
+            bought = clicked and rng.random() < 0.2
+            events.append(event(len(events), user, "app" if u % 2 else "web", clicked, 30.0 if bought else 0.0))
+    return events, arms
+
+
+def test_a_planted_uplift_is_measured_and_its_interval_covers_it() -> None:
+    events, arms = planted(3000, seed=1, ctr={RECBANDIT: 0.12, CONTROL: 0.08})
+    report = campaign_report(events, lambda e: arms[e.user_id], closed_by=1e9, resamples=400)
+    overall = report.overall()
+    control, treated = overall.arms[CONTROL], overall.arms[RECBANDIT]
+    assert 0.30 < control.users / 3000 < 0.37  # the hash gives control about its share
+    assert control.impressions == 10 * control.users and treated.impressions == 10 * treated.users
+    ctr = next(u for u in overall.uplifts if u.metric == "ctr")
+    assert ctr.low < 0.5 < ctr.high and ctr.low > 0.3 and ctr.high < 0.8  # planted: 0.12 / 0.08 − 1 = 0.5
+    assert ctr.estimate == pytest.approx(treated.metric("ctr") / control.metric("ctr") - 1)
+    revenue = next(u for u in overall.uplifts if u.metric == "revenue_per_mille")
+    assert revenue.low < 0.5 < revenue.high  # purchases follow clicks
+    channels = {(s.channel, s.surface) for s in report.segments}
+    assert {("*", "*"), ("app", "*"), ("web", "*"), ("*", "home"), ("app", "home"), ("web", "home")} == channels
+
+
+def test_no_uplift_gives_an_interval_around_zero_and_open_windows_are_left_out() -> None:
+    events, arms = planted(3000, seed=2, ctr={RECBANDIT: 0.1, CONTROL: 0.1})
+    report = campaign_report(events, lambda e: arms[e.user_id], closed_by=1e9, resamples=400)
+    ctr = next(u for u in report.overall().uplifts if u.metric == "ctr")
+    assert ctr.low < 0 < ctr.high and ctr.high - ctr.low < 0.3
+    late = campaign_report(events, lambda e: arms[e.user_id], closed_by=200.0 + 999, resamples=0)
+    assert late.decisions == 1000  # the windows of the others close after 1,199
+
+
+def test_users_are_resampled_not_impressions() -> None:
+    """Users who click on every visit or never: the per-impression binomial interval would be far
+    narrower than the honest one, which sees only as many independent draws as users."""
+    events, arms = [], {}
+    for u in range(400):
+        user = f"u{u}"
+        arms[user] = CONTROL if u % 2 else RECBANDIT
+        clicks = u % 4 in (0, 1)  # half of each arm's users click on every visit, half never
+        events += [event(len(events), user, "app", clicks, 0.0) for _ in range(50)]
+    report = campaign_report(events, lambda e: arms[e.user_id], closed_by=1e9, resamples=400)
+    ctr = next(u for u in report.overall().uplifts if u.metric == "ctr")
+    treated = report.overall().arms[RECBANDIT]
+    naive = 1.96 * math.sqrt(2 * 0.25 / treated.impressions) / 0.5  # relative half-width, impressions independent
+    assert (ctr.high - ctr.low) / 2 > 3 * naive
+
+
+def test_the_arm_of_a_user_is_stable_and_close_to_its_share() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    control = sum(in_control(u, 0.1) for u in users)
+    assert 1800 < control < 2200
+    assert [in_control(u, 0.1) for u in users[:100]] == [in_control(u, 0.1) for u in users[:100]]
+    assert not any(in_control(u, 0.0) for u in users[:100])
+    assert sum(in_control(u, 0.1, salt="spring") != in_control(u, 0.1) for u in users) > 1000  # a new campaign reshuffles
