@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import random
 import threading
+from collections.abc import Callable
 
 from engine.embeddings import Representation
 from engine.errors import InvalidRequest, PreconditionFailed
@@ -49,12 +50,14 @@ class Catalog:
         self.cold_start = cold_start
         self._change = store.change()
         self.items: dict[str, Item] = {}
+        self.active_ids: tuple[str, ...] = ()  # the active items' ids: what the cold-start sample draws from
         self.active_count = 0
         self._replace({item.item_id: _frozen_item(item, item.version) for item in store.items()})
 
     def _replace(self, items: dict[str, Item]) -> None:
         """The catalog is now ``items`` (replaced, never changed in place: a decision reads it once)."""
-        self.active_count = sum(1 for item in items.values() if item.active)
+        self.active_ids = tuple(item_id for item_id, item in items.items() if item.active)
+        self.active_count = len(self.active_ids)
         self.items = items
         self.cold_start.catalog_changed()
 
@@ -111,13 +114,15 @@ class Catalog:
     # -- the candidates a decision is offered ------------------------------------------------------
 
     def candidates(
-        self, request: DecisionRequest, live: Loaded | None, user: Representation | None, retrieval_top_n: int
+        self, request: DecisionRequest, live: Loaded | None, user: Representation | None, retrieval_top_n: int,
+        rng: random.Random,
     ) -> list[Candidate]:
         """The request's candidates merged with the catalog; else LightFM's top N for a user the
         embeddings know something of; else every active item, or the cold-start set
         (:mod:`engine.coldstart`) of a catalog larger than ``max_candidates``.
 
-        Excluded and inactive items are left out.
+        Excluded and inactive items are left out. ``rng`` draws the cold-start sample (seeded by the
+        event, so that a decision's set can be drawn again).
         """
         excluded = set(request.exclude_item_ids)
         catalog = self.items
@@ -136,7 +141,7 @@ class Catalog:
         elif live is not None and user is not None and _known(user):
             candidates = self._retrieve(live, user, excluded, retrieval_top_n)
         elif self.active_count > self.limits.max_candidates:
-            ids = self.cold_start.candidate_ids(catalog, excluded, random.Random())
+            ids = self.cold_start.candidate_ids(catalog, self.active_ids, excluded, rng)
             candidates = [Candidate(i, catalog[i].features, catalog[i]) for i in ids]
         else:
             candidates = [Candidate(i.item_id, i.features, i) for i in catalog.values() if i.active]
@@ -146,6 +151,19 @@ class Catalog:
         if not candidates:
             raise InvalidRequest("exclude_item_ids", "leaves no candidate (excluded or inactive in the catalog)")
         return candidates
+
+    def pinnable(self, request: DecisionRequest) -> Callable[[str], Candidate | None]:
+        """The candidate of a pinned item (:mod:`engine.liverules`) for a request that sent none:
+        the catalog's item when it is active and the request does not exclude it."""
+        catalog = self.items
+
+        def candidate(item_id: str) -> Candidate | None:
+            item = catalog.get(item_id)
+            if item is None or not item.active or item_id in request.exclude_item_ids:
+                return None
+            return Candidate(item_id, item.features, item)
+
+        return candidate
 
     def _retrieve(self, live: Loaded, user: Representation, excluded: set[str], retrieval_top_n: int) -> list[Candidate]:
         """The ``retrieval_top_n`` active catalog items with the best LightFM score for ``user``, minus ``excluded``."""

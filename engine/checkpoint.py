@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,8 +40,12 @@ class Checkpoint:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a private file (0600), fsync it, rename it over ``path`` and fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call ``write(tmp_path)`` on a private file (0600), fsync it, rename it over ``path`` and fsync the folder.
+
+    The temporary's name is this writer's own, so processes writing the same file at once (serving
+    processes installing one artifact into a data directory they share) never write into each other's.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         write(str(tmp))

@@ -21,7 +21,6 @@ import heapq
 import math
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ class ColdStartConfig:
         if not (math.isfinite(self.half_life_seconds) and self.half_life_seconds > 0):
             raise ConfigurationError("cold_start_half_life", f"must be above 0 seconds, got {self.half_life_seconds:g}")
         if not (math.isfinite(self.prior_strength) and self.prior_strength >= 0):
-            raise ConfigurationError("prior_strength", f"must be at least 0, got {self.prior_strength:g}")
+            raise ConfigurationError("cold_start.prior_strength", f"must be at least 0, got {self.prior_strength:g}")
 
     @property
     def size(self) -> int:
@@ -108,6 +107,16 @@ class RecentRewards:
         return {i: (self._reward[i] * scale + m * mean) / (n * scale + m) if n * scale + m > 0 else mean
                 for i, n in self._shown.items()}
 
+    def forget_faded(self, now: float, floor: float = 1e-3) -> None:
+        """Drop the items whose decayed impressions fell below ``floor`` (about ten half-lives
+        unseen): what the popular slice keeps stays bounded by what was shown recently."""
+        if self._reference is None:
+            return
+        scale = 2.0 ** ((self._reference - now) / self.half_life)
+        faded = [i for i, n in self._shown.items() if n * scale < floor]
+        for item_id in faded:
+            del self._shown[item_id], self._reward[item_id]
+
     def top(self, n: int, now: float, eligible: Callable[[str], bool]) -> list[str]:
         """The ``n`` eligible items with the best smoothed rate, best first (ties: more shown first)."""
         rates = self.rates(now)
@@ -162,27 +171,23 @@ class ColdStart:
             return taken
 
     def _rank(self, now: float, catalog: Mapping[str, Item]) -> None:
-        active = tuple(i for i, item in catalog.items() if item.active)
         room = self.config.popular + self.config.newest + 16  # for exclusions and items gone meanwhile
+        self._recent.forget_faded(now)
         popular = self._recent.top(room, now, lambda i: (item := catalog.get(i)) is not None and item.active)
-        newest = heapq.nlargest(room, active, key=lambda i: catalog[i].version)
-        self._ranked = _Ranked(active, tuple(popular), tuple(newest))
+        newest = heapq.nlargest(room, (i for i, item in catalog.items() if item.active), key=lambda i: catalog[i].version)
+        self._ranked = _Ranked(tuple(popular), tuple(newest))
 
-    def candidate_ids(self, catalog: Mapping[str, Item], excluded: set[str], rng: random.Random) -> list[str]:
-        """The set: popular, then newest, then a uniform sample of the rest, each item once; as many
-        as the three slices hold together (a slice that cannot fill, as the popular one before any
-        reward, leaves its places to the sample).
+    def candidate_ids(self, catalog: Mapping[str, Item], active: Sequence[str], excluded: set[str],
+                      rng: random.Random) -> list[str]:
+        """The set: popular, then newest, then a uniform sample of the other ``active`` items, each
+        item once; as many as the three slices hold together (a slice that cannot fill, as the
+        popular one before any reward or ranking, leaves its places to the sample).
 
-        The slices were ranked at the last :meth:`refresh` (at most a few seconds ago); each item is
-        checked against ``catalog`` as it is now.
+        The popular and newest slices are those the last :meth:`refresh` ranked (a few seconds ago
+        at most); every item is checked against ``catalog`` as it is now. The work is bounded by the
+        set's size, whatever the catalog's.
         """
-        ranked = self._ranked
-        if ranked is None or not ranked.active:  # never ranked, or before the catalog had items: now, once
-            with self._lock:
-                if self._ranked is None or not self._ranked.active:
-                    self._rank(time.time(), catalog)
-            ranked = self._ranked
-        assert ranked is not None
+        ranked = self._ranked or _Ranked((), ())
         config = self.config
         chosen: dict[str, None] = {}
 
@@ -199,7 +204,7 @@ class ColdStart:
                     chosen[item_id] = None
                     taken += 1
         explore = config.size - len(chosen)  # what the slices could not fill (no rewards yet) is explored too
-        chosen.update(dict.fromkeys(_uniform_sample(ranked.active, explore, usable, rng)))
+        chosen.update(dict.fromkeys(_uniform_sample(active, explore, usable, rng)))
         return list(chosen)
 
 
@@ -207,14 +212,15 @@ class ColdStart:
 class _Ranked:
     """The catalog's slices as the last refresh ranked them."""
 
-    active: tuple[str, ...]
     popular: tuple[str, ...]
     newest: tuple[str, ...]
 
 
-def _uniform_sample(population: Sequence[str], k: int, usable: Callable[[str], bool], rng: random.Random) -> list[str]:
+def _uniform_sample(population: Sequence[str], k: int, usable: Callable[[str], bool], rng: random.Random,
+                    scan: int = 8192) -> list[str]:
     """Up to ``k`` distinct usable items, each usable one equally likely: draws by rejection while the
-    population is large, else one pass over it."""
+    population is large (unusable ones are only the excluded and those already chosen, so rejection
+    rarely fails); else, or when it does, a pass over at most ``scan`` items from a random start."""
     if k <= 0 or not population:
         return []
     picked: dict[str, None] = {}
@@ -225,6 +231,8 @@ def _uniform_sample(population: Sequence[str], k: int, usable: Callable[[str], b
                 picked[item_id] = None
                 if len(picked) == k:
                     return list(picked)
-    rest = [i for i in population if i not in picked and usable(i)]
+    start = rng.randrange(len(population))
+    window = [population[(start + j) % len(population)] for j in range(min(scan, len(population)))]
+    rest = [i for i in window if i not in picked and usable(i)]
     picked.update(dict.fromkeys(rng.sample(rest, min(k - len(picked), len(rest)))))
     return list(picked)

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from engine.explain import Explainer, Explanation
 from engine.exploration import draw, normalised, uniform_draw
 from engine.features import EncodedCandidates, with_time_context
 from engine.learning import Learner, RegisteredPolicy
+from engine.liverules import LiveRules, RulesInfo, SlotPlan, pinned_choice
 from engine.roles import ROLES, SNAPSHOTS_DIR, LeaseWatch, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
@@ -47,20 +49,22 @@ from engine.retention import Retention
 from engine.retraining import EmbeddingsFollower, EmbeddingsTrainer, Retraining
 from engine.retrieval import EmbeddingsInfo, LiveEmbeddings, Loaded
 from engine.rewards import RewardRules
-from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
+from engine.types import Candidate, DecisionRequest, Features, Item, RewardReport, Status
 from engine.validation import Limits, check_decision_request, check_id, check_reward_report
 
 
 MODEL_AT_REST_TIMEOUT = 5.0
+"""Seconds an explanation waits for learning to pause before it answers UNAVAILABLE."""
 LEASE_LOST_EXIT = 3
 CATALOG_POLL_INTERVAL = 0.5
+"""Seconds between looks for catalog writes by other processes (roles serve and learn): within a second."""
 COLD_START_INTERVAL = 5.0
 """Seconds between rankings of the cold-start slices (new outcomes in, popular and newest ranked again)."""
 COLD_START_OUTCOMES = 200_000
 """Outcomes a starting engine reads back for the popular slice (the most recent; older ones weigh little)."""
-"""Seconds between looks for catalog writes by other processes (roles serve and learn): within a second."""
+RETRAINING_JOIN_TIMEOUT = 5.0
+"""Seconds closing waits for a scheduled training; one still running then publishes nothing."""
 log = logging.getLogger(__name__)
-"""Seconds an explanation waits for learning to pause before it answers UNAVAILABLE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,8 @@ class EngineConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)  # Recommend without candidates, unranked
     embeddings_retrain_interval: float = 0.0  # roles all and learn, with a trainer: seconds between looks; 0: never
     embeddings_retrain_min_interactions: int = 1000  # new positive rewards a training needs
+    rules_file: Path | None = None  # set: business rules (engine.rules), reloaded when the file changes
+    rules_poll_interval: float = 1.0  # seconds between looks at the rules file
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,36 +158,45 @@ class Engine:
         self._encoded = EncodedCandidates()
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
+        self.rules = LiveRules(config.rules_file if config.role != "learn" else None, self.log.reader.decisions_since,
+                               config.retention_seconds, config.rules_poll_interval)
+        self.rules.start(self._stopping)
         self._retention = Retention(self.log, config.retention_seconds, _archive(config, self.log))
         self._learner: Learner | ModelFollower
         if config.role == "serve":
             self._learner = ModelFollower(self.log, StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR),
                                           config.bandit, self._stopping, config.model_poll_interval)
         else:
+            self._learner_term = self.log.take_learner_term() if config.role == "learn" else None  # fences those before
             self._learner = Learner(
                 self._dir, self.log, config.bandit, self._stopping,
                 checkpoint_interval=config.checkpoint_interval, maintenance_interval=config.maintenance_interval,
                 retention=self._retention,
-                snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR, term=self.log.take_learner_term(),
+                snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR, term=self._learner_term,
                                          lost=_lease_lost) if config.role == "learn" else None,
             )
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         if config.role != "all":  # other processes write the catalog too
             threading.Thread(target=self._follow_catalog, name="catalog-follower", daemon=True).start()
-        threading.Thread(target=self._rank_cold_start, name="cold-start", daemon=True).start()
+        self._cold_start_thread = threading.Thread(target=self._rank_cold_start, name="cold-start", daemon=True)
+        self._cold_start_thread.start()
         self._reporting = threading.Lock()
         self._explainer = Explainer(self.log.get_decision, lambda: self._learner.bandit,
                                     lambda: self._learner.at_rest(MODEL_AT_REST_TIMEOUT),
                                     config.limits)
         self.embeddings.watch(config.embeddings_poll_interval)
+        self._embeddings_follower: EmbeddingsFollower | None = None
         if config.role == "serve":  # the learner's embeddings, wherever this replica runs
-            EmbeddingsFollower(self.log, self.embeddings, self._dir, poll_interval=max(config.model_poll_interval, 1.0),
-                               stopping=self._stopping).start()
+            self._embeddings_follower = EmbeddingsFollower(self.log, self.embeddings, self._dir,
+                                                           poll_interval=max(config.model_poll_interval, 1.0),
+                                                           stopping=self._stopping)
+            self._embeddings_follower.start()
         elif self._trainer is not None and config.embeddings_retrain_interval > 0:
             self.retraining = Retraining(self.log, self.embeddings, self._trainer,
                                          interval=config.embeddings_retrain_interval,
                                          min_interactions=config.embeddings_retrain_min_interactions,
-                                         stopping=self._stopping)
+                                         stopping=self._stopping,
+                                         term=self._learner_term)
             self.retraining.start()
 
     @property
@@ -206,14 +221,14 @@ class Engine:
         thread rests at least ten times as long as it took: a bulk catalog load costs it a tenth of
         a core at most. A catalog that every Recommend can take whole is not ranked at all."""
         while not self._stopping.is_set():
-            began = time.monotonic()
+            began = time.thread_time()  # CPU time: a ranking that waits on the store rests no longer for it
             try:
                 catalog = self._catalog
                 self._cold_start.refresh(time.time(), catalog.items,
                                          rank=catalog.active_count > self.config.limits.max_candidates)
             except Exception as error:  # the store is away: the last ranking serves
                 log.warning("cannot rank the cold-start candidates now: %s", error)
-            if self._stopping.wait(10 * (time.monotonic() - began)):
+            if self._stopping.wait(min(10 * (time.thread_time() - began), COLD_START_INTERVAL)):
                 return
             self._cold_start.wait_for_change(COLD_START_INTERVAL)
 
@@ -303,21 +318,19 @@ class Engine:
                 return self._same_event(existing, request)
         live = self.embeddings.current  # one artifact for the whole decision, whatever swaps meanwhile
         user = live.embeddings.user_representation(request.user_id, request.user_features) if live else None
-        candidates = self._catalog.candidates(request, live, user, self.config.retrieval_top_n)
-        num_results = request.num_results or 1
-        if num_results > len(candidates):
-            raise InvalidRequest(
-                "num_results", f"must be at most the {len(candidates)} candidates left, got {num_results}"
-            )
-        ts = time.time()
         event_id = request.event_id or self._new_event_id()
+        candidates = self._catalog.candidates(request, live, user, self.config.retrieval_top_n,
+                                              random.Random(f"{self.config.seed}:{event_id}"))
+        num_results = request.num_results or 1
+        ts = time.time()
         context = with_time_context(request.context, ts)
+        candidates, plan = self._ruled(request, context, candidates, num_results, ts)
         shared = shared_line(request.user_features, context)
         encoded = [self._encoded.encode(c) for c in candidates]
         if live is not None:
             candidates, encoded = _with_affinity(live, user, candidates, encoded)
         actions = [line for line, _ in encoded]
-        slots = self._fill_slots(event_id, shared, actions, candidates, num_results)
+        slots = self._fill_slots(event_id, shared, actions, candidates, num_results, plan)
         decision = LoggedDecision(
             event_id=event_id,
             ts=ts,
@@ -333,9 +346,25 @@ class Engine:
         record = decision_to_json(decision, [record for _, record in encoded])
         return _Prepared(decision, record, shared, actions, request)
 
+    def _ruled(self, request: DecisionRequest, context: Features, candidates: list[Candidate], num_results: int,
+               ts: float) -> tuple[list[Candidate], SlotPlan | None]:
+        """The candidates the business rules leave, before anything is drawn or logged, and how the
+        slots are filled (:mod:`engine.liverules`). More slots than the request's candidates is the
+        request's fault; more than the rules leave is not (FAILED_PRECONDITION)."""
+        if num_results > len(candidates):
+            raise InvalidRequest(
+                "num_results", f"must be at most the {len(candidates)} candidates left, got {num_results}"
+            )
+        if not (rules := self.rules.rules):  # one rule set for the whole decision, whatever reloads meanwhile
+            return candidates, None
+        offer = self.rules.offer(rules, request.user_id, request.user_features, context, candidates, num_results,
+                                 ts, None if request.candidates else self._catalog.pinnable(request))
+        return offer.candidates, offer.plan(num_results)
+
     def _decided(self, prepared: _Prepared, logged: LoggedDecision) -> LoggedDecision:
         if logged is prepared.decision:  # committed now (not an event id another call had logged)
             self._learner.remember(logged, prepared.shared, prepared.actions)
+            self.rules.record(logged)
             report(self.observer.decided, model_id(logged.model_version))
         return self._same_event(logged, prepared.request)
 
@@ -345,20 +374,29 @@ class Engine:
         return os.urandom(16).hex()
 
     def _fill_slots(  # type: ignore[no-untyped-def]
-        self, event_id, shared, actions, candidates, num_results
+        self, event_id, shared, actions, candidates, num_results, plan: SlotPlan | None = None
     ) -> tuple[SlotChoice, ...]:
-        remaining = list(range(len(candidates)))
+        """Each slot drawn from its pmf over the candidates it may hold; ``plan``: pins, promotion
+        shares and group caps (:class:`engine.liverules.SlotPlan`)."""
+        remaining = list(range(len(candidates))) if plan is None else plan.open(len(candidates))
         slots = []
         bandit = self.bandit  # every slot from the same model, even if a new policy is swapped in meanwhile
         for slot in range(num_results):
+            if plan is not None and (pinned := plan.pinned.get(slot)) is not None:
+                slots.append(pinned_choice(candidates, pinned))
+                continue
+            if not remaining:
+                raise plan.unfillable(slot, num_results)  # type: ignore[union-attr]  # only a plan empties it
             scores = bandit.scores(shared, [actions[i] for i in remaining])
-            pmf = normalised(scores)
+            pmf, plain = (normalised(scores), True) if plan is None else plan.pmf(slot, scores, remaining)
             k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))
             full, full_scores = [0.0] * len(candidates), [0.0] * len(candidates)
             for j, i in enumerate(remaining):
                 full[i], full_scores[i] = pmf[j], scores[j]
             chosen = remaining.pop(k)
-            slots.append(SlotChoice(candidates[chosen].item_id, pmf[k], tuple(full), tuple(full_scores)))
+            slots.append(SlotChoice(candidates[chosen].item_id, pmf[k], tuple(full), tuple(full_scores) if plain else None))
+            if plan is not None:
+                plan.spend(chosen, remaining)
         return tuple(slots)
 
     @staticmethod
@@ -402,6 +440,7 @@ class Engine:
         check_id("user_id", user_id, self.config.limits)
         stored_id = self._pseudonym(user_id) if self._pseudonym is not None else user_id
         forgotten = self._retention.forget_user(stored_id)
+        self.rules.forget(stored_id)
         self._learner.forget(forgotten.log.event_ids)
         return ForgottenUser(forgotten.log, self.embeddings.forget_user(stored_id), forgotten.archived)
 
@@ -451,6 +490,10 @@ class Engine:
             registered_policy=served.registered_policy,
         )
 
+    def rules_info(self) -> RulesInfo:
+        """The business rules in force, their file, when they were loaded, and the last failed load."""
+        return self.rules.info()
+
     def learning_report(self, request: ReportRequest) -> LearningReport:
         """Is it learning? The served reward against random, the storefront's order and the live
         model's greedy choice, over the request's window (:mod:`engine.report`). Blocks: the live
@@ -489,6 +532,11 @@ class Engine:
         self._stopping.set()
         self._cold_start.catalog_changed()  # its ranking thread stops now
         try:
+            self._cold_start_thread.join()
+            if self._embeddings_follower is not None:
+                self._embeddings_follower.join()
+            if self.retraining is not None:  # a training under way finishes on its own, and publishes nothing
+                self.retraining.join(timeout=RETRAINING_JOIN_TIMEOUT)
             self._learner.join()
             self.embeddings.close()
             if self.config.role != "serve":  # the learner's model: learn what is final, keep it

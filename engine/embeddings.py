@@ -23,6 +23,7 @@ new immutable :class:`_View`; a reader uses the view it took at the start of its
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
@@ -406,15 +407,26 @@ def write_artifact(data_dir: str | Path, embeddings: Embeddings, *, keep: int = 
     The artifact is fsynced and renamed before the manifest, so a reader following the manifest
     never sees a partial file. The ``keep`` newest artifacts stay; older ones are removed.
     """
-    ts = time.time()
-    name = f"embeddings-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ts))}-{int(ts * 1e6) % 1_000_000:06d}.npz"
     arrays = embeddings.arrays()
 
     def write_npz(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    return install_artifact(data_dir, name, write_npz, embeddings.metadata.get("metrics", {}), keep=keep)
+    return install_artifact(data_dir, artifact_name(), write_npz, embeddings.metadata.get("metrics", {}), keep=keep)
+
+
+def artifact_name(ts: float | None = None) -> str:
+    """``embeddings-<UTC time>-<microseconds>.npz``: artifacts sort by name as they were made."""
+    ts = time.time() if ts is None else ts
+    return f"embeddings-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ts))}-{int(ts * 1e6) % 1_000_000:06d}.npz"
+
+
+def artifact_bytes(embeddings: Embeddings) -> bytes:
+    """The artifact file's bytes (what :meth:`Embeddings.load` reads): to publish it to the store."""
+    out = io.BytesIO()
+    np.savez(out, **embeddings.arrays())  # type: ignore[arg-type]
+    return out.getvalue()
 
 
 def install_artifact(data_dir: str | Path, name: str, write: Callable[[str], None],

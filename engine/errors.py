@@ -101,6 +101,14 @@ class LeaseLost(RecbanditError):
     """Another learner took the store's learner lease since this one took it: this one must stop writing."""
 
 
+class Contended(StorageUnavailable):
+    """A write the database kept undoing for conflicts with other processes' (deadlocks), past its
+    retries: the store works, this write did not get through; retry it."""
+
+    def __init__(self) -> None:
+        RecbanditError.__init__(self, "the event log is busy with conflicting writes; retry")
+
+
 class StartupRefused(RecbanditError):
     """The engine will not start on this data directory as it is; the message says why and the way out."""
 

@@ -405,11 +405,7 @@ class EventLog:
         that term is the newest: otherwise :class:`~engine.errors.LeaseLost`, and nothing is stored."""
 
         def publish(conn: Connection) -> int:
-            if term is not None:
-                row = conn.execute(f"SELECT value FROM meta WHERE key = 'learner_term'{self.database.share_lock}").fetchone()
-                if row is None or int(row[0]) != term:
-                    raise LeaseLost(f"learner term {term} has ended: another learner took the lease "
-                                    f"(term {row and row[0]})")
+            self._check_term(conn, term)
             conn.execute("INSERT INTO snapshots (ts, learned_seq, manifest, model) VALUES (?, ?, ?, ?)",
                          (time.time(), learned_seq, manifest, model))
             (newest,) = conn.execute("SELECT MAX(id) FROM snapshots").fetchone()
@@ -418,16 +414,38 @@ class EventLog:
 
         return self._writer.submit(publish)
 
-    def publish_embeddings(self, artifact: str, data: bytes, keep: int = 2) -> int:
-        """Store an embeddings artifact (its file name and bytes) for every replica; keep the newest ``keep``."""
+    def _check_term(self, conn: Connection, term: int | None) -> None:
+        """Within a write transaction: :class:`~engine.errors.LeaseLost` unless ``term`` (None: no
+        check) is still the newest learner term; the row stays locked until the transaction ends."""
+        if term is None:
+            return
+        row = conn.execute(f"SELECT value FROM meta WHERE key = 'learner_term'{self.database.share_lock}").fetchone()
+        if row is None or int(row[0]) != term:
+            raise LeaseLost(f"learner term {term} has ended: another learner took the lease (term {row and row[0]})")
 
-        def publish(conn: Connection) -> int:
-            conn.execute("INSERT INTO embeddings (ts, artifact, data) VALUES (?, ?, ?)", (time.time(), artifact, data))
-            (newest,) = conn.execute("SELECT MAX(id) FROM embeddings").fetchone()
-            conn.execute("DELETE FROM embeddings WHERE id <= ?", (newest - keep,))
+    def publish_embeddings(self, artifact: str, data: bytes, *, term: int | None = None, keep: int = 2) -> int:
+        """Store an embeddings artifact (its file name and bytes) for every replica; keep the newest
+        ``keep``. Only while ``term`` is the newest learner term (as :meth:`publish_snapshot`).
+
+        It commits on a connection of its own, not through the group commit: an artifact can be
+        hundreds of megabytes, and decisions and rewards must not wait behind it.
+        """
+        conn = self.database.connect(writer=True)
+        try:
+            conn.execute(self.database.begin)
+            try:
+                self._check_term(conn, term)
+                conn.execute("INSERT INTO embeddings (ts, artifact, data) VALUES (?, ?, ?)", (time.time(), artifact, data))
+                (newest,) = conn.execute("SELECT MAX(id) FROM embeddings").fetchone()
+                conn.execute("DELETE FROM embeddings WHERE id <= ?", (newest - keep,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             return int(newest)
-
-        return self._writer.submit(publish)
+        finally:
+            conn.close()
 
     def newest_embeddings(self, after: int = 0) -> tuple[int, str, bytes] | None:
         """The newest published embeddings artifact if its id is above ``after``: ``(id, file name, bytes)``."""

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from engine.errors import StorageUnavailable
+from engine.errors import Contended, StorageUnavailable
 from engine.storage import Connection
 
 T = TypeVar("T")
@@ -160,8 +160,12 @@ class GroupCommitWriter:
                     conn.execute("COMMIT")
                     break
                 except Exception as error:
-                    if attempt == CONFLICT_RETRIES or not self._rolled_back(error):
+                    if not self._rolled_back(error):
                         raise
+                    if attempt == CONFLICT_RETRIES:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise Contended() from error
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     log.info("a transaction conflicted with another process's and runs again: %s", error)
@@ -200,6 +204,8 @@ class GroupCommitWriter:
         while small writes fit and large ones do not)."""
         failure = None
         for pending in batch:
+            if isinstance(pending.error, Contended):
+                continue  # the store works: these writes lost to others', and their callers retry
             if pending.error is not None and self._storage_failure(pending.error):
                 failure = pending.error
                 pending.error = StorageUnavailable()

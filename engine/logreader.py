@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.archive import Archive
 from engine.catalogstore import VersionCache, read_items
-from engine.errors import StartupRefused
+from engine.errors import StartupRefused, StorageUnavailable
 from engine.logwrites import chunks
 from engine.records import CatalogVersions, JoinedEvent, LoggedDecision, Reward, SlotOutcome, decision_from_json
 from engine.storage import Connection, Database, is_postgres, open_database
@@ -49,6 +49,7 @@ class LogReader:
         self._local = threading.local()
         self._connections: list[Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def open(cls, store: str | Path) -> LogReader:
@@ -85,13 +86,16 @@ class LogReader:
         """This thread's connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self.database.connect(read_only=self._read_only)
             with self._lock:
+                if self._closed:  # a thread that outlived its engine: never a connection nobody closes
+                    raise StorageUnavailable()
+                conn = self._local.conn = self.database.connect(read_only=self._read_only)
                 self._connections.append(conn)
         return conn
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
@@ -183,19 +187,18 @@ class LogReader:
         finally:
             conn.close()  # ends the transaction
 
+    def decisions_since(self, since: float, batch: int = 500) -> Iterator[LoggedDecision]:
+        """The decisions decided after ``since``, in time order, read in one snapshot (what the
+        frequency caps count, :mod:`engine.frequency`)."""
+        with self._snapshot() as conn:
+            versions = self.versions.reader(conn)
+            for rows in _pages(conn, since, batch):
+                for row in sorted(rows, key=lambda row: (row[2], row[1])):
+                    yield decision_from_row(row[1:], versions)
+
     def _joined(self, conn: Connection, batch: int = 500) -> Iterator[JoinedEvent]:
-        after = float("-inf")
-        while True:
-            bound = conn.execute("SELECT ts FROM decisions WHERE ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
-                                 (after, batch - 1)).fetchone()  # the page ends with every decision of its last ts
-            rows = conn.execute(
-                f"SELECT activated_ts, {DECISION_COLUMNS} FROM decisions WHERE ts > ? AND ts <= ?",
-                (after, float("inf") if bound is None else bound[0]),
-            ).fetchall()
-            if not rows:
-                return
+        for rows in _pages(conn, float("-inf"), batch):
             yield from self._joined_rows(conn, rows)
-            after = max(row[2] for row in rows)
 
     def _joined_rows(self, conn: Connection, rows: list[tuple]) -> Iterator[JoinedEvent]:  # type: ignore[type-arg]
         """Rows of ``activated_ts`` and :data:`DECISION_COLUMNS` as joined events, by ``(ts, event_id)``."""
@@ -220,6 +223,22 @@ class LogReader:
                 decision = decision_from_row(row[1:], versions)
                 slots = tuple(outcomes.get((decision.event_id, i)) for i in range(len(decision.slots)))
                 yield JoinedEvent(decision, slots, tuple(rewards.get(decision.event_id, ())), row[0])
+
+
+def _pages(conn: Connection, after: float, batch: int) -> Iterator[list[tuple]]:  # type: ignore[type-arg]
+    """Rows of ``activated_ts`` and :data:`DECISION_COLUMNS` decided after ``after``, about ``batch``
+    at a time in time order; a page ends with every decision of its last ``ts``."""
+    while True:
+        bound = conn.execute("SELECT ts FROM decisions WHERE ts > ? ORDER BY ts LIMIT 1 OFFSET ?",
+                             (after, batch - 1)).fetchone()
+        rows = conn.execute(
+            f"SELECT activated_ts, {DECISION_COLUMNS} FROM decisions WHERE ts > ? AND ts <= ?",
+            (after, float("inf") if bound is None else bound[0]),
+        ).fetchall()
+        if not rows:
+            return
+        yield rows
+        after = max(row[2] for row in rows)
 
 
 def decision_from_row(row: tuple, versions: CatalogVersions) -> LoggedDecision:  # type: ignore[type-arg]

@@ -13,6 +13,7 @@ published to the store, from which every serving process and replica installs it
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from engine.embeddings import Embeddings, current_artifact, install_artifact
+from engine.embeddings import Embeddings, artifact_bytes, artifact_name, current_artifact, install_artifact
 from engine.eventlog import EventLog
 from engine.retrieval import LiveEmbeddings
 
@@ -29,44 +30,49 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class TrainedEmbeddings:
-    """What one training gave: the artifact it wrote (None when it scored worse than the embeddings
-    in use and was not written), its holdout metrics, why it was or was not published, and the
-    time of the newest interaction it learned from."""
+    """What one training gave: the embeddings to publish (None when they scored worse than the ones
+    in use), their holdout metrics, why they are or are not published, and the time of the newest
+    interaction they learned from."""
 
-    path: Path | None
+    embeddings: Embeddings | None
     metrics: Mapping[str, float] = field(default_factory=dict)
     reason: str = ""
     data_until: float = 0.0
 
 
 class EmbeddingsTrainer(Protocol):
-    """Trains new embeddings from the store, judged against ``incumbent`` (the ones in use, or None)."""
+    """Trains new embeddings from the store, judged against ``incumbent`` (the ones in use, or None).
+    It writes nothing into the data directory: :class:`Retraining` publishes what it returns."""
 
     def train(self, incumbent: Embeddings | None) -> TrainedEmbeddings: ...
 
 
 class Retraining:
     """The learner's schedule: a thread that looks every ``interval`` seconds and trains when at
-    least ``min_interactions`` new positive rewards arrived (:meth:`run_once`)."""
+    least ``min_interactions`` new positive rewards arrived (:meth:`run_once`). Publishes go to the
+    store under the learner's ``term`` (:meth:`EventLog.take_learner_term`; None for a single
+    process), so a learner whose lease ended cannot publish."""
 
     def __init__(self, event_log: EventLog, embeddings: LiveEmbeddings, trainer: EmbeddingsTrainer, *,
-                 interval: float, min_interactions: int, stopping: threading.Event) -> None:
+                 interval: float, min_interactions: int, stopping: threading.Event, term: int | None = None) -> None:
         self.log = event_log
         self.embeddings = embeddings
         self.trainer = trainer
         self.interval = interval
         self.min_interactions = min_interactions
+        self.term = term
         self._stopping = stopping
         self._thread = threading.Thread(target=self._run, name="embeddings-retraining", daemon=True)
         self.trainings = 0  # trainings run (published or not)
+        self.published: list[str] = []  # the artifacts published, oldest first
         self._tried_until = 0.0  # the data the last training learned from, published or not
 
     def start(self) -> None:
         self._thread.start()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
@@ -90,13 +96,23 @@ class Retraining:
         trained = self.trainer.train(incumbent)
         self.trainings += 1
         self._tried_until = max(self._tried_until, trained.data_until)
-        if trained.path is None:
-            log.info("embeddings: not published (%s)", trained.reason)
+        if trained.embeddings is None or self._stopping.is_set():
+            log.info("embeddings: not published (%s)", trained.reason if trained.embeddings is None else "stopping")
             return trained
-        self.log.publish_embeddings(trained.path.name, trained.path.read_bytes())
+        name, data = artifact_name(), artifact_bytes(trained.embeddings)
+        self.log.publish_embeddings(name, data, term=self.term)  # the store first: replicas and the learner agree
+        install(self.embeddings.data_dir, name, data, trained.metrics)
         self.embeddings.reload()
-        log.info("embeddings %s published (%s)", trained.path.name, trained.reason)
+        self.published.append(name)
+        log.info("embeddings %s published (%s)", name, trained.reason)
         return trained
+
+
+def install(data_dir: Path, name: str, data: bytes, metrics: Mapping[str, object] | None = None) -> Path:
+    """Install published artifact bytes into ``data_dir`` under ``name``, once they load: a manifest
+    never names an artifact that cannot be served."""
+    Embeddings.load(io.BytesIO(data))  # type: ignore[arg-type]  # raises if it is not one
+    return install_artifact(data_dir, name, lambda tmp: Path(tmp).write_bytes(data), metrics)
 
 
 class EmbeddingsFollower:
@@ -116,6 +132,10 @@ class EmbeddingsFollower:
     def start(self) -> None:
         self._thread.start()
 
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
     def follow(self) -> bool:
         """Install and swap in a newer published artifact; True when the embeddings in use changed."""
         found = self.log.newest_embeddings(self._seen)
@@ -123,10 +143,11 @@ class EmbeddingsFollower:
             return False
         artifact_id, name, data = found
         present = current_artifact(self.data_dir)
-        if present is None or present.name != name:  # a learner beside us may have written it here already
-            install_artifact(self.data_dir, name, lambda tmp: Path(tmp).write_bytes(data))
-        self._seen = artifact_id
-        return self.embeddings.reload()
+        if present is None or present.name != name:  # a learner beside us may have installed it here already
+            install(self.data_dir, name, data)
+        changed = self.embeddings.reload()
+        self._seen = artifact_id  # only once it is in use: a failure is tried again at the next look
+        return changed
 
     def _run(self) -> None:
         failed = False

@@ -314,7 +314,7 @@ class PostgresConnection:
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
         import psycopg
 
-        with _away_as_unavailable():
+        with _away_as_unavailable(self._transaction):
             try:
                 cursor = self._live(sql).execute(_placeholders(sql), parameters or None)
             except psycopg.OperationalError:
@@ -326,7 +326,7 @@ class PostgresConnection:
         return cursor  # type: ignore[no-any-return]
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Cursor:
-        with _away_as_unavailable():
+        with _away_as_unavailable(self._transaction):
             cursor = self._live(sql).cursor()
             cursor.executemany(_placeholders(sql), list(rows))
         self.total_changes += max(cursor.rowcount, 0)
@@ -351,16 +351,17 @@ class PostgresConnection:
 
 
 @contextmanager
-def _away_as_unavailable() -> Iterator[None]:
+def _away_as_unavailable(in_transaction: bool = False) -> Iterator[None]:
     """A database that is away (a lost connection, one refused): :class:`StorageUnavailable`, which
-    callers get as ``UNAVAILABLE`` and health turns on, never an internal error."""
+    callers get as ``UNAVAILABLE`` and health turns on, never an internal error. A conflict that
+    undid a write transaction stays itself: the writer runs the transaction again."""
     import psycopg
 
     try:
         yield
     except psycopg.OperationalError as error:
-        if _undone_for_a_conflict(error):
-            raise  # the writer runs the transaction again
+        if in_transaction and _undone_for_a_conflict(error):
+            raise
         raise StorageUnavailable() from error
 
 

@@ -55,11 +55,12 @@ from server.wire import MAX_RESPONSE_BYTES, features_to_proto, item_to_domain, i
 
 if TYPE_CHECKING:
     from engine.explain import Explanation, FeatureContribution
+    from engine.liverules import RulesInfo
     from engine.report import LearningReport, PolicyValue, Verdict, VersionReport
 
 _DIAGNOSTICS = {"Explanation": "engine.explain", "FeatureContribution": "engine.explain",
                 "LearningReport": "engine.report", "PolicyValue": "engine.report", "Verdict": "engine.report",
-                "VersionReport": "engine.report"}
+                "VersionReport": "engine.report", "RulesInfo": "engine.liverules"}
 """The admin calls' result types, imported when first asked for: a storefront that only decides and
 reports never loads the engine's report and explanation code (nor numpy or VW)."""
 
@@ -83,6 +84,7 @@ __all__ = [
     "RecbanditClient",
     "Recommendation",
     "ReloadedEmbeddings",
+    "RulesInfo",
     "Status",
     "Tls",
     "Verdict",
@@ -358,6 +360,13 @@ class RecbanditClient:
 
         request = pb.ExplainRequest(event_id=event_id, item_id=item_id, max_features=max_features)
         return explanation_to_domain(self._call("Explain", self._admin.Explain, request, deadline))
+
+    def rules(self, *, deadline: float | None = None) -> RulesInfo:
+        """The business rules in force, their file, when they were loaded and the last failed load
+        (needs the admin role)."""
+        from server.converters import rules_info_to_domain
+
+        return rules_info_to_domain(self._call("GetRules", self._admin.GetRules, pb.GetRulesRequest(), deadline))
 
     def reload_embeddings(self, *, deadline: float | None = None) -> ReloadedEmbeddings:
         """Serve the newest trained embeddings artifact now (needs the admin role)."""

@@ -10,11 +10,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from engine.cache import BoundedCache
 from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
 from engine.explain import Explanation, FeatureContribution
+from engine.liverules import RulesInfo
 from engine.features import frozen_features
 from engine.records import LoggedDecision
 from engine.ope import Estimate
 from engine.report import LearningReport, PolicyValue, ReportRequest, Verdict, VersionReport
 from engine.retrieval import EmbeddingsInfo
+from engine.rules import Condition, Eligibility, FrequencyCap, Match, Pin, PromotionShare, Rule, RuleSet
 from engine.types import Candidate, DecisionRequest, Item, RewardReport, Status
 from engine.validation import Limits, check_count, check_features, check_id
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
@@ -248,3 +250,84 @@ def version_report_to_domain(message: pb.ModelVersionReport) -> VersionReport:
         summary=message.summary,
         more_decisions_needed=message.more_decisions_needed,
     )
+
+
+def rules_info_to_proto(info: RulesInfo) -> pb.GetRulesResponse:
+    return pb.GetRulesResponse(
+        file=info.file,
+        loaded_time=timestamp(info.loaded_ts),
+        rules=[rule_to_proto(rule) for rule in info.rules.rules],
+        last_error=info.last_error,
+        last_error_time=timestamp(info.last_error_ts),
+    )
+
+
+def rule_to_proto(rule: Rule) -> pb.Rule:
+    match rule:
+        case Eligibility():
+            return pb.Rule(name=rule.name, eligibility=pb.EligibilityRule(
+                items=_conditions(rule.items), context=_conditions(rule.context), user=_conditions(rule.user)))
+        case FrequencyCap():
+            return pb.Rule(name=rule.name, frequency_cap=pb.FrequencyCapRule(
+                items=_conditions(rule.items), per=rule.per, max=rule.max, window_seconds=rule.window_seconds))
+        case PromotionShare():
+            return pb.Rule(name=rule.name, promotion_share=pb.PromotionShareRule(
+                items=_conditions(rule.items), share=rule.share, slot=rule.slot, context=_conditions(rule.context),
+                user=_conditions(rule.user)))
+        case Pin():
+            return pb.Rule(name=rule.name, pin=pb.PinRule(
+                item_id=rule.item_id, slot=rule.slot, context=_conditions(rule.context), user=_conditions(rule.user)))
+    raise TypeError(f"not a rule: {type(rule).__name__}")
+
+
+def _conditions(match: Match) -> list[pb.FeatureCondition]:
+    out = []
+    for condition in match:
+        message = pb.FeatureCondition(feature=condition.feature)
+        for value in condition.values:
+            if isinstance(value, bool):
+                message.values.add(bool_value=value)
+            elif isinstance(value, str):
+                message.values.add(string_value=value)
+            else:
+                message.values.add(number_value=value)
+        out.append(message)
+    return out
+
+
+def rules_info_to_domain(message: pb.GetRulesResponse) -> RulesInfo:
+    """The inverse of :func:`rules_info_to_proto`."""
+    kinds: dict[str, list[Rule]] = {"eligibility": [], "frequency_cap": [], "promotion_share": [], "pin": []}
+    for rule in message.rules:
+        kind = rule.WhichOneof("kind")
+        if kind is not None:
+            kinds[kind].append(rule_to_domain(rule))
+    return RulesInfo(
+        file=message.file,
+        rules=RuleSet(*(tuple(rules) for rules in kinds.values())),  # type: ignore[arg-type]
+        loaded_ts=message.loaded_time.ToNanoseconds() / 1e9 if message.HasField("loaded_time") else None,
+        last_error=message.last_error,
+        last_error_ts=message.last_error_time.ToNanoseconds() / 1e9 if message.HasField("last_error_time") else None,
+    )
+
+
+def rule_to_domain(message: pb.Rule) -> Rule:
+    kind = message.WhichOneof("kind")
+    if kind == "eligibility":
+        e = message.eligibility
+        return Eligibility(message.name, _match(e.items), _match(e.context), _match(e.user))
+    if kind == "frequency_cap":
+        f = message.frequency_cap
+        return FrequencyCap(message.name, f.max, f.window_seconds, _match(f.items), f.per)
+    if kind == "promotion_share":
+        p = message.promotion_share
+        return PromotionShare(message.name, _match(p.items), p.share, p.slot, _match(p.context), _match(p.user))
+    if kind == "pin":
+        n = message.pin
+        return Pin(message.name, n.item_id, n.slot, _match(n.context), _match(n.user))
+    raise ValueError(f"rule {message.name!r} has no kind")
+
+
+def _match(conditions: Iterable[pb.FeatureCondition]) -> Match:
+    return tuple(Condition(c.feature, tuple(getattr(v, v.WhichOneof("kind") or "string_value") for v in c.values))
+                 for c in conditions)

@@ -140,6 +140,10 @@ class AdminServicer(pb_grpc.AdminServicer):
         return converters.explanation_to_proto(explanation)
 
     @rpc
+    async def GetRules(self, request: pb.GetRulesRequest, context: Context) -> pb.GetRulesResponse:
+        return converters.rules_info_to_proto(self._engine.rules_info())
+
+    @rpc
     async def GetLearningReport(
         self, request: pb.GetLearningReportRequest, context: Context
     ) -> pb.GetLearningReportResponse:

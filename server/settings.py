@@ -47,6 +47,7 @@ from engine.core import EngineConfig
 from engine.errors import ConfigurationError
 from engine.privacy import read_key
 from engine.rewards import Aggregation, RewardRules, parse_duration
+from engine.rules import load_rules
 from engine.storage import is_postgres
 from engine.validation import Limits
 
@@ -189,6 +190,9 @@ class Settings(BaseSettings):
                                                         "snapshot and for catalog writes")
     archive_dir: str = Field("", description="with --retention: first write what it deletes to day-partitioned "
                                              "Parquet files in this folder, which every reader of the log reads too")
+    rules: str = Field("", description="TOML file of business rules: eligibility, frequency caps, promotion "
+                                        "shares, pinned items; re-read within a second of a change (a file "
+                                        "that does not load keeps the rules in force); empty: none")
     max_candidates: int = Field(500, description="candidates a Recommend may send")
     seed: int = Field(0, description="seed of the exploration draws")
     checkpoint_interval: float = Field(60.0, description="seconds between checkpoints of the model")
@@ -310,7 +314,7 @@ class Settings(BaseSettings):
             seed=self.seed,
             checkpoint_interval=self.checkpoint_interval,
             retrieval_top_n=self.retrieval_top_n,
-            cold_start=_cold_start(self.cold_start_candidates, self.cold_start_half_life),
+            cold_start=_cold_start(self.cold_start_candidates, self.cold_start_half_life, self.max_candidates),
             embeddings_retrain_interval=_retrain_interval(self.embeddings_retrain_interval),
             embeddings_retrain_min_interactions=self.embeddings_retrain_min_interactions,
             embeddings_poll_interval=self.embeddings_poll_interval,
@@ -320,6 +324,7 @@ class Settings(BaseSettings):
             store=_store(self.store),
             role=self.role,
             model_poll_interval=self.model_poll_interval,
+            rules_file=_rules_file(self.rules),
         )
 
     def _check_ranges(self) -> None:
@@ -385,7 +390,7 @@ def _store(text: str) -> str:
     return store
 
 
-def _cold_start(slices: str, half_life: str) -> ColdStartConfig:
+def _cold_start(slices: str, half_life: str, max_candidates: int) -> ColdStartConfig:
     parts = [p.strip() for p in slices.split(",")]
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         raise ConfigurationError("cold_start_candidates", f"must be POPULAR,NEWEST,EXPLORE (three counts), got {slices!r}")
@@ -396,6 +401,9 @@ def _cold_start(slices: str, half_life: str) -> ColdStartConfig:
         raise ConfigurationError("cold_start_half_life", f"not a duration like 12h or 7d: {half_life!r}") from None
     config = ColdStartConfig(popular, newest, explore, half_life_seconds=seconds)
     config.validate()
+    if config.size > max_candidates:
+        raise ConfigurationError("cold_start_candidates", f"the slices hold {config.size} items, more than "
+                                                          f"max_candidates {max_candidates}")
     return config
 
 
@@ -409,6 +417,16 @@ def _retrain_interval(text: str) -> float:
     if seconds <= 0:
         raise ConfigurationError("embeddings_retrain_interval", f"must be above 0 (empty: never), got {text!r}")
     return seconds
+
+
+def _rules_file(text: str) -> Path | None:
+    """``--rules``: a rules file that loads (read here too, so that a bad one is refused before
+    anything starts), or empty for none."""
+    if not text.strip():
+        return None
+    path = Path(text.strip())
+    load_rules(path)
+    return path
 
 
 def _retention(text: str) -> float | None:

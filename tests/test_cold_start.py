@@ -84,12 +84,13 @@ def test_the_set_is_popular_then_newest_then_a_uniform_sample_of_the_rest() -> N
     popular = [outcome(n, f"sku-{n % 5}", 1.0, time.time()) for n in range(1, 101)]
     cold = ColdStart(ColdStartConfig(popular=5, newest=10, explore=20), lambda after, limit: popular[after:after + limit])
     assert cold.refresh(time.time(), catalog) == 100
+    active = tuple(catalog)
 
     counts: Counter[str] = Counter()
     rng = random.Random(7)
     draws = 4_000
     for _ in range(draws):
-        ids = cold.candidate_ids(catalog, {"sku-3"}, rng)
+        ids = cold.candidate_ids(catalog, active, {"sku-3"}, rng)
         assert set(ids[:4]) == {"sku-0", "sku-1", "sku-2", "sku-4"}  # the rewarded five, sku-3 excluded
         assert set(ids[4:14]) == {f"sku-{i}" for i in range(1990, 2000)} and len(ids) == 35 == len(set(ids))
         counts.update(ids[14:])
@@ -102,9 +103,24 @@ def test_the_set_is_popular_then_newest_then_a_uniform_sample_of_the_rest() -> N
     assert deviation < rest + 5 * (2 * rest) ** 0.5  # chi-square with rest - 1 degrees of freedom, 5 sigma
 
 
+def test_before_any_ranking_the_set_is_a_bounded_sample_of_the_current_catalog() -> None:
+    catalog = catalog_of(CATALOG)
+    cold = ColdStart(ColdStartConfig(popular=5, newest=10, explore=20), lambda after, limit: [])
+    ids = cold.candidate_ids(catalog, tuple(catalog), set(), random.Random(3))  # refresh has not run yet
+    assert len(ids) == 35 == len(set(ids))  # every place goes to the sample
+    again = cold.candidate_ids(catalog, tuple(catalog), set(), random.Random(3))
+    assert ids == again  # a seeded draw: the same event gets the same set
+    gone = {i: Item(i, {}, active=False, version=1) for i in list(catalog)[:1990]}
+    shrunk = {**catalog, **gone}  # a bulk deactivation the ranking has not seen: only current actives come back
+    assert set(cold.candidate_ids(shrunk, tuple(i for i in shrunk if shrunk[i].active), set(), random.Random(4))) == {
+        f"sku-{i}" for i in range(1990, 2000)}
+
+
 def test_the_slices_are_configurable_and_checked() -> None:
     assert Settings(data_dir="d", cold_start_candidates="5,0,45").engine_config().cold_start.explore == 45
     with pytest.raises(ConfigurationError, match="cold_start_candidates: must be POPULAR,NEWEST,EXPLORE"):
         Settings(data_dir="d", cold_start_candidates="5,5").engine_config()
+    with pytest.raises(ConfigurationError, match="more than max_candidates 500"):
+        Settings(data_dir="d", cold_start_candidates="400,100,1").engine_config()
     with pytest.raises(ConfigurationError, match="cold_start_half_life"):
         Settings(data_dir="d", cold_start_half_life="soon").engine_config()

@@ -215,7 +215,7 @@ def test_rewards_a_serving_process_logs_are_made_final_by_the_learner_in_order(s
         learner.close()
 
 
-def test_a_learner_whose_term_ended_cannot_publish(store: str) -> None:
+def test_a_learner_whose_term_ended_cannot_publish_snapshots_or_embeddings(store: str) -> None:
     first, second = open_log(store), open_log(store)
     old = first.take_learner_term()
     assert first.publish_snapshot("{}", 1, b"model-1", term=old) == 1
@@ -225,5 +225,10 @@ def test_a_learner_whose_term_ended_cannot_publish(store: str) -> None:
         first.publish_snapshot("{}", 2, b"stale", term=old)
     assert second.newest_snapshot() == (1, "{}", b"model-1")  # nothing of the old term's stored
     assert second.publish_snapshot("{}", 2, b"model-2", term=new) == 2
+    with pytest.raises(LeaseLost, match=f"learner term {old} has ended"):
+        first.publish_embeddings("embeddings-old.npz", b"stale", term=old)  # embeddings are fenced alike
+    assert second.newest_embeddings() is None
+    assert second.publish_embeddings("embeddings-new.npz", b"artifact", term=new) == 1
+    assert first.newest_embeddings() == (1, "embeddings-new.npz", b"artifact")
     first.close()
     second.close()

@@ -184,9 +184,9 @@ def test_a_transaction_the_database_undoes_for_a_deadlock_runs_again_and_health_
     execute(url, "CREATE TABLE pair (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
     execute(url, "INSERT INTO pair VALUES ('x', 0), ('y', 0)")
     database = open_database(url)
-    writers = [GroupCommitWriter(database.connect(writer=True), begin=database.begin,
-                                 storage_failure=database.storage_failure, rolled_back=database.rolled_back)
-               for _ in range(2)]
+    connections = [database.connect(writer=True) for _ in range(2)]
+    writers = [GroupCommitWriter(conn, begin=database.begin, storage_failure=database.storage_failure,
+                                 rolled_back=database.rolled_back) for conn in connections]
     both_hold_one = threading.Barrier(2, timeout=20)
 
     def crossing(first: str, second: str):  # type: ignore[no-untyped-def]
@@ -211,12 +211,17 @@ def test_a_transaction_the_database_undoes_for_a_deadlock_runs_again_and_health_
             results[i] = error
 
     threads = [threading.Thread(target=submit, args=(0, "x", "y")), threading.Thread(target=submit, args=(1, "y", "x"))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert sorted(results.values()) == [1, 2]  # one committed at once, the deadlock's victim on its second run
-    assert all(writer.healthy for writer in writers)
-    assert rows(url, "SELECT name, n FROM pair ORDER BY name") == [("x", 2), ("y", 2)]  # each update once
-    for writer in writers:
-        writer.close()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert all(isinstance(r, int) for r in results.values()), results  # nobody got an error
+        assert sorted(results.values()) == [1, 2]  # one committed at once, the deadlock's victim on its second run
+        assert all(writer.healthy for writer in writers)
+        assert rows(url, "SELECT name, n FROM pair ORDER BY name") == [("x", 2), ("y", 2)]  # each update once
+    finally:
+        for writer, conn in zip(writers, connections, strict=True):
+            writer.close()
+            conn.close()

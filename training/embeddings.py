@@ -259,8 +259,12 @@ def train_embeddings(
     """Evaluate on the time-ordered holdout, then (with ``refit``) fit on everything; return the model.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch of the holdout fit (1-based) with
-    ``epoch_seconds``, and with the holdout metrics whenever they are computed. ``incumbent`` (the
-    embeddings in use) is scored on the same holdout, as ``incumbent_<metric>``.
+    ``epoch_seconds``, and with the holdout metrics whenever they are computed.
+
+    ``incumbent`` (the embeddings in use) is compared with the new ones on the holdout
+    interactions newer than the incumbent's data (``data_until``), which neither has learned from:
+    the holdout model as ``challenger_<metric>``, the incumbent as ``incumbent_<metric>``, when
+    there are :data:`MIN_FRESH_INTERACTIONS` of them (:func:`no_worse` judges).
     """
     config.validate()
     if not data.interactions:
@@ -279,17 +283,26 @@ def train_embeddings(
         popularity = np.asarray(train_m.sum(axis=0)).ravel()
         pop = ranking_metrics(lambda b: np.broadcast_to(popularity, (len(b), len(popularity))), train_m, test_m, config.k, users)
         metrics.update({f"popularity_{name}": value for name, value in pop.items()})
-        if incumbent is not None:
-            held = ranking_metrics(_scorer(incumbent, matrices, data), train_m, test_m, config.k, users)
-            metrics.update({f"incumbent_{name}": value for name, value in held.items()})
 
-        def evaluate(model) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        def evaluate(model, test_matrix=test_m, eval_users=users) -> dict[str, float]:  # type: ignore[no-untyped-def]
             ub, uv = model.get_user_representations(matrices.user_features)
             ib, iv = model.get_item_representations(matrices.item_features)
-            return ranking_metrics(lambda b: uv[b] @ iv.T + ib + ub[b, None], train_m, test_m, config.k, users)
+            return ranking_metrics(lambda b: uv[b] @ iv.T + ib + ub[b, None], train_m, test_matrix, config.k, eval_users)
 
         model = _fit(matrices, train_m, config, "holdout", on_epoch, evaluate, progress)
         metrics.update(evaluate(model))
+        if incumbent is not None:
+            until = float(incumbent.metadata.get("data_until", 0.0))
+            fresh = [x for x in test if x.ts > until]
+            metrics["fresh_test_interactions"] = len(fresh)
+            if len(fresh) >= MIN_FRESH_INTERACTIONS:
+                fresh_m = _unseen(matrices.interactions(fresh), train_m)
+                fresh_users = _eval_users(fresh_m, config)
+                if len(fresh_users):
+                    held = ranking_metrics(_scorer(incumbent, matrices, data), train_m, fresh_m, config.k, fresh_users)
+                    metrics.update({f"incumbent_{name}": value for name, value in held.items()})
+                    metrics.update({f"challenger_{name}": value
+                                    for name, value in evaluate(model, fresh_m, fresh_users).items()})
     if config.refit or not test:
         model = _fit(matrices, matrices.interactions(data.interactions), config, "fit", None, None, progress)
     metrics["train_seconds"] = round(time.perf_counter() - started, 3)
@@ -483,11 +496,12 @@ def train_from_log(
     on_epoch: EpochCallback | None = None,
     store: str = "",
     incumbent: Embeddings | None = None,
+    write: bool = True,
 ) -> TrainingResult:
-    """Train on the data directory's log (or ``store``'s), write the artifact there, and track the run in MLflow.
-
-    With ``incumbent`` (the embeddings in use) the artifact is written only if it scores no worse
-    on the holdout (:func:`no_worse`); otherwise the result's ``path`` is None.
+    """Train on the data directory's log (or ``store``'s), write the artifact there (unless ``write``
+    is False: a scheduled training's artifact is published by :mod:`engine.retraining`), and track
+    the run in MLflow. With ``incumbent`` (the embeddings in use) the run is judged against it
+    (:func:`no_worse`): one that scores worse is tagged ``published=False`` and not written.
 
     With a ``tracking_uri`` the run goes to the experiment ``recbandit-embeddings``: the config as
     params, the holdout metrics per evaluated epoch and at the end, the interactions read as dataset
@@ -497,7 +511,7 @@ def train_from_log(
     data = load_training_data(data_dir, config, events=events, interactions_csv=interactions_csv, store=store)
     if tracking_uri is None:
         result = train_embeddings(data, config, on_epoch=on_epoch, progress=progress, incumbent=incumbent)
-        path = write_artifact(data_dir, result.embeddings) if no_worse(result.metrics, config.k) else None
+        path = write_artifact(data_dir, result.embeddings) if write and no_worse(result.metrics, config.k) else None
         return TrainingResult(result.embeddings, result.metrics, path)
     import tempfile
 
@@ -518,24 +532,29 @@ def train_from_log(
         result = train_embeddings(data, config, on_epoch=log_epoch, progress=progress, incumbent=incumbent)
         tracked.log_metrics(result.metrics)
         published = no_worse(result.metrics, config.k)
-        tracked.set_tags({"published": published, "scheduled": incumbent is not None})
-        path = write_artifact(data_dir, result.embeddings) if published else None
-        if path is not None:
-            tracked.log_artifact(path, "embeddings")
+        tracked.set_tags({"published": published, "scheduled": not write})
+        path = write_artifact(data_dir, result.embeddings) if write and published else None
         with tempfile.TemporaryDirectory(prefix="recbandit-embeddings-") as tmp:
+            if published:  # the artifact as it is (or will be) served
+                tracked.log_artifact(path or write_artifact(tmp, result.embeddings), "embeddings")
             plot_training(history, result.metrics, config.k, Path(tmp) / "training.png")
             tracked.log_artifact(Path(tmp) / "training.png")
     return TrainingResult(result.embeddings, result.metrics, path)
 
 
+MIN_FRESH_INTERACTIONS = 20
+"""Holdout interactions newer than the embeddings in use that a comparison with them needs."""
+
+
 def no_worse(metrics: Mapping[str, float], k: int) -> bool:
-    """Whether new embeddings score at least as well as the ones in use on the same holdout, by
-    recall@k (then AUC on a tie); true when there is nothing to compare with."""
+    """Whether new embeddings score at least as well as the ones in use on the interactions neither
+    learned from (:func:`train_embeddings`), by recall@k, then AUC on a tie; true when there was
+    nothing to compare (no embeddings in use, or too few fresh interactions)."""
     key = f"recall_at_{k}"
-    if f"incumbent_{key}" not in metrics or key not in metrics:
+    if f"incumbent_{key}" not in metrics:
         return True
-    new, old = (metrics[key], metrics.get("auc", 0.0)), (metrics[f"incumbent_{key}"], metrics.get("incumbent_auc", 0.0))
-    return new >= old
+    new = (metrics[f"challenger_{key}"], metrics.get("challenger_auc", 0.0))
+    return new >= (metrics[f"incumbent_{key}"], metrics.get("incumbent_auc", 0.0))
 
 
 class ScheduledTraining:
@@ -549,13 +568,16 @@ class ScheduledTraining:
 
     def train(self, incumbent: Embeddings | None) -> TrainedEmbeddings:
         result = train_from_log(self.data_dir, self.config, store=self.store, incumbent=incumbent,
-                                tracking_uri=self.tracking_uri, progress=False)
+                                tracking_uri=self.tracking_uri, progress=False, write=False)
         k, metrics = self.config.k, result.metrics
-        recall = f"recall@{k} {metrics.get(f'recall_at_{k}', float('nan')):.4f}"
-        if incumbent is not None and f"incumbent_recall_at_{k}" in metrics:
-            recall += f" against {metrics[f'incumbent_recall_at_{k}']:.4f} for the embeddings in use"
-        reason = ("no worse: " if result.path is not None else "worse: ") + recall
-        return TrainedEmbeddings(result.path, dict(metrics), reason,
+        publish = no_worse(metrics, k)
+        if f"incumbent_recall_at_{k}" in metrics:
+            reason = (f"{'no worse' if publish else 'worse'}: recall@{k} {metrics[f'challenger_recall_at_{k}']:.4f} "
+                      f"against {metrics[f'incumbent_recall_at_{k}']:.4f} for the embeddings in use, "
+                      f"on {int(metrics['fresh_test_interactions'])} interactions neither learned from")
+        else:
+            reason = f"recall@{k} {metrics.get(f'recall_at_{k}', float('nan')):.4f}, nothing to compare with"
+        return TrainedEmbeddings(result.embeddings if publish else None, dict(metrics), reason,
                                  float(result.embeddings.metadata.get("data_until", 0.0)))
 
 

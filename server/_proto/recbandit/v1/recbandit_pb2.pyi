@@ -455,3 +455,91 @@ class ExplainResponse(_message.Message):
     explaining_model_version: str
     contributions: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
     def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., slot: _Optional[int] = ..., model_version: _Optional[str] = ..., pmf: _Optional[_Iterable[_Union[ItemProbability, _Mapping]]] = ..., probability: _Optional[float] = ..., score: _Optional[float] = ..., explaining_model_version: _Optional[str] = ..., contributions: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...
+
+class GetRulesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRulesResponse(_message.Message):
+    __slots__ = ("file", "loaded_time", "rules", "last_error", "last_error_time")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_TIME_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    loaded_time: _timestamp_pb2.Timestamp
+    rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    last_error: str
+    last_error_time: _timestamp_pb2.Timestamp
+    def __init__(self, file: _Optional[str] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., last_error: _Optional[str] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Rule(_message.Message):
+    __slots__ = ("name", "eligibility", "frequency_cap", "promotion_share", "pin")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBILITY_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_CAP_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_SHARE_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    eligibility: EligibilityRule
+    frequency_cap: FrequencyCapRule
+    promotion_share: PromotionShareRule
+    pin: PinRule
+    def __init__(self, name: _Optional[str] = ..., eligibility: _Optional[_Union[EligibilityRule, _Mapping]] = ..., frequency_cap: _Optional[_Union[FrequencyCapRule, _Mapping]] = ..., promotion_share: _Optional[_Union[PromotionShareRule, _Mapping]] = ..., pin: _Optional[_Union[PinRule, _Mapping]] = ...) -> None: ...
+
+class FeatureCondition(_message.Message):
+    __slots__ = ("feature", "values")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    values: _containers.RepeatedCompositeFieldContainer[FeatureValue]
+    def __init__(self, feature: _Optional[str] = ..., values: _Optional[_Iterable[_Union[FeatureValue, _Mapping]]] = ...) -> None: ...
+
+class EligibilityRule(_message.Message):
+    __slots__ = ("items", "context", "user")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    context: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    user: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    def __init__(self, items: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., user: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ...) -> None: ...
+
+class FrequencyCapRule(_message.Message):
+    __slots__ = ("items", "per", "max", "window_seconds")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PER_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    per: str
+    max: int
+    window_seconds: float
+    def __init__(self, items: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., per: _Optional[str] = ..., max: _Optional[int] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
+class PromotionShareRule(_message.Message):
+    __slots__ = ("items", "share", "slot", "context", "user")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    share: float
+    slot: int
+    context: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    user: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    def __init__(self, items: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., share: _Optional[float] = ..., slot: _Optional[int] = ..., context: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., user: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ...) -> None: ...
+
+class PinRule(_message.Message):
+    __slots__ = ("item_id", "slot", "context", "user")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    slot: int
+    context: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    user: _containers.RepeatedCompositeFieldContainer[FeatureCondition]
+    def __init__(self, item_id: _Optional[str] = ..., slot: _Optional[int] = ..., context: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ..., user: _Optional[_Iterable[_Union[FeatureCondition, _Mapping]]] = ...) -> None: ...

@@ -426,6 +426,11 @@ class AdminStub:
                 request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.GetRules = channel.unary_unary(
+                '/recbandit.v1.Admin/GetRules',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -492,6 +497,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRules(self, request, context):
+        """The business rules in force (--rules): each rule's name, kind and parameters, the file, when
+        it was loaded, and the error of the last load that failed since (the rules in force stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -529,6 +542,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.FromString,
                     response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.SerializeToString,
+            ),
+            'GetRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRules,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -724,6 +742,33 @@ class Admin:
             '/recbandit.v1.Admin/Explain',
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainRequest.SerializeToString,
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/GetRules',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,
