@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-ARCHIVE_SCHEMA_VERSION = 1
+ARCHIVE_SCHEMA_VERSION = 2
+"""1: the joined record's fields; 2: and its campaign ``arm`` (files of 1 read as the recbandit arm)."""
 """Written in every file's key-value metadata; a file with a newer version is refused."""
 
 ROWS_PER_GROUP = 2_000
@@ -61,7 +62,9 @@ _LAST_TS = (date.max - _EPOCH).days * float(_DAY_SECONDS)
 _DAY_FOLDER = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
 _FILE_NAME = re.compile(r"events-\d{20}-[0-9a-f]{8}\.parquet")
 _KEYS = ("event_id", "ts", "user_id", "user_features", "context", "candidates", "slots", "rewards",
-         "model_version", "deferred", "undelivered", "activated_ts", "deadline", "schema_version")
+         "model_version", "deferred", "undelivered", "activated_ts", "deadline", "schema_version", "arm")
+_ADDED = {"arm": "recbandit"}
+"""Fields added after the first archive version, with the value older files stand for."""
 _KEY_SET = frozenset(_KEYS)
 _JSON_KEYS = frozenset({"user_features", "context", "candidates", "slots", "rewards"})
 _WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 6, "use_dictionary": True}
@@ -270,7 +273,8 @@ def _read_group(parquet: pq.ParquetFile, group: int, path: Path) -> dict[str, li
 
     try:
         table = parquet.read_row_group(group)
-        return {key: table.column(key).to_pylist() for key in _KEYS}
+        return {key: table.column(key).to_pylist() if key in table.column_names or key not in _ADDED
+                else [_ADDED[key]] * table.num_rows for key in _KEYS}
     except (pa.ArrowException, OSError, KeyError) as err:
         raise ArchiveUnreadable(path, f"row group {group} cannot be read") from err
 
@@ -330,7 +334,7 @@ def _problem(parquet: pq.ParquetFile) -> str | None:
     if int(raw) > ARCHIVE_SCHEMA_VERSION:
         return (f"written with {_VERSION_KEY.decode()} {int(raw)}, newer than this recbandit reads"
                 f" ({ARCHIVE_SCHEMA_VERSION}); upgrade recbandit to read it")
-    missing = _KEY_SET - set(parquet.schema_arrow.names)
+    missing = _KEY_SET - set(parquet.schema_arrow.names) - _ADDED.keys()
     return f"columns missing: {', '.join(sorted(missing))}" if missing else None
 
 

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.records import CONTROL_ARM as CONTROL
+from engine.records import RECBANDIT_ARM as RECBANDIT
 from engine.records import JoinedEvent
 
-RECBANDIT, CONTROL = "recbandit", "control"
 METRICS = ("ctr", "conversion_rate", "revenue_per_mille")
 
 
@@ -103,7 +104,7 @@ class _UserTotals:
 
 def campaign_report(
     events: Iterable[JoinedEvent],
-    arm_of: Callable[[JoinedEvent], str],
+    arm_of: Callable[[JoinedEvent], str] = lambda event: event.decision.arm,
     *,
     closed_by: float,
     click_labels: Sequence[str] = ("click",),

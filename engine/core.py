@@ -43,7 +43,8 @@ from engine.liverules import LiveRules, RulesInfo, SlotPlan, pinned_choice
 from engine.roles import ROLES, SNAPSHOTS_DIR, LeaseWatch, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
 from engine.privacy import Pseudonymizer
-from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
+from engine.campaign import in_control
+from engine.records import CONTROL_ARM, RECBANDIT_ARM, LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
 from engine.report import LearningReport, ReportRequest, learning_report
 from engine.retention import Retention
 from engine.retraining import EmbeddingsFollower, EmbeddingsTrainer, Retraining
@@ -87,6 +88,8 @@ class EngineConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)  # Recommend without candidates, unranked
     embeddings_retrain_interval: float = 0.0  # roles all and learn, with a trainer: seconds between looks; 0: never
     embeddings_retrain_min_interactions: int = 1000  # new positive rewards a training needs
+    control_share: float = 0.0  # users (by a stable hash) served the storefront's own order: engine.campaign
+    campaign: str = ""  # salts the hash: a new campaign draws its control users anew
     rules_file: Path | None = None  # set: business rules (engine.rules), reloaded when the file changes
     rules_poll_interval: float = 1.0  # seconds between looks at the rules file
 
@@ -330,7 +333,8 @@ class Engine:
         if live is not None:
             candidates, encoded = _with_affinity(live, user, candidates, encoded)
         actions = [line for line, _ in encoded]
-        slots = self._fill_slots(event_id, shared, actions, candidates, num_results, plan)
+        arm = CONTROL_ARM if in_control(request.user_id, self.config.control_share, self.config.campaign) else RECBANDIT_ARM
+        slots = self._fill_slots(event_id, shared, actions, candidates, num_results, plan, baseline=arm == CONTROL_ARM)
         decision = LoggedDecision(
             event_id=event_id,
             ts=ts,
@@ -342,6 +346,7 @@ class Engine:
             model_version=self.model_version if live is None else f"{self.model_version}+{live.version}",
             deferred=request.defer_activation,
             deadline=ts + self.config.rewards.window_seconds,
+            arm=arm,
         )
         record = decision_to_json(decision, [record for _, record in encoded])
         return _Prepared(decision, record, shared, actions, request)
@@ -374,10 +379,12 @@ class Engine:
         return os.urandom(16).hex()
 
     def _fill_slots(  # type: ignore[no-untyped-def]
-        self, event_id, shared, actions, candidates, num_results, plan: SlotPlan | None = None
+        self, event_id, shared, actions, candidates, num_results, plan: SlotPlan | None = None, *, baseline: bool = False
     ) -> tuple[SlotChoice, ...]:
         """Each slot drawn from its pmf over the candidates it may hold; ``plan``: pins, promotion
-        shares and group caps (:class:`engine.liverules.SlotPlan`)."""
+        shares and group caps (:class:`engine.liverules.SlotPlan`). With ``baseline`` (the control
+        arm) each slot holds the first candidate it may, in the storefront's order, with
+        probability 1: no model is asked."""
         remaining = list(range(len(candidates))) if plan is None else plan.open(len(candidates))
         slots = []
         bandit = self.bandit  # every slot from the same model, even if a new policy is swapped in meanwhile
@@ -387,6 +394,14 @@ class Engine:
                 continue
             if not remaining:
                 raise plan.unfillable(slot, num_results)  # type: ignore[union-attr]  # only a plan empties it
+            if baseline:
+                chosen = remaining.pop(0)
+                one = [0.0] * len(candidates)
+                one[chosen] = 1.0
+                slots.append(SlotChoice(candidates[chosen].item_id, 1.0, tuple(one)))
+                if plan is not None:
+                    plan.spend(chosen, remaining)
+                continue
             scores = bandit.scores(shared, [actions[i] for i in remaining])
             pmf, plain = (normalised(scores), True) if plan is None else plan.pmf(slot, scores, remaining)
             k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))

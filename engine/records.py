@@ -26,6 +26,9 @@ numbers; 2 may name a catalog candidate by its catalog version (:func:`candidate
 keeps the pmfs apart, in binary (:func:`decision_pmfs`). Both are read."""
 READ_SCHEMA_VERSIONS = (1, 2)
 
+RECBANDIT_ARM, CONTROL_ARM = "recbandit", "control"
+"""A decision's campaign arm: the bandit's choice, or the storefront's own order (``--control-share``)."""
+
 CatalogVersions = Callable[[int], tuple[str, Features]]
 """The item id and features of a catalog version, by its number: how a record's catalog candidates are read back."""
 
@@ -60,6 +63,7 @@ class LoggedDecision:
     deadline: float
     schema_version: int = SCHEMA_VERSION
     undelivered: bool = False  # the caller was gone before the reply: never learned with the default reward
+    arm: str = RECBANDIT_ARM  # CONTROL_ARM: the storefront's order was served (engine.campaign)
 
     @property
     def chosen_item_ids(self) -> tuple[str, ...]:
@@ -108,7 +112,8 @@ def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | 
         }
     )
     slots = _compact([s.item_id for s in decision.slots])
-    return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}}}'
+    arm = "" if decision.arm == RECBANDIT_ARM else f',"arm":{_compact(decision.arm)}'  # the default is not stored
+    return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}{arm}}}'
 
 
 _PMF_DOUBLES, _PMF_SCORES = b"d", b"f"
@@ -213,6 +218,7 @@ def decision_from_json(
         deadline=deadline,
         schema_version=data["schema_version"],
         undelivered=undelivered,
+        arm=data.get("arm", RECBANDIT_ARM),
     )
 
 
@@ -302,6 +308,7 @@ class JoinedEvent:
             "activated_ts": self.activated_ts,
             "deadline": decision.deadline,
             "schema_version": decision.schema_version,
+            "arm": decision.arm,
         }
 
     @classmethod
@@ -324,6 +331,7 @@ class JoinedEvent:
             deadline=float(record.get("deadline", ts)),  # type: ignore[arg-type]
             schema_version=int(record.get("schema_version", SCHEMA_VERSION)),  # type: ignore[call-overload]
             undelivered=bool(record.get("undelivered", False)),
+            arm=str(record.get("arm") or RECBANDIT_ARM),
         )
         outcomes = tuple(
             None if s.get("reward") is None

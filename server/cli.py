@@ -255,6 +255,15 @@ def export_log(context: click.Context, **flags: Any) -> None:
     sys.exit(_export_log(_load(context, "export-log", flags)))
 
 
+@cli.command("campaign-report")
+@_settings_options(("data_dir", "store"), "campaign_report")
+@click.pass_context
+def campaign_report(context: click.Context, **flags: Any) -> None:
+    """Did it pay? Per arm, channel and surface: impressions, CTR, conversion, revenue per 1,000
+    impressions, and recbandit's uplift over the control arm (--control-share) with 95% intervals."""
+    sys.exit(_campaign_report(_load(context, "campaign-report", flags)))
+
+
 @cli.command()
 @_settings_options((), "demo")
 @click.pass_context
@@ -392,6 +401,38 @@ def _export_log(settings: Settings) -> int:
         print(f"export-log: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
         return 2
     print(f"wrote {count} {'slot rows' if fmt == 'parquet' else 'events'} to {out}")
+    return 0
+
+
+def _campaign_report(settings: Settings) -> int:
+    """Read the log (never write it), print the campaign's table and draw it; 2 when refused."""
+    import time
+
+    from engine.campaign import campaign_report
+    from engine.logreader import LogReader
+
+    options = settings.campaign_report
+    if not 0 <= options.resamples <= 10_000:
+        print(f"campaign-report: --resamples must be within [0, 10000], got {options.resamples}", file=sys.stderr)
+        return 2
+    try:
+        with LogReader.open(settings.store or Path(settings.data_dir)) as reader:
+            report = campaign_report(
+                reader.history(), closed_by=time.time(), resamples=options.resamples,
+                click_labels=[x.strip() for x in options.click_labels.split(",") if x.strip()],
+                purchase_labels=[x.strip() for x in options.purchase_labels.split(",") if x.strip()],
+                channel_feature=options.channel_feature, surface_feature=options.surface_feature)
+    except (RecbanditError, sqlite3.DatabaseError, OSError, ValueError) as error:
+        print(f"campaign-report: {_why_not_started(error, settings.data_dir)}", file=sys.stderr)
+        return 2
+    from training.campaign import format_campaign, plot_campaign
+
+    print(format_campaign(report))
+    if (missing := _training_missing(("matplotlib",))) is not None:
+        print(f"campaign-report: not writing {options.out}: the plot {missing}", file=sys.stderr)
+        return 2
+    plot_campaign(report, options.out)
+    print(f"wrote {options.out}")
     return 0
 
 

@@ -75,6 +75,16 @@ class ExportLogOptions(_Options):
     format: Literal["jsonl", "parquet"] | None = Field(None, description="default: by the suffix of --out")
 
 
+class CampaignReportOptions(_Options):
+    out: Path = Field(Path("campaign.png"), description="the PNG to write")
+    resamples: int = Field(1000, description="bootstrap resamples of users for the uplift intervals")
+    click_labels: str = Field("click", description="reward labels that count as clicks, comma-separated")
+    purchase_labels: str = Field("purchase", description="reward labels that count as purchases (their value is "
+                                                         "revenue), comma-separated")
+    channel_feature: str = Field("channel", description="the context feature that names the channel")
+    surface_feature: str = Field("surface", description="the context feature that names the surface")
+
+
 class DemoOptions(_Options):
     events: int = Field(20_000, description="simulated visits to serve")
     data_dir: Path | None = Field(None, description="the demo's data directory; default: a new temporary folder")
@@ -204,6 +214,9 @@ class Settings(BaseSettings):
                                                                "Recommend without candidates that no embeddings rank, "
                                                                "when the catalog exceeds --max-candidates")
     cold_start_half_life: str = Field("1d", description="how fast the popular slice forgets a reward (a duration)")
+    control_share: float = Field(0.0, description="share of users (by a stable hash of the user id) served the "
+                                                   "storefront's own order, as a control arm: 0 to below 1")
+    campaign: str = Field("", description="the campaign's name: a new one draws its control users anew")
     embeddings_retrain_interval: str = Field("", description="the learner re-trains the LightFM embeddings from the "
                                                              "store this often (a duration, e.g. 6h; needs the "
                                                              "training extra); empty: never")
@@ -233,6 +246,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the least level logged")
 
     export_log: ExportLogOptions = ExportLogOptions()
+    campaign_report: CampaignReportOptions = CampaignReportOptions()
     demo: DemoOptions = DemoOptions()
     import_obd: ImportObdOptions = ImportObdOptions()
     train_embeddings: TrainEmbeddingsOptions = TrainEmbeddingsOptions()
@@ -316,6 +330,8 @@ class Settings(BaseSettings):
             retrieval_top_n=self.retrieval_top_n,
             cold_start=_cold_start(self.cold_start_candidates, self.cold_start_half_life, self.max_candidates),
             embeddings_retrain_interval=_retrain_interval(self.embeddings_retrain_interval),
+            control_share=self.control_share,
+            campaign=self.campaign,
             embeddings_retrain_min_interactions=self.embeddings_retrain_min_interactions,
             embeddings_poll_interval=self.embeddings_poll_interval,
             user_id_key=read_key(self.pseudonymize_user_ids) if self.pseudonymize_user_ids else None,
@@ -338,6 +354,10 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= low):
                 raise ConfigurationError(name, f"must be at least {low:g}, got {value:g}")
+        if not (math.isfinite(self.control_share) and 0.0 <= self.control_share < 1.0):
+            raise ConfigurationError("control_share", f"must be at least 0 and below 1, got {self.control_share:g}")
+        if len(self.campaign) > 128:
+            raise ConfigurationError("campaign", "must be at most 128 characters")
         if self.processes > MAX_PROCESSES:
             raise ConfigurationError("processes", f"must be at most {MAX_PROCESSES}, got {self.processes}")
         if self.role == "serve" and self.policy_registry:

@@ -49,6 +49,7 @@ def record(event_id: str, ts: float, user_id: str = "u-1", **changes: object) ->
         "activated_ts": None,
         "deadline": ts + 600.0,
         "schema_version": 1,
+        "arm": "recbandit",
     }
     return {**built, **changes}
 
@@ -291,9 +292,21 @@ def test_a_file_from_a_newer_archive_schema_is_refused(tmp_path: Path) -> None:
     newer = {**table.schema.metadata, b"archive_schema_version": str(ARCHIVE_SCHEMA_VERSION + 1).encode()}
     pq.write_table(table.replace_schema_metadata(newer), path)
 
-    refused = rf"{re.escape(str(path))}: .*archive_schema_version 2, newer .*upgrade recbandit"
+    refused = rf"{re.escape(str(path))}: .*archive_schema_version {ARCHIVE_SCHEMA_VERSION + 1}, newer .*upgrade recbandit"
     with pytest.raises(ArchiveUnreadable, match=refused):
         list(archive.records())
+
+
+def test_a_file_of_the_first_archive_schema_reads_as_the_recbandit_arm(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    archive.write([record("a", MIDNIGHT + 1, arm="control")])
+    path, = files(archive)
+    table = pq.read_table(path)
+    first = table.drop_columns(["arm"]).replace_schema_metadata(
+        {**table.schema.metadata, b"archive_schema_version": b"1"})  # as the first archives were written
+    pq.write_table(first, path)
+    (back,) = archive.records()
+    assert back["arm"] == "recbandit" and back["event_id"] == "a"
 
 
 def test_importing_the_archive_does_not_import_pyarrow() -> None:

@@ -4,12 +4,14 @@ interval that resamples users."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 
 from engine.campaign import CONTROL, RECBANDIT, campaign_report, in_control
 from engine.records import JoinedEvent, LoggedDecision, Reward, SlotChoice
+from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from engine.types import Candidate
 
 
@@ -87,3 +89,38 @@ def test_the_arm_of_a_user_is_stable_and_close_to_its_share() -> None:
     assert [in_control(u, 0.1) for u in users[:100]] == [in_control(u, 0.1) for u in users[:100]]
     assert not any(in_control(u, 0.0) for u in users[:100])
     assert sum(in_control(u, 0.1, salt="spring") != in_control(u, 0.1) for u in users) > 1000  # a new campaign reshuffles
+
+
+def test_control_users_get_the_storefronts_order_through_a_real_server(start_server, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from server.cli import main as cli
+    from tests.test_api import recommend_request
+
+    running, client = start_server(control_share=0.3, campaign="spring", reward_window="1s")
+    arms = {}
+    for n in range(200):
+        request = recommend_request(n=6, num_results=2)
+        request.user_id = f"user-{n}"
+        reply = client.recommender.Recommend(request)
+        logged = running.engine.log.get_decision(reply.event_id)
+        arms[request.user_id] = logged.arm
+        assert logged.arm == (CONTROL if in_control(request.user_id, 0.3, "spring") else RECBANDIT)
+        if logged.arm == CONTROL:  # the storefront's order, no draw: probability 1
+            assert [i.item_id for i in reply.items] == ["i0", "i1"]
+            assert [s.probability for s in logged.slots] == [1.0, 1.0] and logged.slots[0].pmf[0] == 1.0
+        else:
+            assert sum(logged.slots[0].pmf) == pytest.approx(1.0) and 0 < logged.slots[0].probability < 1
+        if n % 3 == 0:
+            client.recommender.Feedback(pb.FeedbackRequest(event_id=reply.event_id, reward=1.0, label="click"))
+    assert 40 < sum(a == CONTROL for a in arms.values()) < 80
+    report = campaign_report(running.engine.log.reader.history(), closed_by=1e12, resamples=100)
+    overall = report.overall()
+    assert overall.arms[CONTROL].users + overall.arms[RECBANDIT].users == 200
+    assert overall.arms[CONTROL].impressions == 2 * overall.arms[CONTROL].users
+    assert sum(a.clicks for a in overall.arms.values()) == 67  # one click for every third decision
+
+    png = tmp_path / "campaign.png"
+    time.sleep(1.1)  # every reward window has closed
+    assert cli(["campaign-report", "--data-dir", str(tmp_path / "data"), "--out", str(png), "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "| * | * | recbandit |" in out and "| * | * | control |" in out and "**uplift**" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -114,7 +114,8 @@ def test_the_export_holds_every_feature_as_before(engine: Engine) -> None:
 
 def test_a_log_written_before_catalog_versions_migrates_and_reads_exactly_as_it_exported(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "events-schema2.db", tmp_path / "events.db")
-    then = [json.loads(line) for line in (FIXTURES / "events-schema2.jsonl").read_text().splitlines()]
+    then = [{**json.loads(line), "arm": "recbandit"}  # the export now names each decision's campaign arm
+            for line in (FIXTURES / "events-schema2.jsonl").read_text().splitlines()]
     log = EventLog(tmp_path / "events.db", RewardRules())
     try:
         now = exported(log.reader.joined())
