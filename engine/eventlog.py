@@ -449,23 +449,21 @@ class EventLog:
 
     def newest_embeddings(self, after: int = 0) -> tuple[int, str, bytes] | None:
         """The newest published embeddings artifact if its id is above ``after``: ``(id, file name, bytes)``."""
-        conn = self._reader()
-        row = conn.execute("SELECT MAX(id) FROM embeddings").fetchone()
-        if row is None or row[0] is None or row[0] <= after:
-            return None
-        artifact_id, artifact, data = conn.execute(
-            "SELECT id, artifact, data FROM embeddings WHERE id = ?", (row[0],)).fetchone()
-        return int(artifact_id), str(artifact), bytes(data)
+        return self._newest("embeddings", "artifact", "data", after)
 
     def newest_snapshot(self, after: int = 0) -> tuple[int, str, bytes] | None:
         """The newest snapshot if its id is above ``after``: ``(id, manifest, model)``."""
+        return self._newest("snapshots", "manifest", "model", after)
+
+    def _newest(self, table: str, name: str, blob: str, after: int) -> tuple[int, str, bytes] | None:
+        """The newest row of a published table (snapshots, embeddings) if its id is above ``after``;
+        the id is read first, so a reader that is up to date never reads the blob."""
         conn = self._reader()
-        row = conn.execute("SELECT MAX(id) FROM snapshots").fetchone()
+        row = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()
         if row is None or row[0] is None or row[0] <= after:
             return None
-        snapshot_id, manifest, model = conn.execute(
-            "SELECT id, manifest, model FROM snapshots WHERE id = ?", (row[0],)).fetchone()
-        return int(snapshot_id), str(manifest), bytes(model)
+        found_id, text, data = conn.execute(f"SELECT id, {name}, {blob} FROM {table} WHERE id = ?", (row[0],)).fetchone()
+        return int(found_id), str(text), bytes(data)
 
     def has_unjoined_rewards(self) -> bool:
         """Whether a serving process logged rewards the learner has not joined yet (a cheap read)."""

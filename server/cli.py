@@ -427,12 +427,18 @@ def _campaign_report(settings: Settings) -> int:
         return 2
     from training.campaign import format_campaign, plot_campaign
 
-    print(format_campaign(report))
+    return _print_and_plot("campaign-report", format_campaign(report), lambda: plot_campaign(report, options.out),
+                           options.out)
+
+
+def _print_and_plot(command: str, table: str, plot: Callable[[], None], out: Path) -> int:
+    """Print a report's table, then draw its PNG (2 when matplotlib, of the training extra, is missing)."""
+    print(table)
     if (missing := _training_missing(("matplotlib",))) is not None:
-        print(f"campaign-report: not writing {options.out}: the plot {missing}", file=sys.stderr)
+        print(f"{command}: not writing {out}: the plot {missing}", file=sys.stderr)
         return 2
-    plot_campaign(report, options.out)
-    print(f"wrote {options.out}")
+    plot()
+    print(f"wrote {out}")
     return 0
 
 
@@ -459,13 +465,7 @@ def _report(options: ReportOptions) -> int:
     except RecbanditCallError as error:
         print(f"report: {error.code().name}: {error.details()}", file=sys.stderr)
         return 2
-    print(format_report(learning))
-    if (missing := _training_missing(("matplotlib",))) is not None:
-        print(f"report: not writing {options.out}: the plot {missing}", file=sys.stderr)
-        return 2
-    plot_report(learning, options.out)
-    print(f"wrote {options.out}")
-    return 0
+    return _print_and_plot("report", format_report(learning), lambda: plot_report(learning, options.out), options.out)
 
 
 def _why_not_started(error: Exception, data_dir: str) -> str:
