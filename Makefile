@@ -35,6 +35,7 @@ bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TL
 	$(PY) -m server.bench_scale
 	$(PY) -m server.bench_edge
 	$(PY) -m training.bench_embeddings
+	$(PY) -m server.bench_ann
 
 bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle
 	$(PY) -m training.bench_quality

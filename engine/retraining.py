@@ -111,7 +111,7 @@ class Retraining:
 def install(data_dir: Path, name: str, data: bytes, metrics: Mapping[str, object] | None = None) -> Path:
     """Install published artifact bytes into ``data_dir`` under ``name``, once they load: a manifest
     never names an artifact that cannot be served."""
-    Embeddings.load(io.BytesIO(data))  # type: ignore[arg-type]  # raises if it is not one
+    Embeddings.load(io.BytesIO(data), ann_threshold=None)  # type: ignore[arg-type]  # raises if it is not one
     return install_artifact(data_dir, name, lambda tmp: Path(tmp).write_bytes(data), metrics)
 
 

@@ -381,7 +381,7 @@ def _embeddings(model, matrices: _Matrices, data: TrainingData, config: Embeddin
         FeatureTable(matrices.user_tokens, model.user_embeddings.astype(np.float32), model.user_biases.astype(np.float32)),
         FeatureTable(matrices.item_tokens, model.item_embeddings.astype(np.float32), model.item_biases.astype(np.float32)),
         ids, biases[rows].astype(np.float32), vectors[rows].astype(np.float32),
-        normalize=True, metadata=metadata,
+        normalize=True, metadata=metadata, ann_threshold=None,  # the server that loads it builds its index
     )
 
 
