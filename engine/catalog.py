@@ -115,14 +115,14 @@ class Catalog:
 
     def candidates(
         self, request: DecisionRequest, live: Loaded | None, user: Representation | None, retrieval_top_n: int,
-        rng: random.Random,
+        draw_seed: str,
     ) -> list[Candidate]:
         """The request's candidates merged with the catalog; else LightFM's top N for a user the
         embeddings know something of; else every active item, or the cold-start set
         (:mod:`engine.coldstart`) of a catalog larger than ``max_candidates``.
 
-        Excluded and inactive items are left out. ``rng`` draws the cold-start sample (seeded by the
-        event, so that a decision's set can be drawn again).
+        Excluded and inactive items are left out. ``draw_seed`` seeds the cold-start sample (the
+        server's seed and the event id, so that a decision's set can be drawn again).
         """
         excluded = set(request.exclude_item_ids)
         catalog = self.items
@@ -141,7 +141,7 @@ class Catalog:
         elif live is not None and user is not None and _known(user):
             candidates = self._retrieve(live, user, excluded, retrieval_top_n)
         elif self.active_count > self.limits.max_candidates:
-            ids = self.cold_start.candidate_ids(catalog, self.active_ids, excluded, rng)
+            ids = self.cold_start.candidate_ids(catalog, self.active_ids, excluded, random.Random(draw_seed))
             candidates = [Candidate(i, catalog[i].features, catalog[i]) for i in ids]
         else:
             candidates = [Candidate(i.item_id, i.features, i) for i in catalog.values() if i.active]

@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -323,7 +322,7 @@ class Engine:
         user = live.embeddings.user_representation(request.user_id, request.user_features) if live else None
         event_id = request.event_id or self._new_event_id()
         candidates = self._catalog.candidates(request, live, user, self.config.retrieval_top_n,
-                                              random.Random(f"{self.config.seed}:{event_id}"))
+                                              f"{self.config.seed}:{event_id}")
         num_results = request.num_results or 1
         ts = time.time()
         context = with_time_context(request.context, ts)
