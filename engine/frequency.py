@@ -30,6 +30,8 @@ SEEDED_OVERLAP_SECONDS = 60.0
 """Decisions of the last minute that a log read counted are remembered for as long: one whose
 commit came just before the read and whose :meth:`FrequencyCounter.record` came after it is
 then not counted twice."""
+FORGOTTEN_KEPT_SECONDS = 600.0
+"""How long a forgotten user is kept out of log reads and decisions in flight (both take seconds)."""
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class FrequencyCounter:
         self._lock = threading.Lock()
         self._pending: list[LoggedDecision] | None = None  # recorded while a log read counts new caps
         self._seeded: dict[str, tuple[float, tuple[CapCount, ...]]] = {}  # event id → (ts, counts the read fed)
+        self._forgotten: dict[str, float] = {}  # user → when ForgetUser dropped them: kept out of what was read or decided before
 
     def install(self, caps: Sequence[FrequencyCap], now: float | None = None) -> None:
         """Count ``caps`` from now on; those not counted yet are first counted from the log over
@@ -109,6 +112,7 @@ class FrequencyCounter:
             if not fresh:
                 return
             self._pending = []
+            started = time.time()
         seen: dict[str, float] = {}  # the recent ones: what a decision recorded meanwhile may also be
         try:
             for decision in self._read_since(now - max(c.cap.window_seconds for c in fresh)):
@@ -127,6 +131,10 @@ class FrequencyCounter:
                 if decision.event_id not in seen:
                     for count in fresh:
                         count.add(decision.user_id, decision.ts, _shown(decision))
+            for user_id, when in self._forgotten.items():  # forgotten while the read ran: not brought back
+                if when >= started:
+                    for count in fresh:
+                        count.users.pop(user_id, None)
             late = tuple(fresh)
             self._seeded.update((event_id, (ts, late)) for event_id, ts in seen.items())
             self._counts.update((count.cap, count) for count in fresh)
@@ -143,6 +151,8 @@ class FrequencyCounter:
             return
         shown = _shown(decision)
         with self._lock:
+            if self._forgotten.get(decision.user_id, float("-inf")) >= decision.ts:
+                return  # decided before the user was forgotten, committed after: never counted again
             if self._pending is not None:
                 self._pending.append(decision)
             counted = self._seeded.pop(decision.event_id, (0.0, ()))[1]
@@ -181,8 +191,10 @@ class FrequencyCounter:
         return CapLimits(removed, budgets)
 
     def forget(self, user_id: str) -> None:
-        """Drop what is counted of ``user_id`` (ForgetUser)."""
+        """Drop what is counted of ``user_id`` (ForgetUser), and keep out what a log read under way
+        or a decision in flight would bring back."""
         with self._lock:
+            self._forgotten[user_id] = time.time()
             for count in self._counts.values():
                 count.users.pop(user_id, None)
 
@@ -194,6 +206,8 @@ class FrequencyCounter:
                 count.prune(now)
             for event_id in [e for e, (ts, _) in self._seeded.items() if ts <= now - SEEDED_OVERLAP_SECONDS]:
                 del self._seeded[event_id]
+            for user_id in [u for u, when in self._forgotten.items() if when <= now - FORGOTTEN_KEPT_SECONDS]:
+                del self._forgotten[user_id]
 
 
 def _shown(decision: LoggedDecision) -> list[Candidate]:
