@@ -547,6 +547,7 @@ class Engine:
         self._cold_start.catalog_changed()  # its ranking thread stops now
         try:
             self._cold_start_thread.join()
+            self.rules.join()
             if self._embeddings_follower is not None:
                 self._embeddings_follower.join()
             if self.retraining is not None:  # a training under way finishes on its own, and publishes nothing

@@ -64,6 +64,7 @@ class LiveRules:
         self._stamp: tuple[int, int, int] | None = None
         self._loaded_ts: float | None = None
         self._error: tuple[str, float | None] = ("", None)  # the last failed load's message, and when
+        self._thread: threading.Thread | None = None
 
     def start(self, stopping: threading.Event) -> None:
         """Load the file (:class:`ConfigurationError` when it does not load), then watch it until ``stopping``."""
@@ -71,7 +72,13 @@ class LiveRules:
             return
         stamp = _stamp(self.path)
         self._install(self._load(), stamp)
-        threading.Thread(target=self._watch, args=(stopping,), name="rules-file", daemon=True).start()
+        self._thread = threading.Thread(target=self._watch, args=(stopping,), name="rules-file", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the file watch to stop (after ``stopping`` is set): before the log it reads closes."""
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
 
     def poll(self) -> bool:
         """Reload the file if it changed since the last look; True when new rules are in force."""
