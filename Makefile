@@ -37,8 +37,9 @@ bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TL
 	$(PY) -m training.bench_embeddings
 	$(PY) -m server.bench_ann
 
-bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle
+bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle; then portraits in a world with history
 	$(PY) -m training.bench_quality
+	$(PY) -m training.bench_quality --world history --out build/bench-quality/history
 
 export-log: $(STAMP)  ## write the joined event log of DATA (default recbandit-data) to DATA/events.jsonl
 	$(VENV)/bin/recbandit export-log --data-dir $(DATA) --out $(DATA)/events.jsonl

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-ARCHIVE_SCHEMA_VERSION = 2
-"""1: the joined record's fields; 2: and its campaign ``arm`` (files of 1 read as the recbandit arm)."""
+ARCHIVE_SCHEMA_VERSION = 3
+"""1: the joined record's fields; 2: and its campaign ``arm`` (files of 1 read as the recbandit arm);
+3: and the user's ``portrait`` (files before read as none)."""
 """Written in every file's key-value metadata; a file with a newer version is refused."""
 
 ROWS_PER_GROUP = 2_000
@@ -62,11 +63,11 @@ _LAST_TS = (date.max - _EPOCH).days * float(_DAY_SECONDS)
 _DAY_FOLDER = re.compile(r"day=(\d{4}-\d{2}-\d{2})")
 _FILE_NAME = re.compile(r"events-\d{20}-[0-9a-f]{8}\.parquet")
 _KEYS = ("event_id", "ts", "user_id", "user_features", "context", "candidates", "slots", "rewards",
-         "model_version", "deferred", "undelivered", "activated_ts", "deadline", "schema_version", "arm")
-_ADDED = {"arm": "recbandit"}
+         "model_version", "deferred", "undelivered", "activated_ts", "deadline", "schema_version", "arm", "portrait")
+_ADDED = {"arm": "recbandit", "portrait": "{}"}
 """Fields added after the first archive version, with the value older files stand for."""
 _KEY_SET = frozenset(_KEYS)
-_JSON_KEYS = frozenset({"user_features", "context", "candidates", "slots", "rewards"})
+_JSON_KEYS = frozenset({"user_features", "context", "candidates", "slots", "rewards", "portrait"})
 _WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 6, "use_dictionary": True}
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 

@@ -24,6 +24,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.apprentice import Apprentice, ApprenticeConfig, ApprenticeStats, ServingMode, apprentice_pmf, \
+    learned_apprentice_slots, model_choice
 from engine.archive import Archive
 from engine.bandit import AFFINITY_PREFIX, BanditConfig, VWBandit, action_line, shared_line, with_affinity
 from engine.catalog import Catalog
@@ -41,6 +43,7 @@ from engine.learning import Learner, RegisteredPolicy
 from engine.liverules import LiveRules, RulesInfo, SlotPlan, pinned_choice
 from engine.roles import ROLES, SNAPSHOTS_DIR, LeaseWatch, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
+from engine.portraits import PortraitConfig, portrait_features
 from engine.privacy import Pseudonymizer
 from engine.campaign import in_control
 from engine.records import CONTROL_ARM, RECBANDIT_ARM, LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
@@ -91,6 +94,9 @@ class EngineConfig:
     campaign: str = ""  # salts the hash: a new campaign draws its control users anew
     rules_file: Path | None = None  # set: business rules (engine.rules), reloaded when the file changes
     rules_poll_interval: float = 1.0  # seconds between looks at the rules file
+    portraits: bool = True  # each decision sees the user's portrait (engine.portraits), kept as rewards arrive
+    portrait_interests: tuple[str, ...] = PortraitConfig().interest_attributes  # item attributes that make interests
+    apprentice: ApprenticeConfig = field(default_factory=ApprenticeConfig)  # --mode apprentice (engine.apprentice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,8 @@ class ModelInfo:
     rewards: RewardRules
     embeddings: EmbeddingsInfo | None = None
     registered_policy: RegisteredPolicy | None = None
+    serving_mode: ServingMode = ServingMode()
+    apprentice: ApprenticeStats | None = None  # None: this process does not learn (role serve)
 
 
 class Engine:
@@ -116,6 +124,7 @@ class Engine:
         config.bandit.validate()
         config.cold_start.validate()
         config.rewards.validate()
+        config.apprentice.validate()
         if config.role not in ROLES:
             raise StartupRefused(f"role must be one of {', '.join(ROLES)}, got {config.role!r}")
         self.config = config
@@ -158,6 +167,8 @@ class Engine:
                                      start_after=max(0, self.log.last_outcome_seq() - COLD_START_OUTCOMES))
         self._catalog = Catalog(self.log.catalog, config.limits, catalog_lock, self.embeddings, self._cold_start)
         self._encoded = EncodedCandidates()
+        self._portraits = self.log.portraits if config.portraits and config.role != "learn" else None
+        self.log.portraits.config = PortraitConfig(interest_attributes=config.portrait_interests)
         self._pseudonym = Pseudonymizer(config.user_id_key) if config.user_id_key else None
         self.embeddings.load_if_present()
         self.rules = LiveRules(config.rules_file if config.role != "learn" else None, self.log.reader.decisions_since,
@@ -177,6 +188,10 @@ class Engine:
                 snapshots=StoreSnapshots(self.log, self._dir / SNAPSHOTS_DIR, term=self._learner_term,
                                          lost=_lease_lost) if config.role == "learn" else None,
             )
+        self.apprentice = Apprentice(config.apprentice, self.log.meta, self.log.set_meta)
+        if isinstance(self._learner, Learner):  # the learner tallies apprentice slots, and switches
+            self.apprentice.seed(learned_apprentice_slots(self.log, self._learner.learned_seq, config.apprentice.window))
+            self._learner.apprentice = self.apprentice
         self._learner.start()  # re-learn what the log holds beyond the checkpoint
         if config.role != "all":  # other processes write the catalog too
             threading.Thread(target=self._follow_catalog, name="catalog-follower", daemon=True).start()
@@ -206,11 +221,15 @@ class Engine:
         return self._learner.bandit
 
     def _follow_catalog(self) -> None:
-        """Roles serve and learn: take in the catalog writes of the store's other processes."""
+        """Roles serve and learn: take in the catalog writes of the store's other processes, and
+        (role serve) the portraits they wrote (:meth:`engine.portraitstore.PortraitStore.follow`)."""
         failed = False
         while not self._stopping.wait(min(self.config.model_poll_interval, CATALOG_POLL_INTERVAL)):
             try:
                 self._catalog.follow()
+                if self._portraits is not None:  # the portraits other processes wrote, within a second
+                    self._portraits.follow()
+                self.apprentice.follow()  # a switch of mode, within a second
                 failed = False
             except Exception as error:  # the store is away: serve the catalog in hand
                 if not failed:
@@ -327,13 +346,16 @@ class Engine:
         ts = time.time()
         context = with_time_context(request.context, ts)
         candidates, plan = self._ruled(request, context, candidates, num_results, ts)
-        shared = shared_line(request.user_features, context)
+        portrait = self._portrait_features(request.user_id, ts, context)
+        shared = shared_line(request.user_features, context, portrait)
         encoded = [self._encoded.encode(c) for c in candidates]
         if live is not None:
             candidates, encoded = _with_affinity(live, user, candidates, encoded)
         actions = [line for line, _ in encoded]
         arm = CONTROL_ARM if in_control(request.user_id, self.config.control_share, self.config.campaign) else RECBANDIT_ARM
-        slots = self._fill_slots(event_id, shared, actions, candidates, num_results, plan, baseline=arm == CONTROL_ARM)
+        apprentice: list[tuple[str, str] | None] | None = [] if arm == RECBANDIT_ARM and self.apprentice.serving else None
+        slots = self._fill_slots(event_id, shared, actions, candidates, num_results, plan, baseline=arm == CONTROL_ARM,
+                                 apprentice=apprentice)
         decision = LoggedDecision(
             event_id=event_id,
             ts=ts,
@@ -346,6 +368,8 @@ class Engine:
             deferred=request.defer_activation,
             deadline=ts + self.config.rewards.window_seconds,
             arm=arm,
+            portrait=portrait,
+            apprentice=tuple(apprentice or ()),
         )
         record = decision_to_json(decision, [record for _, record in encoded])
         return _Prepared(decision, record, shared, actions, request)
@@ -369,7 +393,9 @@ class Engine:
         if logged is prepared.decision:  # committed now (not an event id another call had logged)
             self._learner.remember(logged, prepared.shared, prepared.actions)
             self.rules.record(logged)
-            report(self.observer.decided, model_id(logged.model_version))
+            if self._portraits is not None:
+                self._portraits.visit(logged.user_id, self._portraits.get(logged.user_id), logged.ts, logged.context)
+            report(self.observer.decided, model_id(logged.model_version), logged.arm)
         return self._same_event(logged, prepared.request)
 
     @staticmethod
@@ -378,18 +404,23 @@ class Engine:
         return os.urandom(16).hex()
 
     def _fill_slots(  # type: ignore[no-untyped-def]
-        self, event_id, shared, actions, candidates, num_results, plan: SlotPlan | None = None, *, baseline: bool = False
+        self, event_id, shared, actions, candidates, num_results, plan: SlotPlan | None = None, *, baseline: bool = False,
+        apprentice: list[tuple[str, str] | None] | None = None,
     ) -> tuple[SlotChoice, ...]:
         """Each slot drawn from its pmf over the candidates it may hold; ``plan``: pins, promotion
         shares and group caps (:class:`engine.liverules.SlotPlan`). With ``baseline`` (the control
         arm) each slot holds the first candidate it may, in the storefront's order, with
-        probability 1: no model is asked."""
+        probability 1: no model is asked. With ``apprentice`` (a list, apprentice mode) each slot is
+        drawn from :func:`engine.apprentice.apprentice_pmf` instead, and the list gets each slot's
+        baseline and model's choice (None for a pinned slot)."""
         remaining = list(range(len(candidates))) if plan is None else plan.open(len(candidates))
         slots = []
         bandit = self.bandit  # every slot from the same model, even if a new policy is swapped in meanwhile
         for slot in range(num_results):
             if plan is not None and (pinned := plan.pinned.get(slot)) is not None:
                 slots.append(pinned_choice(candidates, pinned))
+                if apprentice is not None:
+                    apprentice.append(None)
                 continue
             if not remaining:
                 raise plan.unfillable(slot, num_results)  # type: ignore[union-attr]  # only a plan empties it
@@ -403,6 +434,11 @@ class Engine:
                 continue
             scores = bandit.scores(shared, [actions[i] for i in remaining])
             pmf, plain = (normalised(scores), True) if plan is None else plan.pmf(slot, scores, remaining)
+            if apprentice is not None:  # the baseline is served (and explored); the model's choice is kept
+                model = remaining[model_choice(pmf, self.config.seed, event_id, slot)]
+                apprentice.append((candidates[remaining[0]].item_id, candidates[model].item_id))
+                mix = apprentice_pmf(len(remaining), self.config.apprentice.exploration)
+                pmf, plain = (mix if plan is None else plan.pmf(slot, mix, remaining)[0]), False
             k = draw(pmf, uniform_draw(self.config.seed, event_id, slot))
             full, full_scores = [0.0] * len(candidates), [0.0] * len(candidates)
             for j, i in enumerate(remaining):
@@ -423,15 +459,42 @@ class Engine:
     # -- Feedback and Activate ---------------------------------------------------------------------
 
     def record_reward(self, report: RewardReport) -> Status:
-        return self._rewarded(self.log.append_reward(self._reward(report)))
+        reward = self._reward(report)
+        status = self._rewarded(self.log.append_reward(reward))
+        if status is Status.NEW and (rewarded := self._rewarded_item(reward)) is not None:
+            self._portraits.reward(*rewarded)  # type: ignore[union-attr]
+        return status
 
     async def record_reward_async(self, report: RewardReport) -> Status:
         """:meth:`record_reward` for a coroutine."""
-        return self._rewarded(await self.log.append_reward_async(self._reward(report)))
+        reward = self._reward(report)
+        status = self._rewarded(await self.log.append_reward_async(reward))
+        if status is Status.NEW and reward.value > 0 and self._portraits is not None:  # reads the decision: not in the loop
+            if (rewarded := await asyncio.to_thread(self._rewarded_item, reward)) is not None:
+                await self._portraits.reward_async(*rewarded)
+        return status
 
     def _reward(self, report: RewardReport) -> Reward:
         check_reward_report(report, self.config.limits)
         return Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
+
+    def _portrait_features(self, user_id: str, ts: float, context: Features) -> Features:
+        """The ``Portrait`` features of a decision for ``user_id`` at ``ts`` (none with portraits off)."""
+        if self._portraits is None:
+            return {}
+        return portrait_features(self._portraits.get(user_id), ts, context, self._portraits.config)
+
+    def _rewarded_item(self, reward: Reward) -> tuple[str, Reward, Features] | None:
+        """The user, the reward and the rewarded item's features (as decided) that a new reward adds
+        to a portrait; None when it adds nothing (portraits off, a reward of 0 or less)."""
+        if self._portraits is None or reward.value <= 0:
+            return None
+        decision = self.log.get_decision(reward.event_id)
+        if decision is None:  # forgotten meanwhile
+            return None
+        item_id = reward.item_id or decision.slots[0].item_id
+        features = next((c.features for c in decision.candidates if c.item_id == item_id), {})
+        return decision.user_id, reward, features
 
     def _rewarded(self, status: Status) -> Status:
         if status is Status.NEW:  # a new reward may be final: learn it
@@ -502,7 +565,14 @@ class Engine:
             rewards=self.config.rewards,
             embeddings=live.info() if (live := self.embeddings.current) else None,
             registered_policy=served.registered_policy,
+            serving_mode=self.apprentice.mode,
+            apprentice=self.apprentice.tally.stats() if isinstance(learner, Learner) else None,
         )
+
+    def set_serving_mode(self, mode: str) -> tuple[bool, ServingMode]:
+        """Switch to ``mode`` (online or apprentice) in the store, for every process; whether it changed."""
+        changed = self.apprentice.switch(mode, "Admin/SetServingMode")
+        return changed, self.apprentice.mode
 
     def rules_info(self) -> RulesInfo:
         """The business rules in force, their file, when they were loaded, and the last failed load."""

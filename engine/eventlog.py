@@ -10,7 +10,8 @@ Tables: ``decisions`` (one row per Recommend), ``rewards`` (one per distinct eve
 label), ``outcomes`` (the final reward of each event slot, numbered by ``seq`` in commit order —
 what the bandit learns, in that order, exactly once), ``items`` (the catalog) and
 ``item_versions`` (every catalog item's features as they have been, each content once: what
-decisions name their catalog candidates by, see :mod:`engine.records`).
+decisions name their catalog candidates by, see :mod:`engine.records`) and ``portraits`` (one per
+user, :mod:`engine.portraitstore`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine.logwrites import (
     probe,
 )
 from engine.logreader import DECISION_COLUMNS, LOG_SCHEMA_VERSION, LogReader, decision_from_row
+from engine.portraitstore import PortraitStore, forget_portrait
 from engine.records import LoggedDecision, Outcome, Reward, decision_pmfs, decision_to_json
 from engine.rewards import Aggregation, RewardRules
 from engine.storage import Connection, open_database
@@ -113,6 +115,13 @@ CREATE TABLE IF NOT EXISTS embeddings (
     artifact TEXT NOT NULL,
     data {blob} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS portraits (
+    user_id TEXT PRIMARY KEY,
+    visits TEXT NOT NULL,
+    history TEXT NOT NULL,
+    updated {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS portraits_updated ON portraits (updated);
 """
 _MIGRATIONS = {
     # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default
@@ -125,6 +134,8 @@ _MIGRATIONS = {
        "DROP INDEX IF EXISTS decisions_closed;",
     # 3 → 4: embeddings artifacts the learner publishes for every replica (the table is in _SCHEMA)
     3: "",
+    # 4 → 5: user portraits (engine.portraitstore; the table is in _SCHEMA)
+    4: "",
 }
 PRUNE_BATCH = 500
 """Events one retention transaction deletes at most: a few milliseconds of the writer's time."""
@@ -161,6 +172,8 @@ class EventLog:
         self._reader = self.reader.connection
         self.catalog = CatalogStore(self._writer, self._reader)
         """The catalog's items and versions, written through this log's writer."""
+        self.portraits = PortraitStore(self._writer, self._reader, self.database.update_lock)
+        """The users' portraits, written through this log's writer."""
 
     def _migrate(self, conn: Connection) -> None:
         """Create the tables, or bring an older log's up to :data:`LOG_SCHEMA_VERSION`; refuse a newer one.
@@ -347,18 +360,20 @@ class EventLog:
     # -- privacy ---------------------------------------------------------------------------------
 
     def forget_user(self, user_id: str, *, in_archive_later: bool = False) -> Forgotten:
-        """Delete the user's decisions, their rewards and final outcomes in one transaction; with
+        """Delete the user's decisions, their rewards, final outcomes and portrait in one transaction; with
         ``in_archive_later`` (a process without the archive), ask the learner, in the same
         transaction, to forget the user in the archive too (:meth:`archive_forgets`)."""
 
         def forget(conn: Connection) -> Forgotten:
             event_ids = [e for (e,) in conn.execute("SELECT event_id FROM decisions WHERE user_id = ?", (user_id,))]
             rewards, outcomes, _ = delete_events(conn, event_ids)
+            portraits = forget_portrait(conn, user_id)
             if in_archive_later:
                 conn.execute("INSERT INTO archive_forgets VALUES (?, ?) ON CONFLICT DO NOTHING", (user_id, time.time()))
-            return Forgotten(tuple(event_ids), rewards, outcomes)
+            return Forgotten(tuple(event_ids), rewards, outcomes, portraits)
 
         forgotten = self._writer.submit(forget)
+        self.portraits.forgotten(user_id)
         self._checkpoint_wal()
         return forgotten
 
@@ -482,6 +497,24 @@ class EventLog:
         value = str(directory.resolve())
         self._writer.submit(lambda conn: conn.execute(SET_META, ("archive_dir", value)))
 
+    def meta(self, key: str) -> str | None:
+        """The store's ``meta`` value of ``key`` (None: none)."""
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str, expected: str | None) -> bool:
+        """Set ``meta`` ``key`` to ``value`` if it holds ``expected`` now (None: if it has no value);
+        False, and nothing written, when another process changed it first."""
+
+        def swap(conn: Connection) -> bool:
+            if expected is None:
+                return conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING key",
+                                    (key, value)).fetchone() is not None
+            return conn.execute("UPDATE meta SET value = ? WHERE key = ? AND value = ? RETURNING key",
+                                (value, key, expected)).fetchone() is not None
+
+        return self._writer.submit(swap)
+
     def _checkpoint_wal(self) -> None:
         """Copy SQLite's WAL into the database and empty it, so that deleted rows leave the WAL file too."""
         if not self.database.fold_write_ahead_log(self._reader()):
@@ -552,3 +585,4 @@ class Forgotten:
     event_ids: tuple[str, ...]
     rewards: int
     outcomes: int
+    portraits: int = 0

@@ -162,7 +162,7 @@ class Explainer:
         slot = next((k for k, s in enumerate(decision.slots) if s.item_id == item_id), -1)
         pmf = decision.slots[max(slot, 0)].pmf
         shared, (action,) = example_lines(decision.user_features, decision.context,
-                                          [(item_id, decision.candidates[position].features)])
+                                          [(item_id, decision.candidates[position].features)], decision.portrait)
         check_audit_size(shared, action)
         text = f"{shared}\n{action}"
         features = self._audit(self.live_model().arguments, text)  # the child process runs while learning goes on

@@ -44,6 +44,7 @@ def export_parquet(log: LogReader, path: Path) -> int:
             "user_features": json.dumps(record["user_features"]),
             "context": json.dumps(record["context"]),
             "candidates": json.dumps(record["candidates"]),
+            "portrait": json.dumps(record["portrait"]),
             "num_candidates": len(event.decision.candidates),
         }
         for slot in slots:  # type: ignore[attr-defined]

@@ -12,16 +12,39 @@ from engine.records import candidate_to_json
 from engine.types import Candidate, Features, FeatureValue
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYPARTS = ("night", "morning", "afternoon", "evening")
+"""The day in quarters: night 0–5 h, morning 6–11 h, afternoon 12–17 h, evening 18–23 h."""
 
 
 def with_time_context(context: Features, ts: float) -> dict[str, FeatureValue]:
-    """Add ``hour`` (``"0"``…``"23"``) and ``weekday`` (``"mon"``…) in UTC unless the caller sent them."""
+    """The request's context with the clock added, the caller's own values winning.
+
+    ``hour`` (``"0"``…``"23"``) and ``weekday`` (``"mon"``…) in UTC unless the caller sent them,
+    and their coarse forms, ``daypart`` (:data:`DAYPARTS`) and ``weekend`` (``true`` on ``sat``
+    and ``sun``), from whichever hour and weekday the context then has. The bandit crosses the
+    coarse forms with the item and keeps the fine ones uncrossed (:func:`engine.bandit.shared_line`).
+    """
     merged = dict(context)
     if "hour" not in merged or "weekday" not in merged:
         t = time.gmtime(ts)
         merged.setdefault("hour", str(t.tm_hour))
         merged.setdefault("weekday", WEEKDAYS[t.tm_wday])
+    if "daypart" not in merged and (hour := _hour(merged["hour"])) is not None:
+        merged["daypart"] = DAYPARTS[hour // 6]
+    if "weekend" not in merged and merged["weekday"] in WEEKDAYS:
+        merged["weekend"] = merged["weekday"] in ("sat", "sun")
     return merged
+
+
+def _hour(value: FeatureValue) -> int | None:
+    """``value`` as an hour of the day, if it is one: ``"7"``, ``"07"`` or ``7``."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 2:
+        hour = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        hour = value
+    else:
+        return None
+    return hour if 0 <= hour <= 23 else None
 
 
 def merge_features(catalog: Mapping[str, FeatureValue] | None, request: Features) -> Features:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bandit import BanditConfig, VWBandit, example_lines
+from engine.apprentice import Apprentice, ApprenticeSlot, apprentice_slots
+from engine.bandit import BanditConfig, VWBandit, decision_lines
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
 from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
 from engine.eventlog import EventLog
@@ -131,6 +132,7 @@ class Learner(HoldsServedModel):
         self._recent = RecentExamples()
         self._learn_lock = threading.Lock()
         self.observer = Observer()
+        self.apprentice: Apprentice | None = None  # set: apprentice slots learned go to its tally
         self._load_model(bandit)
         self.updated = time.time()  # when the served model last learned or was replaced
         self._checkpointed: tuple[ServedModel, int] | None = (  # what the checkpoint on disk holds
@@ -205,11 +207,15 @@ class Learner(HoldsServedModel):
                         self._learn(outcome, example)
                         self.examples_learned += 1
                         learned += 1
+                        if self.apprentice is not None and (slot := example.apprentice_slot(outcome.slot)) is not None:
+                            self.apprentice.learned(slot, outcome.reward)
                     self.learned_seq = outcome.seq
                     if example is not None:  # reported once learned and counted, never before
                         delay = outcome.ts - example.decided if outcome.source == "reward" else None
                         report(self.observer.learned, LearnedSlot(example.model, outcome.reward, outcome.source,
-                                                                  example.exploring[outcome.slot], delay))
+                                                                  example.exploring[outcome.slot], delay, example.arm))
+            if learned and self.apprentice is not None:  # under the lock: a learn_pending after this one sees the switch
+                self.apprentice.check_switch()
         if learned:
             with self._learned:
                 self._learned.notify_all()
@@ -220,8 +226,7 @@ class Learner(HoldsServedModel):
         found = self._recent.find(event_ids)
         missing = [e for e in event_ids if e not in found]
         for event_id, decision in self.log.decisions(missing).items():
-            shared, actions = example_lines(decision.user_features, decision.context,
-                                            ((c.item_id, c.features) for c in decision.candidates))
+            shared, actions = decision_lines(decision)
             found[event_id] = _Example.of(decision, shared, actions)
         return found
 
@@ -389,6 +394,11 @@ class _Example:
     model: str  # the id of the model that decided
     decided: float  # when
     exploring: tuple[bool, ...]  # per slot: its item was not the most probable one
+    arm: str  # the decision's campaign arm
+    apprentice: tuple[ApprenticeSlot | None, ...]  # apprentice mode: per slot, what its tally needs
+
+    def apprentice_slot(self, slot: int) -> ApprenticeSlot | None:
+        return self.apprentice[slot] if slot < len(self.apprentice) else None
 
     @classmethod
     def of(cls, decision: LoggedDecision, shared: str, actions: list[str]) -> _Example:
@@ -402,6 +412,8 @@ class _Example:
             model_id(decision.model_version),
             decision.ts,
             tuple(s.probability < max(s.pmf) for s in decision.slots),
+            decision.arm,
+            apprentice_slots(decision),
         )
 
 

@@ -28,7 +28,7 @@ from engine.types import Item
 EVENT_LOG = "events.db"
 """The event log's file name in a data directory."""
 
-LOG_SCHEMA_VERSION = 4
+LOG_SCHEMA_VERSION = 5
 """The version of the tables; each record's own format is :data:`engine.records.SCHEMA_VERSION`."""
 
 DECISION_COLUMNS = "event_id, ts, user_id, model_version, deferred, deadline, record, undelivered, pmf"

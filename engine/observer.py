@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from engine.records import RECBANDIT_ARM
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,8 @@ class LearnedSlot:
     examples learned). ``exploring`` says the slot's item was not the most probable one of its
     pmf: the policy explored rather than exploited. ``reward_delay`` is the seconds from the
     decision to the reward that made the slot final; None when no reward did (``default``) or
-    rewards were summed over the window (``sum``).
+    rewards were summed over the window (``sum``). ``arm`` is the decision's campaign arm:
+    ``recbandit`` or ``control`` (:mod:`engine.campaign`).
     """
 
     model: str
@@ -29,14 +32,15 @@ class LearnedSlot:
     source: str  # reward, sum or default (see engine.records.Outcome)
     exploring: bool
     reward_delay: float | None
+    arm: str = RECBANDIT_ARM
 
 
 class Observer:
     """Ignores everything; the server's metrics override what they count."""
 
-    def decided(self, model: str) -> None:
-        """A new decision of the model ``model`` (an id, see :func:`model_id`) was committed; a
-        repeated event id answered from the log is not new."""
+    def decided(self, model: str, arm: str = RECBANDIT_ARM) -> None:
+        """A new decision of the model ``model`` (an id, see :func:`model_id`) in the campaign arm
+        ``arm`` was committed; a repeated event id answered from the log is not new."""
 
     def committed(self, seconds: float, operations: int) -> None:
         """One event-log transaction of ``operations`` writes committed (or failed) in ``seconds``."""

@@ -64,6 +64,10 @@ class LoggedDecision:
     schema_version: int = SCHEMA_VERSION
     undelivered: bool = False  # the caller was gone before the reply: never learned with the default reward
     arm: str = RECBANDIT_ARM  # CONTROL_ARM: the storefront's order was served (engine.campaign)
+    portrait: Features = field(default_factory=dict)  # the user's portrait as the decision saw it (engine.portraits)
+    apprentice: tuple[tuple[str, str] | None, ...] = ()
+    """Apprentice mode (:mod:`engine.apprentice`): per slot the baseline and the model's choice, None
+    for a pinned slot; empty when the model served."""
 
     @property
     def chosen_item_ids(self) -> tuple[str, ...]:
@@ -113,7 +117,9 @@ def decision_to_json(decision: LoggedDecision, candidates_json: Sequence[str] | 
     )
     slots = _compact([s.item_id for s in decision.slots])
     arm = "" if decision.arm == RECBANDIT_ARM else f',"arm":{_compact(decision.arm)}'  # the default is not stored
-    return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}{arm}}}'
+    portrait = f',"portrait":{_compact(_features_out(decision.portrait))}' if decision.portrait else ""
+    apprentice = f',"apprentice":{_compact(decision.apprentice)}' if decision.apprentice else ""
+    return f'{head[:-1]},"candidates":[{",".join(candidates_json)}],"slots":{slots}{arm}{portrait}{apprentice}}}'
 
 
 _PMF_DOUBLES, _PMF_SCORES = b"d", b"f"
@@ -219,7 +225,13 @@ def decision_from_json(
         schema_version=data["schema_version"],
         undelivered=undelivered,
         arm=data.get("arm", RECBANDIT_ARM),
+        portrait=features_from_dict(data.get("portrait") or {}),
+        apprentice=_apprentice_from(data.get("apprentice") or ()),
     )
+
+
+def _apprentice_from(entries: Sequence[Sequence[str] | None]) -> tuple[tuple[str, str] | None, ...]:
+    return tuple(None if entry is None else (str(entry[0]), str(entry[1])) for entry in entries)
 
 
 def _slots_from_json(slots: list[str], pmfs: bytes | None, candidates: tuple[Candidate, ...]) -> tuple[SlotChoice, ...]:
@@ -290,6 +302,8 @@ class JoinedEvent:
                 "reward": None if final is None else final.reward,
                 "reward_source": None if final is None else final.source,
                 "reward_final_ts": None if final is None else final.ts,
+                "baseline_item_id": None if not (choice := _apprentice_of(decision, i)) else choice[0],
+                "model_item_id": None if not choice else choice[1],
             }
             for i, (slot, final) in enumerate(zip(decision.slots, self.outcomes, strict=True))
         ]
@@ -309,6 +323,7 @@ class JoinedEvent:
             "deadline": decision.deadline,
             "schema_version": decision.schema_version,
             "arm": decision.arm,
+            "portrait": dict(decision.portrait),
         }
 
     @classmethod
@@ -332,6 +347,9 @@ class JoinedEvent:
             schema_version=int(record.get("schema_version", SCHEMA_VERSION)),  # type: ignore[call-overload]
             undelivered=bool(record.get("undelivered", False)),
             arm=str(record.get("arm") or RECBANDIT_ARM),
+            portrait=features_from_dict(record.get("portrait") or {}),  # type: ignore[arg-type]
+            apprentice=_apprentice_from([(s["baseline_item_id"], s["model_item_id"]) if s.get("model_item_id")
+                                         else None for s in slots]) if any(s.get("model_item_id") for s in slots) else (),
         )
         outcomes = tuple(
             None if s.get("reward") is None
@@ -342,6 +360,11 @@ class JoinedEvent:
                         for r in record.get("rewards") or ())  # type: ignore[attr-defined]
         activated = record.get("activated_ts")
         return cls(decision, outcomes, rewards, None if activated is None else float(activated))  # type: ignore[arg-type]
+
+
+def _apprentice_of(decision: LoggedDecision, slot: int) -> tuple[str, str] | None:
+    """Slot ``slot``'s baseline and model choice in apprentice mode, else None."""
+    return decision.apprentice[slot] if decision.apprentice else None
 
 
 def features_to_json(features: Features) -> str:

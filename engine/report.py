@@ -36,6 +36,12 @@ on; with embeddings swapped since, the live model would see the new artifact's a
 the report does not recompute. The live model keeps learning while the report scores: each
 example is scored under the model's own lock, between learning steps.
 
+The same decisions give the report's campaign section (:mod:`engine.campaign`, ``--control-share``):
+per arm, and per channel and surface, the impressions, CTR, conversion rate and revenue per 1,000
+impressions of the decisions shown, and recbandit's uplift over control with a 95% interval from
+the users-resampled bootstrap, with the report's resamples and seed, over at most
+:data:`MAX_CAMPAIGN_SEGMENTS` segments and :data:`MAX_CAMPAIGN_DRAWS` users drawn in all.
+
 A verdict needs :data:`MIN_DECISIONS` decisions; the interval of the lift then decides it. When it
 still includes 0 and the lift is positive, the interval's lower half-width ``h = L - lo`` shrinks
 about as ``1/sqrt(n)``, so ``n' = n (h / L)^2`` decisions would put ``lo`` above 0: about
@@ -55,6 +61,7 @@ import numpy as np
 
 from engine.archive import Archive
 from engine.bandit import VWBandit, action_line, shared_line
+from engine.campaign import CampaignReport, CampaignTally
 from engine.errors import InvalidRequest
 from engine.eventlog import EventLog
 from engine.ope import IPS, SNIPS, BanditFeedback, Bootstrap, Estimate, Estimator
@@ -70,6 +77,12 @@ MAX_CANDIDATES_SCORED = 1_000_000
 """The most candidates the live model scores for one report: the newest decisions up to this many."""
 MIN_DECISIONS = 30
 """Fewer decisions than this get no verdict but "not yet distinguishable": their interval means little."""
+MAX_CAMPAIGN_SEGMENTS = 16
+"""The campaign section's segments at most, the whole window included: 3 channels × 3 surfaces and
+their margins; past it the smallest are left out, with a note. Each costs a bootstrap of its users."""
+MAX_CAMPAIGN_DRAWS = 20_000_000
+"""The campaign bootstrap's users drawn per report, over every resample and segment: about a second
+on 2 cores. Past it the resamples are cut (to no fewer than 200), with a note."""
 POLICIES = ("random", "first_candidate", "greedy", "greedy_at_decision")
 _BATCH = 500
 _AT_EXAMPLES = re.compile(r"@\d+(?=\+|$)")
@@ -131,6 +144,7 @@ class LearningReport:
     overall: VersionReport
     versions: tuple[VersionReport, ...]  # the most recent first
     model_version: str  # the live model whose greedy policy is estimated
+    campaign: CampaignReport | None = None  # per arm, channel and surface, over the same decisions
 
 
 @dataclass(frozen=True)
@@ -184,7 +198,8 @@ def learning_report(
     The part of the window that retention deleted from the log is read from its ``archive``.
     """
     start = now - request.window_seconds
-    rows = list(_window_rows(log, archive, bandit, start, now - closing_lag, request.max_decisions))
+    campaign = CampaignTally(now - closing_lag)
+    rows = list(_window_rows(log, archive, bandit, start, now - closing_lag, request.max_decisions, campaign))
     versions: dict[str, list[_Row]] = {}
     for row in rows:  # newest first, so versions come in order of their newest decision
         versions.setdefault(row.version, []).append(row)
@@ -194,17 +209,22 @@ def learning_report(
         reports: tuple[VersionReport, ...] = (dataclasses.replace(overall, model_version=name),)
     else:
         reports = tuple(version_report(name, group, bootstrap) for name, group in versions.items())
-    return LearningReport(start, now, overall, reports, model_version)
+    shown = campaign.report(bootstrap.n_resamples, bootstrap.seed, MAX_CAMPAIGN_SEGMENTS, MAX_CAMPAIGN_DRAWS)
+    return LearningReport(start, now, overall, reports, model_version, shown)
 
 
 def _window_rows(
-    log: EventLog, archive: Archive | None, bandit: VWBandit, start: float, closed_by: float, max_decisions: int
+    log: EventLog, archive: Archive | None, bandit: VWBandit, start: float, closed_by: float, max_decisions: int,
+    campaign: CampaignTally,
 ) -> Iterator[_Row]:
     """The newest decisions since ``start`` whose reward window ended by ``closed_by``, newest first,
-    within the limits: from the log, then from the archive if the log ran out before ``start``."""
+    within the limits: from the log, then from the archive if the log ran out before ``start``.
+    Each one's event is added to ``campaign`` too."""
     taken = scored = 0
     lines = _ActionLines()
-    for decision, reward in _settled(log, archive, start, closed_by):
+    for event, reward in _settled(log, archive, start, closed_by):
+        decision = event.decision
+        campaign.add(event)
         yield _row(decision, reward, bandit, lines)
         taken += 1
         scored += len(decision.candidates)
@@ -214,8 +234,8 @@ def _window_rows(
 
 def _settled(
     log: EventLog, archive: Archive | None, start: float, closed_by: float
-) -> Iterator[tuple[LoggedDecision, float]]:
-    """Decisions since ``start`` whose window ended by ``closed_by``, with slot 0's final reward, newest first.
+) -> Iterator[tuple[JoinedEvent, float]]:
+    """Events since ``start`` whose window ended by ``closed_by``, with slot 0's final reward, newest first.
 
     Outcomes are read by ``seq`` downwards; an outcome is final after its decision, so the first
     one older than ``start`` ends the window (up to the commit order of simultaneous rewards). When
@@ -229,13 +249,13 @@ def _settled(
             break
         before = batch[-1].seq
         recent = [o for o in batch if o.ts >= start]
-        decisions = log.decisions(o.event_id for o in recent)
+        events = {event.event_id: event for event in log.reader.events(o.event_id for o in recent)}
         for outcome in recent:
-            decision = decisions.get(outcome.event_id)
-            if decision is None or decision.ts < start or not decision.slots:
+            event = events.get(outcome.event_id)
+            if event is None or event.ts < start or not event.decision.slots:
                 continue
-            seen.add(decision.event_id)
-            yield decision, outcome.reward
+            seen.add(event.event_id)
+            yield event, outcome.reward
         if len(recent) < len(batch):
             return
     if archive is None:
@@ -246,7 +266,7 @@ def _settled(
             continue
         reward = event.reward(0)
         if reward is not None:
-            yield decision, reward
+            yield event, reward
 
 
 class _ActionLines:
@@ -274,7 +294,7 @@ def _row(decision: LoggedDecision, reward: float, bandit: VWBandit, lines: _Acti
     served = decision.slots[0]
     item_ids = [c.item_id for c in decision.candidates]
     action = item_ids.index(served.item_id)
-    shared = shared_line(decision.user_features, decision.context)
+    shared = shared_line(decision.user_features, decision.context, decision.portrait)
     pmf = bandit.pmf(shared, [lines(c) for c in decision.candidates])
     return _Row(
         version=_AT_EXAMPLES.sub("", decision.model_version, count=1),

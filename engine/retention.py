@@ -74,6 +74,7 @@ class Retention:
                 for user_id in self.log.archive_forgets():
                     self.archive.forget_user(user_id)
                     self.log.archive_forgotten(user_id)
+            self.log.portraits.prune(before, PRUNE_BATCH)  # portraits nothing renewed within the retention
             due = self.log.prunable(before, learned_seq, PASS_LIMIT)
             if not due:
                 return 0

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from engine.cache import BoundedCache
+from engine.campaign import CONTROL, RECBANDIT, ArmCounts, CampaignReport, SegmentResult, Uplift
+from engine.apprentice import ApprenticeConfig, ApprenticeStats, ServingMode
 from engine.core import ForgottenUser, ModelInfo, RegisteredPolicy
 from engine.explain import Explanation, FeatureContribution
 from engine.liverules import RulesInfo
@@ -112,7 +114,7 @@ def timestamp(ts: float | None) -> Timestamp | None:
     return message
 
 
-def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
+def model_info_to_proto(info: ModelInfo, apprentice: ApprenticeConfig | None = None) -> pb.GetModelInfoResponse:
     return pb.GetModelInfoResponse(
         model_version=info.model_version,
         examples_learned=info.examples_learned,
@@ -125,7 +127,19 @@ def model_info_to_proto(info: ModelInfo) -> pb.GetModelInfoResponse:
         reward_aggregation=info.rewards.aggregation.value,
         embeddings=embeddings_info_to_proto(info.embeddings),
         registered_policy=registered_policy_to_proto(info.registered_policy),
+        serving_mode=serving_mode_to_proto(info.serving_mode, info.apprentice, apprentice),
     )
+
+
+def serving_mode_to_proto(mode: ServingMode, stats: ApprenticeStats | None = None,
+                          config: ApprenticeConfig | None = None) -> pb.ServingMode:
+    """The mode in force, with this process's apprentice settings and figures (when it tallies them)."""
+    config = config or ApprenticeConfig()
+    figures = None if stats is None else pb.ApprenticeFigures(
+        slots=stats.slots, match_rate=stats.match_rate, baseline_reward=stats.baseline_reward,
+        model_reward=stats.model_reward, identified_share=stats.identified_share, window=config.window)
+    return pb.ServingMode(mode=mode.mode, since=timestamp(mode.since or None), reason=mode.reason,
+                          exploration=config.exploration, until=config.until or 0.0, apprentice=figures)
 
 
 def embeddings_info_to_proto(info: EmbeddingsInfo | None) -> pb.EmbeddingsInfo | None:
@@ -194,6 +208,7 @@ def learning_report_to_proto(report: LearningReport) -> pb.GetLearningReportResp
         overall=version_report_to_proto(report.overall),
         versions=[version_report_to_proto(v) for v in report.versions],
         model_version=report.model_version,
+        campaign=None if report.campaign is None else campaign_to_proto(report.campaign),
     )
 
 
@@ -227,7 +242,49 @@ def learning_report_to_domain(message: pb.GetLearningReportResponse) -> Learning
         overall=version_report_to_domain(message.overall),
         versions=tuple(version_report_to_domain(v) for v in message.versions),
         model_version=message.model_version,
+        campaign=campaign_to_domain(message.campaign) if message.HasField("campaign") else None,
     )
+
+
+def campaign_to_proto(report: CampaignReport) -> pb.CampaignResults:
+    return pb.CampaignResults(
+        decisions=report.decisions,
+        click_labels=report.click_labels,
+        purchase_labels=report.purchase_labels,
+        resamples=report.resamples,
+        segments=[campaign_segment_to_proto(s) for s in report.segments],
+        notes=report.notes,
+    )
+
+
+def campaign_segment_to_proto(segment: SegmentResult) -> pb.CampaignSegment:
+    """The arms in the order recbandit, control, then any other (sorted)."""
+    order = [RECBANDIT, CONTROL, *sorted(set(segment.arms) - {RECBANDIT, CONTROL})]
+    return pb.CampaignSegment(
+        channel=segment.channel,
+        surface=segment.surface,
+        arms=[pb.CampaignArm(arm=arm, users=c.users, impressions=c.impressions, clicks=c.clicks,
+                             conversions=c.conversions, revenue=c.revenue, ctr=c.metric("ctr"),
+                             conversion_rate=c.metric("conversion_rate"),
+                             revenue_per_mille=c.metric("revenue_per_mille"))
+              for arm in order if (c := segment.arms.get(arm)) is not None],
+        uplifts=[pb.CampaignUplift(metric=u.metric, estimate=u.estimate, ci_low=u.low, ci_high=u.high)
+                 for u in segment.uplifts],
+    )
+
+
+def campaign_to_domain(message: pb.CampaignResults) -> CampaignReport:
+    """The inverse of :func:`campaign_to_proto` (each arm's metrics follow from its counts)."""
+    segments = tuple(
+        SegmentResult(
+            s.channel, s.surface,
+            {a.arm: ArmCounts(a.impressions, a.clicks, a.conversions, a.revenue, a.users) for a in s.arms},
+            tuple(Uplift(u.metric, u.estimate, u.ci_low, u.ci_high) for u in s.uplifts),
+        )
+        for s in message.segments
+    )
+    return CampaignReport(segments, message.decisions, tuple(message.click_labels), tuple(message.purchase_labels),
+                          message.resamples, tuple(message.notes))
 
 
 def version_report_to_domain(message: pb.ModelVersionReport) -> VersionReport:

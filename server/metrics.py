@@ -19,6 +19,12 @@ labels.
   for exploring and exploiting slots apart (``choice`` is ``explore`` when the slot's item was not
   the most probable of its pmf). In PromQL: ``(rate(recbandit_learned_reward_total[1h]) -
   rate(recbandit_learned_negative_reward_total[1h])) / rate(recbandit_learned_slots_total[1h])``.
+- ``recbandit_arm_decisions_total{arm}``, ``recbandit_arm_learned_slots_total{arm}`` and
+  ``recbandit_arm_rewarded_slots_total{arm}``: per campaign arm (``recbandit`` or ``control``,
+  ``--control-share``), decisions committed, slots whose final outcome was learned, and those of
+  them whose final reward was above 0. Rewarded over learned slots is each arm's online CTR when
+  clicks are the rewards: ``rate(recbandit_arm_rewarded_slots_total[1h]) /
+  rate(recbandit_arm_learned_slots_total[1h])``.
 - ``recbandit_undelivered_decisions_total``: decisions committed whose caller was gone.
 - ``recbandit_events_pruned_total``: events ``--retention`` deleted.
 - ``recbandit_reward_delay_seconds``: from a decision to the reward that made its slot final
@@ -28,6 +34,10 @@ labels.
   not yet learned), ``recbandit_learner_lag_seconds`` (how long the oldest of them has waited),
   ``recbandit_model_age_seconds`` (since the model last learned or was replaced),
   ``recbandit_seconds_since_checkpoint`` and ``recbandit_event_log_writable``.
+- ``recbandit_apprentice_mode`` (1: apprentice, 0: online) and, where the learner runs,
+  ``recbandit_apprentice_slots``, ``recbandit_apprentice_match_rate``,
+  ``recbandit_apprentice_baseline_reward``, ``recbandit_apprentice_model_reward`` and
+  ``recbandit_apprentice_identified_share`` (:mod:`engine.apprentice`).
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from engine.apprentice import APPRENTICE, ApprenticeStats
 from engine.core import Engine
 from engine.observer import LearnedSlot, Observer
+from engine.records import CONTROL_ARM, RECBANDIT_ARM
 from server.errors import InFlight
 
 MAX_LABELS = 32
@@ -50,6 +62,8 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 SCRAPE_TIMEOUT = 10.0
 """Seconds a scrape waits for the engine's gauges."""
 DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
+ARMS = (RECBANDIT_ARM, CONTROL_ARM)
+"""The values of the ``arm`` label: a campaign's two arms."""
 
 
 def reward_label_set(text: str) -> frozenset[str]:
@@ -73,6 +87,16 @@ class Metrics(Observer):
         self._decisions = Counter("recbandit_decisions", "Recommend decisions by the model that made them.",
                                   ["model"], registry=registry)
         self._rewards = Counter("recbandit_rewards", "New rewards by label.", ["label"], registry=registry)
+        self._arm_decisions = Counter("recbandit_arm_decisions", "Decisions committed, by campaign arm.",
+                                      ["arm"], registry=registry)
+        self._arm_slots = Counter("recbandit_arm_learned_slots", "Slots whose final outcome was learned, by campaign arm.",
+                                  ["arm"], registry=registry)
+        self._arm_rewarded = Counter("recbandit_arm_rewarded_slots",
+                                     "Slots learned with a final reward above 0, by campaign arm.", ["arm"],
+                                     registry=registry)
+        for arm in ARMS:  # both arms from the first scrape: a ratio per arm needs no absent series
+            for counter in (self._arm_decisions, self._arm_slots, self._arm_rewarded):
+                counter.labels(arm)
         self._outcomes = Counter("recbandit_outcomes_learned", "Final outcomes learned, by source: reward, sum or default.",
                                  ["source"], registry=registry)
         self._learned_reward = Counter("recbandit_learned_reward", "Sum of the positive rewards learned, by model and choice.",
@@ -103,8 +127,9 @@ class Metrics(Observer):
 
     # -- what the engine reports (Observer) ------------------------------------------------------
 
-    def decided(self, model: str) -> None:
+    def decided(self, model: str, arm: str = RECBANDIT_ARM) -> None:
         self._decisions.labels(self._bounded("model", model)).inc()
+        self._arm_decisions.labels(_arm(arm)).inc()
 
     def rewarded(self, label: str) -> None:
         if self._labels:  # the operator's list: a client cannot take the series from it
@@ -125,6 +150,10 @@ class Metrics(Observer):
             self._learned_loss.labels(*labels).inc(-slot.reward)
         if slot.reward_delay is not None:
             self._delay.observe(max(0.0, slot.reward_delay))
+        arm = _arm(slot.arm)
+        self._arm_slots.labels(arm).inc()
+        if slot.reward > 0:
+            self._arm_rewarded.labels(arm).inc()
 
     def undelivered(self) -> None:
         self._undelivered.inc()
@@ -149,6 +178,11 @@ class Metrics(Observer):
 
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+def _arm(arm: str) -> str:
+    """A campaign arm as its label: one of :data:`ARMS` (a log holds no other; kept bounded anyway)."""
+    return arm if arm in ARMS else RECBANDIT_ARM
 
 
 class EngineGauges:
@@ -183,4 +217,24 @@ class EngineGauges:
              -1.0 if checkpoint is None else time.time() - checkpoint),
             ("recbandit_event_log_writable", "1 while writes to the event log succeed, else 0.",
              float(engine.log.storage_healthy)),
+            ("recbandit_apprentice_mode", "1 while apprentice mode serves the storefront's order, 0 online.",
+             float(info.serving_mode.mode == APPRENTICE)),
+            *_apprentice_gauges(info.apprentice),
         ]
+
+
+def _apprentice_gauges(stats: ApprenticeStats | None) -> list[tuple[str, str, float]]:
+    """Apprentice mode's figures (engine.apprentice), where the learner tallies them (roles all and learn)."""
+    if stats is None:
+        return []
+    return [
+        ("recbandit_apprentice_slots", "Newest learned apprentice slots the figures are over.", float(stats.slots)),
+        ("recbandit_apprentice_match_rate", "Share of apprentice slots where the model's choice is the baseline.",
+         stats.match_rate),
+        ("recbandit_apprentice_baseline_reward", "The baseline's reward per apprentice slot (IPS; observed at "
+         "exploration 0).", stats.baseline_reward),
+        ("recbandit_apprentice_model_reward", "The model's reward per apprentice slot, inverse-propensity weighted.",
+         stats.model_reward),
+        ("recbandit_apprentice_identified_share", "Share of apprentice slots where the model's choice could be "
+         "served (its IPS estimate is identified).", stats.identified_share),
+    ]

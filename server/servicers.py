@@ -107,7 +107,13 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
-        return converters.model_info_to_proto(self._engine.model_info())
+        return converters.model_info_to_proto(self._engine.model_info(), self._engine.config.apprentice)
+
+    @rpc
+    async def SetServingMode(self, request: pb.SetServingModeRequest, context: Context) -> pb.SetServingModeResponse:
+        changed, mode = await asyncio.to_thread(self._engine.set_serving_mode, request.mode)
+        return pb.SetServingModeResponse(changed=changed, serving_mode=converters.serving_mode_to_proto(
+            mode, config=self._engine.config.apprentice))
 
     @rpc
     async def Checkpoint(self, request: pb.CheckpointRequest, context: Context) -> pb.CheckpointResponse:

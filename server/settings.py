@@ -41,6 +41,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.apprentice import ApprenticeConfig
 from engine.bandit import BanditConfig
 from engine.coldstart import ColdStartConfig
 from engine.core import EngineConfig
@@ -177,8 +178,14 @@ class Settings(BaseSettings):
         "squarecb", description="how the bandit explores")
     exploration_parameter: float | None = Field(None, description="epsilon, lambda, gamma_scale, mellowness, "
                                                                   "policies or bags (by --exploration); unset: VW's")
-    interactions: str = Field("UI,CI", description="VW quadratic interactions of namespaces U(ser), C(ontext), "
-                                                   "I(tem), comma-separated")
+    interactions: str = Field("", description="VW quadratic interactions of namespaces U(ser), C(ontext), "
+                                              "T(ime), P(ortrait), I(tem), K(ey: the item id), comma-separated; "
+                                              "empty: UI,CI, and PI with --portraits on")
+    portraits: Literal["on", "off"] = Field("on", description="each decision sees the user's portrait (interests, "
+                                                              "RFM, visits) in VW's Portrait namespace")
+    portrait_interests: str = Field("category,brand,tags", description="the item features (categorical, or lists "
+                                                                       "of tags) whose rewarded values make a "
+                                                                       "user's interests, comma-separated")
     learning_rate: float = Field(0.5, description="VW's learning rate")
     reward_window: str = Field("10m", description="how long after a decision its rewards count (30s, 10m, 2h, 7d)")
     default_reward: float = Field(0.0, description="learned for a slot whose window closes without Feedback")
@@ -217,6 +224,16 @@ class Settings(BaseSettings):
     control_share: float = Field(0.0, description="share of users (by a stable hash of the user id) served the "
                                                    "storefront's own order, as a control arm: 0 to below 1")
     campaign: str = Field("", description="the campaign's name: a new one draws its control users anew")
+    mode: Literal["online", "apprentice"] = Field("online", description="apprentice: serve the storefront's order "
+                                                  "(the first candidate a slot may hold) while the model learns; "
+                                                  "the store's mode wins once one was recorded")
+    apprentice_exploration: float = Field(0.0, description="apprentice mode: the share of each slot drawn uniformly "
+                                                           "over its candidates (0 to below 1)")
+    apprentice_until: float = Field(0.0, description="apprentice mode: switch to online once the model's choice "
+                                                     "matches the baseline this often over --apprentice-window "
+                                                     "learned slots (above 0, at most 1); 0: only Admin/SetServingMode")
+    apprentice_window: int = Field(1000, description="apprentice mode: the newest learned slots the match rate and "
+                                                     "rewards are over, and the switch waits for")
     embeddings_retrain_interval: str = Field("", description="the learner re-trains the LightFM embeddings from the "
                                                              "store this often (a duration, e.g. 6h; needs the "
                                                              "training extra); empty: never")
@@ -313,7 +330,7 @@ class Settings(BaseSettings):
             bandit=BanditConfig(
                 exploration=self.exploration,
                 exploration_parameter=self.exploration_parameter,
-                interactions=tuple(p.strip() for p in self.interactions.split(",") if p.strip()),
+                interactions=self._interactions(),
                 learning_rate=self.learning_rate,
                 reward_range=reward_range,
             ),
@@ -341,7 +358,25 @@ class Settings(BaseSettings):
             role=self.role,
             model_poll_interval=self.model_poll_interval,
             rules_file=_rules_file(self.rules),
+            portraits=self.portraits == "on",
+            apprentice=self._apprentice(),
+            portrait_interests=tuple(n.strip() for n in self.portrait_interests.split(",") if n.strip()),
         )
+
+    def _apprentice(self) -> ApprenticeConfig:
+        if self.apprentice_until < 0:
+            raise ConfigurationError("apprentice_until", f"must be above 0 and at most 1 (0: none), got {self.apprentice_until:g}")
+        config = ApprenticeConfig(self.mode, self.apprentice_exploration, self.apprentice_until or None,
+                                  self.apprentice_window)
+        config.validate()
+        return config
+
+    def _interactions(self) -> tuple[str, ...]:
+        """The ``-q`` pairs: as set, or :class:`~engine.bandit.BanditConfig`'s, whose portrait × item
+        (``PI``) is left out with portraits off."""
+        pairs = tuple(p.strip() for p in self.interactions.split(",") if p.strip())
+        default = BanditConfig().interactions
+        return pairs or (default if self.portraits == "on" else tuple(p for p in default if "P" not in p))
 
     def _check_ranges(self) -> None:
         """Every number within the range where it means something; a data directory named."""

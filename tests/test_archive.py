@@ -50,6 +50,7 @@ def record(event_id: str, ts: float, user_id: str = "u-1", **changes: object) ->
         "deadline": ts + 600.0,
         "schema_version": 1,
         "arm": "recbandit",
+        "portrait": {},
     }
     return {**built, **changes}
 

@@ -124,3 +124,81 @@ def test_control_users_get_the_storefronts_order_through_a_real_server(start_ser
     out = capsys.readouterr().out
     assert "| * | * | recbandit |" in out and "| * | * | control |" in out and "**uplift**" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_learning_report_gives_the_campaign_counted_by_hand_through_a_real_server(  # type: ignore[no-untyped-def]
+    start_server, tmp_path, capsys
+) -> None:
+    """A planted log: 40 users, 3 single-slot visits each; recbandit's users click on 2 visits in 3
+    (every visit for one in four of them) and buy on the first, control's click on 1 visit in 3
+    (never, for one in four) and never buy. An email page never opened is not an impression."""
+    from server.cli import main as cli
+    from tests.test_api import recommend_request
+    from tests.test_report import wait_until_windows_closed
+
+    running, client = start_server(control_share=0.5, campaign="planted", reward_window="1s")
+    truth = {arm: {"users": 0, "impressions": 0, "clicks": 0, "conversions": 0, "revenue": 0.0}
+             for arm in (RECBANDIT, CONTROL)}
+    app = {arm: 0 for arm in (RECBANDIT, CONTROL)}  # clicks on the app channel
+    for u in range(40):
+        user = f"user-{u}"
+        arm = CONTROL if in_control(user, 0.5, "planted") else RECBANDIT
+        if arm == RECBANDIT:
+            clicking = 3 if u % 4 == 0 else 2
+        else:
+            clicking = 0 if u % 4 == 0 else 1
+        truth[arm]["users"] += 1
+        for visit in range(3):
+            request = recommend_request(n=4, num_results=1)
+            request.user_id = user
+            request.context["channel"].string_value = "app" if u % 2 else "web"
+            request.context["surface"].string_value = "home"
+            event_id = client.recommender.Recommend(request).event_id
+            truth[arm]["impressions"] += 1
+            if visit < clicking:
+                client.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, reward=1.0, label="click"))
+                truth[arm]["clicks"] += 1
+                app[arm] += u % 2
+            if arm == RECBANDIT and visit == 0:
+                client.recommender.Feedback(pb.FeedbackRequest(event_id=event_id, reward=25.0, label="purchase"))
+                truth[arm]["conversions"] += 1
+                truth[arm]["revenue"] += 25.0
+    unopened = recommend_request(n=4, num_results=1, defer_activation=True)
+    unopened.user_id = next(f"user-{u}" for u in range(40) if in_control(f"user-{u}", 0.5, "planted"))
+    last = client.recommender.Recommend(unopened).event_id
+    assert 12 <= truth[CONTROL]["users"] <= 28
+    wait_until_windows_closed(running, last)
+
+    report = client.admin.GetLearningReport(pb.GetLearningReportRequest())
+    campaign = report.campaign
+    assert campaign.decisions == 120 and list(campaign.click_labels) == ["click"] and campaign.resamples == 1000
+    segments = {(s.channel, s.surface): s for s in campaign.segments}
+    assert set(segments) == {(c, s) for c in ("*", "app", "web") for s in ("*", "home")}
+    overall = segments[("*", "*")]
+    assert [a.arm for a in overall.arms] == [RECBANDIT, CONTROL]
+    for got in overall.arms:
+        expected = truth[got.arm]
+        assert (got.users, got.impressions, got.clicks, got.conversions, got.revenue) == tuple(expected.values())
+        assert got.ctr == pytest.approx(expected["clicks"] / expected["impressions"])
+        assert got.revenue_per_mille == pytest.approx(1000 * expected["revenue"] / expected["impressions"])
+    assert {a.arm: a.clicks for a in segments[("app", "*")].arms} == app
+    ctr = next(u for u in overall.uplifts if u.metric == "ctr")
+    treated, control = truth[RECBANDIT], truth[CONTROL]
+    by_hand = (treated["clicks"] / treated["impressions"]) / (control["clicks"] / control["impressions"]) - 1
+    assert ctr.estimate == pytest.approx(by_hand) and by_hand > 1.0  # control users clicked less
+    assert 0 < ctr.ci_low < ctr.estimate < ctr.ci_high  # users differ, so the interval is not a point
+    conversion = next(u for u in overall.uplifts if u.metric == "conversion_rate")
+    assert math.isinf(conversion.estimate) and math.isnan(conversion.ci_low)  # control never bought
+
+    bounded = client.admin.GetLearningReport(pb.GetLearningReportRequest(max_decisions=10)).campaign
+    assert bounded.decisions == 10  # the report's limits bound its campaign section too
+    assert sum(a.impressions for a in bounded.segments[0].arms) == 10
+
+    assert cli(["report", "--target", f"127.0.0.1:{running.port}", "--out", str(tmp_path / "r.png")]) == 0
+    printed = capsys.readouterr().out
+    lines = [f"| * | * | {arm} | {truth[arm]['users']} | {truth[arm]['impressions']} |" for arm in truth]
+    assert "Campaign: did it pay?" in printed and "| * | * | **uplift** |" in printed
+    assert all(line in printed for line in lines)
+    assert cli(["campaign-report", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "c.png")]) == 0
+    printed = capsys.readouterr().out  # the command reads the whole log alone, and agrees
+    assert all(line in printed for line in lines)  # the email never opened is no impression there either

@@ -114,8 +114,10 @@ def test_the_export_holds_every_feature_as_before(engine: Engine) -> None:
 
 def test_a_log_written_before_catalog_versions_migrates_and_reads_exactly_as_it_exported(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "events-schema2.db", tmp_path / "events.db")
-    then = [{**json.loads(line), "arm": "recbandit"}  # the export now names each decision's campaign arm
+    then = [{**json.loads(line), "arm": "recbandit", "portrait": {}}  # the export now names the arm and the portrait
             for line in (FIXTURES / "events-schema2.jsonl").read_text().splitlines()]
+    for record in then:  # and each slot's apprentice choices (none here)
+        record["slots"] = [{**slot, "baseline_item_id": None, "model_item_id": None} for slot in record["slots"]]
     log = EventLog(tmp_path / "events.db", RewardRules())
     try:
         now = exported(log.reader.joined())

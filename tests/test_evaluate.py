@@ -175,7 +175,7 @@ def test_recbandit_evaluate_logs_a_parent_run_and_a_child_run_per_policy(logged:
     assert parent.data.tags["registered_version"] == "1"
     squarecb = children[SMALL.candidates[0].name]
     assert squarecb.data.params["exploration"] == "squarecb" and squarecb.data.params["cb_type"] == "mtr"
-    assert squarecb.data.params["learning_rate"] == "0.5" and squarecb.data.params["interactions"] == '["UI", "CI"]'
+    assert squarecb.data.params["learning_rate"] == "0.5" and squarecb.data.params["interactions"] == '["UI", "CI", "PI"]'
     assert squarecb.data.params["exploration_parameter"] == "10.0"  # the default, as run; never "None"
     assert "None" not in json.dumps(json.loads(parent.data.params["candidates"]))
     assert json.loads(parent.data.params["candidates"])[0]["exploration_parameter"] == 10.0
@@ -212,3 +212,16 @@ def test_a_trainer_logs_params_per_epoch_metrics_and_an_artifact(tmp_path: Path)
     with pytest.raises(RuntimeError), tracked_run(uri, "recbandit-embeddings", {}) as failing:
         raise RuntimeError("diverged")
     assert client.get_run(failing.run_id).info.status == "FAILED"
+
+
+def test_a_logging_policy_that_explores_less_leaves_less_to_evaluate_other_policies_with(tmp_path: Path) -> None:
+    """Why the bandit's defaults explore as they do (README, "Learning quality"): the same world
+    logged by squarecb with γ scale 10 and 100 leaves uniform random an effective sample size of
+    about 80 and about 8 of the 1,000 slots."""
+    uniform = PolicyCandidate(BanditConfig("epsilon", 1.0), "ips")
+    ess = {}
+    for gamma in (10.0, 100.0):
+        make_log(tmp_path / f"gamma-{gamma:g}", events=500, bandit=BanditConfig("squarecb", gamma))
+        evaluation = evaluate(tmp_path / f"gamma-{gamma:g}", EvaluationConfig(candidates=(uniform,), n_resamples=50))
+        ess[gamma] = evaluation.best.overall["ips"].ess
+    assert ess[10.0] > 60 and ess[100.0] < ess[10.0] / 5, ess

@@ -13,6 +13,7 @@ import pytest
 
 from engine.errors import ConfigurationError, InvalidRequest, LeaseLost, PreconditionFailed, UnknownEvent
 from engine.eventlog import EventLog
+from engine.logreader import LOG_SCHEMA_VERSION
 from engine.records import LoggedDecision, Reward, SlotChoice
 from engine.rewards import Aggregation, RewardRules, parse_duration
 from engine.types import Candidate, Status
@@ -158,7 +159,7 @@ def test_a_log_written_before_undelivered_existed_is_migrated_and_still_reads(tm
         old = log.get_decision("old")
         assert old == dataclasses.replace(decision("old", old.ts), schema_version=1) and not old.undelivered
         (version,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == "4"
+        assert version == str(LOG_SCHEMA_VERSION)
     finally:
         log.close()
 
@@ -168,7 +169,7 @@ def test_a_log_of_a_newer_schema_is_refused_in_one_line(store: str) -> None:
 
     open_log(store).close()
     execute(store, "UPDATE meta SET value = '9' WHERE key = 'schema_version'")
-    with pytest.raises(StartupRefused, match="schema version is 9, newer than the 4 this recbandit reads"):
+    with pytest.raises(StartupRefused, match=f"schema version is 9, newer than the {LOG_SCHEMA_VERSION} this recbandit reads"):
         open_log(store)
 
 

@@ -134,8 +134,9 @@ def test_explain_refuses_unknown_events_and_items_and_bad_sizes(server) -> None:
         assert error_of(explain, pb.ExplainRequest(event_id="e1", max_features=size)) == (
             grpc.StatusCode.INVALID_ARGUMENT, f"max_features: must be from 0 to 100 (0 means 10), got {size}")
     assert error_of(explain, pb.ExplainRequest()) == (grpc.StatusCode.INVALID_ARGUMENT, "event_id: must not be empty")
-    # all it has: Item 2 (id, category), Constant, User 1, Context 3 (channel, hour, weekday), C×I 6, U×I 2
-    assert len(explain(pb.ExplainRequest(event_id="e1", max_features=100)).contributions) == 15
+    # all it has: Key 1 (id), Item 1 (category), Constant, User 1, Context 3 (channel, daypart, weekend),
+    # Time 2 (hour, weekday: never crossed), C×I 3, U×I 1
+    assert len(explain(pb.ExplainRequest(event_id="e1", max_features=100)).contributions) == 13
     assert len(explain(pb.ExplainRequest(event_id="e1", max_features=1)).contributions) == 1
 
 

@@ -143,7 +143,7 @@ def test_encoded_candidates_are_remembered_only_for_read_only_features() -> None
     assert cache.encode(Candidate("c", frozen_features({"x": True})))[0].endswith("x=true")
     assert cache.encode(Candidate("c", frozen_features({"x": 1.0})))[0].endswith("x:1.0")
     for i in range(10):  # over capacity: forgets, still correct
-        assert cache.encode(Candidate(f"i{i}", frozen_features({"n": float(i)})))[0] == f"|Item id=i{i} n:{float(i)!r}"
+        assert cache.encode(Candidate(f"i{i}", frozen_features({"n": float(i)})))[0] == f"|Key id=i{i} |Item n:{float(i)!r}"
 
 
 def test_a_batch_of_rewards_gets_what_each_would_get_alone(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from engine.errors import StartupRefused
-from engine.logreader import LogReader
+from engine.logreader import LOG_SCHEMA_VERSION, LogReader
 from engine.records import JoinedEvent, Reward, SlotOutcome
 from engine.types import Item
 from tests.conftest import execute
@@ -51,7 +51,7 @@ def test_a_reader_sees_what_the_writer_commits_and_cannot_write(store: str) -> N
 def test_a_log_of_another_schema_version_is_refused_in_one_line(store: str) -> None:
     open_log(store).close()
     execute(store, "UPDATE meta SET value = '9' WHERE key = 'schema_version'")
-    with pytest.raises(StartupRefused, match=r"^the event log's schema version is 9; this recbandit reads 4: upgrade recbandit$"):
+    with pytest.raises(StartupRefused, match=rf"^the event log's schema version is 9; this recbandit reads {LOG_SCHEMA_VERSION}: upgrade recbandit$"):
         LogReader.open(store)
     execute(store, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with pytest.raises(StartupRefused, match="start recbandit serve or learn on it once, which migrates it"):

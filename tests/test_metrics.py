@@ -147,3 +147,37 @@ def test_scrapes_do_not_open_a_connection_each(start_server) -> None:  # type: i
     for _ in range(30):
         scrape(port)
     assert len(os.listdir("/proc/self/fd")) - before < 5
+
+
+def test_decisions_and_rewarded_slots_are_counted_per_campaign_arm(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Two slots a page; a click on slot 1 of every third page, a reward of 0 on slot 0 of others:
+    every slot is learned once its window closes, and only the clicked ones are rewarded."""
+    from engine.campaign import CONTROL, RECBANDIT, in_control
+
+    port = free_port()
+    running, client = start_server(metrics_port=port, control_share=0.4, campaign="spring", reward_window="1s")
+    decisions, rewarded = {RECBANDIT: 0, CONTROL: 0}, {RECBANDIT: 0, CONTROL: 0}
+    for n in range(60):
+        request = recommend_request(n=6, num_results=2)
+        request.user_id = f"user-{n}"
+        arm = CONTROL if in_control(request.user_id, 0.4, "spring") else RECBANDIT
+        reply = client.recommender.Recommend(request)
+        decisions[arm] += 1
+        if n % 3 == 0:
+            client.recommender.Feedback(pb.FeedbackRequest(event_id=reply.event_id, item_id=reply.items[1].item_id,
+                                                           reward=1.0, label="click"))
+            rewarded[arm] += 1
+        elif n % 2 == 0:
+            client.recommender.Feedback(pb.FeedbackRequest(event_id=reply.event_id, item_id=reply.items[0].item_id,
+                                                           reward=0.0, label="no_click"))
+    assert 12 <= decisions[CONTROL] <= 36
+    deadline = time.monotonic() + 15
+    while running.engine.model_info().examples_learned < 120:
+        assert time.monotonic() < deadline, "the reward windows never closed"
+        time.sleep(0.1)
+    metrics = scrape(port)
+    for arm in (RECBANDIT, CONTROL):
+        assert metrics[("recbandit_arm_decisions_total", (("arm", arm),))] == decisions[arm]
+        assert metrics[("recbandit_arm_learned_slots_total", (("arm", arm),))] == 2 * decisions[arm]
+        assert metrics[("recbandit_arm_rewarded_slots_total", (("arm", arm),))] == rewarded[arm]
+    assert {dict(labels)["arm"] for (name, labels) in metrics if name.startswith("recbandit_arm_")} == {RECBANDIT, CONTROL}

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from engine.bandit import EXPLORATION_PARAMETERS
-from training.bench_quality import PEERS, make_policy, oracle_and_random, play_stream, summary_rows
+from training.bench_quality import (
+    PEERS,
+    StreamResult,
+    make_policy,
+    oracle_and_random,
+    play_stream,
+    format_seed_rows,
+    seed_rows,
+    summary_rows,
+)
 from training.simulator import Storefront, WorldConfig
 
 CONFIG = WorldConfig(multi_slot=False, n_items=40, n_users=200, candidates_per_visit=8, seed=12)
@@ -52,3 +61,15 @@ def test_the_bandit_learns_on_the_benchmark_stream_and_the_peers_rank_as_expecte
     assert rows["recbandit squarecb"]["last"] > rows["uniform random"]["last"] + 0.3
     assert rows["recbandit squarecb"]["last"] > rows["recbandit squarecb"]["whole"]  # it improves over the stream
     assert np.all(results[2].expected >= results[0].expected - 1e-12)  # nobody beats the oracle on any visit
+
+
+def test_a_policy_played_on_several_seeds_gets_its_ratio_per_seed_their_mean_and_their_minimum() -> None:
+    oracles = {0: np.ones(10), 1: np.full(10, 0.5)}
+    played = [StreamResult("a", np.full(10, 0.9), np.ones(10), 2.0, seed=0),
+              StreamResult("a", np.full(10, 0.4), np.zeros(10), 4.0, seed=1),
+              StreamResult("b", np.full(10, 0.1), np.zeros(10), 1.0, seed=0)]  # one seed: no row
+    (row,) = seed_rows(played, oracles)
+    assert (row.policy, row.seeds) == ("a", (0, 1))
+    assert row.last == pytest.approx((0.9, 0.8)) and row.whole == pytest.approx(0.85)
+    assert (row.mean, row.min) == (pytest.approx(0.85), pytest.approx(0.8))
+    assert "| a | 0.900 | 0.800 | **0.850** | **0.800** | 0.850 |" in format_seed_rows([row])

@@ -301,7 +301,7 @@ def test_empirical_frequencies_match_the_logged_propensities_under_rules(start_s
     taught = [client.recommender.Recommend(request(f"t{k}", shelf, num_results=2, event_id=f"teach-{k}",
                                                    **{**context, "channel": "web"})) for k in range(300)]
     for page in taught:  # teach the model a taste (after the decisions: the same model every run), then freeze it
-        reward = 1.0 if page.items[0].item_id in ("beer", "juice", "p2") else 0.0  # beer is best, but not for kids
+        reward = {"beer": 1.0, "juice": 0.5, "p2": 0.5}.get(page.items[0].item_id, 0.0)  # beer is best, not for kids
         client.recommender.Feedback(pb.FeedbackRequest(event_id=page.event_id, reward=reward))
     assert running.engine.wait_until_learned(10.0)
     n, slots = 3000, 2

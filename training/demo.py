@@ -7,6 +7,14 @@ items arriving halfway (:mod:`training.storefront_client`). It prints, per block
 expected clicks and purchases per 1,000 pages of the learned policy beside uniform random and the
 oracle, the exploration rate, and where the event log and the learning-curve plot are.
 
+The storefront runs a campaign: a tenth of its users, chosen by a stable hash, are the control arm
+(``--control-share 0.1``), served the storefront's own order; everyone else gets the bandit. And
+its merchandisers keep one business rule (``--rules``): no item tagged ``premium`` in emails. The
+learning table is the bandit's arm alone; at the end the demo shows how often a premium item held
+a slot of an email page and of the others (the rule at work), and the campaign table of
+``recbandit campaign-report``: per arm and channel, CTR, conversion and revenue per 1,000
+impressions, and the bandit's uplift over control with its 95% interval.
+
 Halfway through — when the new items arrive — it trains LightFM embeddings on the log so far
 (``recbandit train-embeddings``, tracked in MLflow) and loads them with the Admin RPC
 ``ReloadEmbeddings``: from then on every candidate carries the user's LightFM affinity, and the
@@ -23,19 +31,33 @@ one place that wires ``server/`` and ``training/`` together: training does not i
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from engine.campaign import RECBANDIT, CampaignReport, CampaignTally
 from engine.core import Engine
 from engine.logreader import LogReader
 from training.simulator import Storefront, WorldConfig
 from training.storefront_client import SIMULATED_DEADLINE, Page, Recbandit, StorefrontClient
 
 BLOCK = 1000
+CONTROL_SHARE = 0.1
+"""The share of users in the control arm, served the storefront's order (``--control-share``)."""
+CAMPAIGN = "demo"
+RULED_TAG, RULED_CHANNEL = "premium", "email"
+RULE = f"no-{RULED_TAG}-by-{RULED_CHANNEL}"
+RULES = f"""# the demo's business rules (recbandit serve --rules)
+[[eligibility]]
+name = "{RULE}"
+items = {{ tags = "{RULED_TAG}" }}
+context = {{ channel = "{RULED_CHANNEL}" }}
+"""
 
 
 class DemoServer(Protocol):
@@ -75,10 +97,12 @@ class Connect(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """Per-page averages over a block of events; *expected* values come from the ground truth."""
+    """Per-page averages over a block of events (the pages kept of them); *expected* values come
+    from the ground truth."""
 
     start: int
     events: int
+    pages: int  # the pages of the block averaged (all, or those kept)
     learned: float  # expected clicks per page of the pages served
     random: float
     oracle: float
@@ -94,16 +118,19 @@ class Block:
         return self.learned / self.oracle
 
 
-def summarise(pages: list[Page], block: int = BLOCK) -> list[Block]:
-    """Average the pages' expected rewards per block of ``block`` events, and count what happened."""
+def summarise(pages: list[Page], block: int = BLOCK, keep: Callable[[Page], bool] | None = None) -> list[Block]:
+    """Average the pages' expected rewards per block of ``block`` events, and count what happened;
+    with ``keep``, over the pages it keeps alone."""
     blocks = []
     for first in range(0, len(pages), block):
-        part = pages[first : first + block]
-        n = len(part)
+        events = pages[first : first + block]
+        part = events if keep is None else [p for p in events if keep(p)]
+        n = len(part) or 1
         blocks.append(
             Block(
                 start=first,
-                events=n,
+                events=len(events),
+                pages=len(part),
                 learned=sum(p.expected_clicks for p in part) / n,
                 random=sum(p.random_clicks for p in part) / n,
                 oracle=sum(p.oracle_clicks for p in part) / n,
@@ -133,10 +160,52 @@ def format_table(blocks: list[Block]) -> str:
     return "\n".join(lines)
 
 
-def exploration_rate(reader: LogReader) -> float:
-    """Mean over logged decisions of 1 − max(pmf) in slot 0: the chance a decision explored."""
-    rates = [1.0 - max(event.decision.slots[0].pmf) for event in reader.joined()]
-    return sum(rates) / len(rates)
+@dataclass(frozen=True, slots=True)
+class LogSummary:
+    """What the demo reads back from its event log."""
+
+    arms: dict[str, str]  # event id → campaign arm
+    exploration_rate: float  # the bandit arm's mean of 1 − max(pmf) in slot 0: the chance a decision explored
+    ruled_share: dict[bool, float]  # on the rule's channel or not: the share of slots that held a ruled item
+    campaign: CampaignReport
+
+
+def read_log(reader: LogReader, closed_by: float) -> LogSummary:
+    """One pass over the log: each decision's arm, the exploration rate, the share of slots that held
+    an item the rule rules out, on its channel and elsewhere, and the campaign report
+    (:mod:`engine.campaign`) of the decisions closed by ``closed_by``."""
+    arms: dict[str, str] = {}
+    explored: list[float] = []
+    ruled: dict[bool, list[bool]] = {True: [], False: []}
+    campaign = CampaignTally(closed_by)
+    for event in reader.joined():
+        decision = event.decision
+        arms[decision.event_id] = decision.arm
+        campaign.add(event)
+        tags = {c.item_id: c.features.get("tags") or () for c in decision.candidates}
+        ruled[decision.context.get("channel") == RULED_CHANNEL] += [
+            RULED_TAG in tags[slot.item_id] for slot in decision.slots]  # type: ignore[operator]
+        if decision.arm == RECBANDIT:
+            explored.append(1.0 - max(decision.slots[0].pmf))
+    return LogSummary(arms, sum(explored) / max(len(explored), 1),
+                      {channel: sum(slots) / max(len(slots), 1) for channel, slots in ruled.items()}, campaign.report())
+
+
+def format_log_summary(summary: LogSummary) -> str:
+    """The rule at work, and the campaign table overall and per channel, with the uplifts."""
+    from training.campaign import format_campaign
+
+    by_channel = dataclasses.replace(summary.campaign,
+                                     segments=tuple(s for s in summary.campaign.segments if s.surface == "*"))
+    return "\n".join([
+        f'rule "{RULE}" (eligibility: no item tagged {RULED_TAG} on the {RULED_CHANNEL} channel): '
+        f"{RULED_TAG} items held {summary.ruled_share[True]:.1%} of the slots of {RULED_CHANNEL} pages, "
+        f"{summary.ruled_share[False]:.1%} of the others'",
+        "",
+        f'campaign "{CAMPAIGN}": {CONTROL_SHARE:.0%} of users in the control arm (recbandit campaign-report; '
+        "per surface too there)",
+        format_campaign(by_channel),
+    ])
 
 
 def plot_learning_curve(blocks: list[Block], path: Path) -> None:
@@ -184,8 +253,10 @@ def run_demo(
     """Play ``events`` simulated visits through a server that ``serve`` starts and ``connect`` talks to."""
     began = time.perf_counter()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="recbandit-demo-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "rules.toml").write_text(RULES)
     running = serve(host="127.0.0.1", port=0, data_dir=str(data_dir), reward_window=f"{REWARD_WINDOW_SECONDS}s",
-                    seed=seed)
+                    seed=seed, rules=str(data_dir / "rules.toml"), control_share=CONTROL_SHARE, campaign=CAMPAIGN)
     try:
         with connect(f"127.0.0.1:{running.port}", deadline=SIMULATED_DEADLINE) as recbandit:
             client = StorefrontClient(recbandit, Storefront(demo_world(events, seed, drift)))
@@ -201,20 +272,23 @@ def run_demo(
         time.sleep(REWARD_WINDOW_SECONDS)  # every reward is in: the last windows close, so the log is final
         running.engine.close_windows()
         running.engine.wait_until_learned()
-        blocks = summarise(pages, block)
-        explored = exploration_rate(running.engine.log.reader)
+        summary = read_log(running.engine.log.reader, closed_by=time.time())
+        blocks = summarise(pages, block, keep=lambda page: summary.arms[page.event_id] == RECBANDIT)
         info = running.engine.model_info()
     finally:
         running.stop(grace=2.0)
     plot_learning_curve(blocks, data_dir / "learning_curve.png")
     if not quiet:
+        print(f"recbandit's pages ({1 - CONTROL_SHARE:.0%} of users; the control arm's are in the campaign table below)")
         print(format_table(blocks))
-        print(f"\nexploration rate {explored:.1%} · model {info.model_version} · {info.bandit.exploration}")
+        print(f"\nexploration rate {summary.exploration_rate:.1%} · model {info.model_version} · "
+              f"{info.bandit.exploration}")
         print(f"event log   {data_dir / 'events.db'}  (recbandit export-log --data-dir {data_dir} --out events.jsonl)")
         print(f"plot        {data_dir / 'learning_curve.png'}")
     if evaluate:
         _evaluate(data_dir, quiet)
     if not quiet:
+        print(f"\n{format_log_summary(summary)}")
         print(f"demo took {time.perf_counter() - began:.0f} s")
     return blocks
 

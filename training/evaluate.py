@@ -46,7 +46,7 @@ LOGGING, UNIFORM = "logging", "uniform-random"
 DEFAULT_CANDIDATES: tuple[PolicyCandidate, ...] = (
     PolicyCandidate(BanditConfig("squarecb"), "mtr"),
     PolicyCandidate(BanditConfig("squarecb", learning_rate=1.0), "mtr"),
-    PolicyCandidate(BanditConfig("squarecb", interactions=("UI", "CI", "UC")), "mtr"),
+    PolicyCandidate(BanditConfig("squarecb", interactions=("UI", "CI", "PI", "UC")), "mtr"),
     PolicyCandidate(BanditConfig("epsilon"), "ips"),
     PolicyCandidate(BanditConfig("epsilon"), "dr"),
     PolicyCandidate(BanditConfig("epsilon", 0.1, learning_rate=0.1), "mtr"),

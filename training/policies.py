@@ -28,7 +28,10 @@ import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, action_line, affinity_segment, shared_line
 from engine.embeddings import Embeddings
+from engine.features import with_time_context
 from engine.exploration import draw, uniform_draw
+from engine.portraits import NO_PORTRAIT, Portrait, portrait_features, rewarded, visited
+from engine.types import Features
 from training.simulator import AGE_BANDS, CHANNELS, REGIONS, SEGMENTS, SURFACES, TAGS, WEEKDAYS, Storefront, Visit
 
 
@@ -66,12 +69,17 @@ class BanditPolicy:
     """recbandit's VW ``cb_explore_adf`` bandit, fed exactly what the server would feed it.
 
     With ``embeddings`` every candidate line also carries the LightFM affinity features of the
-    visit's user and the item (namespace ``Affinity``), as the server adds them.
+    visit's user and the item (namespace ``Affinity``), as the server adds them. With ``portraits``
+    the shared line carries the user's portrait (namespace ``Portrait``), kept with
+    :mod:`engine.portraits` as the engine keeps it: a visit as it is decided, a click (label
+    ``click``) and a purchase (label ``purchase``, worth what was spent) as their rewards are learned.
     """
 
     def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "",
-                 embeddings: Embeddings | None = None) -> None:
-        self.name = name or f"recbandit {config.exploration}" + (" + embeddings" if embeddings is not None else "")
+                 embeddings: Embeddings | None = None, portraits: bool = False) -> None:
+        self.name = name or (f"recbandit {config.exploration}" + (" + embeddings" if embeddings is not None else "")
+                             + (" + portraits" if portraits else ""))
+        self._portraits: dict[str, Portrait] | None = {} if portraits else None
         self.world = world
         self.seed = seed
         self.embeddings = embeddings
@@ -91,7 +99,26 @@ class BanditPolicy:
             features = {i: items[self.world.item_index[i]].features for i in visit.candidates}
             affinity = self.embeddings.affinity_features(user, visit.candidates, features)
             actions = [f"{line} {affinity_segment(a)}" if a else line for line, a in zip(actions, affinity, strict=True)]
-        return shared_line(visit.user_features, visit.context), actions
+        context = with_time_context(visit.context, 0.0)  # the visit has its hour and weekday: the coarse forms
+        return shared_line(visit.user_features, context, self._visited(visit)), actions
+
+    def _visited(self, visit: Visit) -> Features:
+        """The portrait features ``visit`` is decided with; the visit joins the user's portrait."""
+        if self._portraits is None:
+            return {}
+        portrait = self._portraits.get(visit.user_id, NO_PORTRAIT)
+        self._portraits[visit.user_id] = Portrait(visited(portrait.visits, visit.ts, visit.context), portrait.history)
+        return portrait_features(portrait, visit.ts, visit.context)
+
+    def _rewarded(self, visit: Visit, item_id: str, reward: float) -> None:
+        """The click, and what it spent, join the user's portrait."""
+        if self._portraits is None:
+            return
+        features = self.world.items[self.world.item_index[item_id]].features
+        portrait = self._portraits.get(visit.user_id, NO_PORTRAIT)
+        history = rewarded(portrait.history, visit.ts, "click", reward, features)
+        history = rewarded(history, visit.ts, "purchase", self.world.spent(visit), features)
+        self._portraits[visit.user_id] = Portrait(portrait.visits, history)
 
     def choose(self, visits: Sequence[Visit]) -> list[Choice]:
         choices = []
@@ -106,6 +133,7 @@ class BanditPolicy:
         for visit, choice, reward in zip(visits, choices, rewards, strict=True):
             shared, actions = self._shown.pop(visit.index, None) or self._example(visit)
             self._bandit.learn(shared, actions, choice.index, reward, choice.probability)
+            self._rewarded(visit, visit.candidates[choice.index], reward)
 
     def close(self) -> None:
         self._bandit.close()

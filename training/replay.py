@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.bandit import BanditConfig, VWBandit, example_lines, labelled_lines
+from engine.bandit import BanditConfig, VWBandit, decision_lines, labelled_lines
 from engine.logreader import LogReader, event_log_path
 from engine.records import JoinedEvent
 from engine.storage import is_postgres
@@ -124,6 +124,7 @@ def _events_from_parquet(path: Path) -> list[JoinedEvent]:
             record = records[row["event_id"]] = {
                 **row, "user_features": json.loads(row["user_features"]), "context": json.loads(row["context"]),
                 "candidates": json.loads(row["candidates"]), "slots": [],
+                "portrait": json.loads(row.get("portrait") or "{}"),
             }
         record["slots"].append(row)  # type: ignore[attr-defined]
     return sorted((JoinedEvent.from_export(r) for r in records.values()), key=lambda e: (e.ts, e.event_id))
@@ -134,8 +135,7 @@ def slot_examples(events: Iterable[JoinedEvent]) -> list[SlotExample]:
     examples = []
     for event in sorted(events, key=lambda e: e.ts):
         decision = event.decision
-        shared, lines = example_lines(decision.user_features, decision.context,
-                                      ((c.item_id, c.features) for c in decision.candidates))
+        shared, lines = decision_lines(decision)
         ids = [c.item_id for c in decision.candidates]
         remaining = list(range(len(ids)))
         for number, (slot, outcome) in enumerate(zip(decision.slots, event.outcomes, strict=True)):

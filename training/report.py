@@ -3,8 +3,10 @@
 The command (:mod:`server.cli`) asks a running server through ``Admin/GetLearningReport``; this
 module only reads the engine's report types. It prints one table per model version — the served policy's observed reward per decision and the estimates of uniform
 random, the first candidate, the live model's greedy choice (in-sample) and the deciding model's
-greedy choice, each with its 95% interval and effective sample size — and the verdict lines, and
-writes a PNG of the same numbers with their intervals as error bars.
+greedy choice, each with its 95% interval and effective sample size — and the verdict lines, then
+the campaign section (:func:`training.campaign.format_campaign`: per arm, channel and surface, and
+the uplift over the control arm), and writes a PNG of the learning numbers with their intervals as
+error bars.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.campaign import CONTROL
 from engine.report import LearningReport, Verdict, VersionReport
+from training.campaign import format_campaign
 
 LABELS = {
     "random": "uniform random",
@@ -32,7 +36,18 @@ def format_report(report: LearningReport) -> str:
         lines += [*_table(version), ""]
     lines.append("Verdicts:")
     lines += [f"  {v.model_version}: {v.summary}" for v in _versions(report)]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_campaign(report)])
+
+
+def _campaign(report: LearningReport) -> list[str]:
+    """The campaign section: the same decisions per arm, channel and surface, with the uplifts."""
+    campaign = report.campaign
+    if campaign is None:
+        return []
+    lines = ["", "Campaign: did it pay? (recbandit over the control arm, --control-share)", format_campaign(campaign)]
+    if campaign.decisions and CONTROL not in campaign.overall().arms:
+        lines.append("(no control arm in the window: serve with --control-share F to measure the uplift)")
+    return lines
 
 
 def _versions(report: LearningReport) -> list[VersionReport]:

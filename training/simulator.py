@@ -19,6 +19,19 @@ effects), so the expected clicks of a page are ``Σ_k EXAMINATION[k] · p(item i
 oracle knows ``p`` and puts the best candidates first; uniform random earns the mean of ``p``
 over the candidates in every slot.
 
+**Users with a history** (``history=True``; off by default). The world remembers what each user
+clicked and bought (:meth:`Storefront.remember`), and four terms join the logit above:
+
+    + favourite · [category = favourite[user]]         a favourite category, which no feature names
+    + loyalty · min(1, clicks[user, category])        category loyalty: decayed clicks in the category
+    + repeat · min(1, purchases[user, brand])          repeat purchases: decayed purchases of the brand
+    + recency · (+1 low, 0 mid, −1 high price band)    within a day of the user's last purchase
+
+Only the user's history shows their favourite: what they clicked. Counts halve every
+:data:`HISTORY_HALF_LIFE` of simulated time; visit ``n`` happens at
+``n · seconds_per_visit``. The oracle is then myopic: it shows the best candidate given the
+history so far.
+
 **Changes mid-run.** With ``drift_at`` the segments' tastes are drawn anew from that visit on;
 with ``new_items_at`` the catalog gains ``new_items`` items that only then go on sale (cold start).
 
@@ -48,6 +61,10 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SLOTS_BY_SURFACE = {"home": 3, "product": 2, "cart": 1}
 EXAMINATION = (1.0, 0.65, 0.45)
 """The chance that the user looks at slot 0, 1, 2 of a page: the position effect."""
+HISTORY_HALF_LIFE = 7 * 86400.0
+"""Simulated seconds in which a user's remembered clicks and purchases lose half their weight."""
+RECENT_PURCHASE = 86400.0
+"""Simulated seconds after a purchase during which the recency term applies."""
 
 
 def daypart(hour: int) -> int:
@@ -73,6 +90,12 @@ class WorldConfig:
     new_items_at: int | None = None
     new_items: int = 0
     seed: int = 0
+    history: bool = False  # users' clicks depend on what they clicked and bought before
+    favourite: float = 2.5
+    loyalty: float = 1.0
+    repeat: float = 1.0
+    recency: float = 1.0
+    seconds_per_visit: float = 60.0  # simulated time between two visits of the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +109,7 @@ class Visit:
     context: Features
     candidates: tuple[str, ...]
     slots: int
+    ts: float = 0.0  # simulated seconds since the stream began
 
 
 class Storefront:
@@ -122,6 +146,13 @@ class Storefront:
         self._weekend_fit = rng.normal(0, c / 4, (2, len(CATEGORIES)))
         self._surface_fit = rng.normal(0, c / 4, (len(SURFACES), len(CATEGORIES)))
         self._buy_fit = rng.normal(0, 0.8, (len(SEGMENTS), len(PRICE_BANDS)))
+        # history (config.history): decayed counts as of each user's last update, and purchases' times
+        self._clicked = np.zeros((config.n_users, len(CATEGORIES)))
+        self._bought = np.zeros((config.n_users, len(BRANDS)))
+        self._remembered_ts = np.zeros(config.n_users)
+        self._last_purchase = np.full(config.n_users, -np.inf)
+        self._spent: dict[int, float] = {}
+        self._favourite = np.random.default_rng((config.seed, 3)).integers(len(CATEGORIES), size=config.n_users)
 
     def _item(self, i: int) -> Item:
         return Item(
@@ -183,6 +214,7 @@ class Storefront:
             context={"channel": channel, "surface": surface, "hour": str(hour), "weekday": weekday},
             candidates=tuple(self.items[int(i)].item_id for i in candidates),
             slots=SLOTS_BY_SURFACE[surface] if self.config.multi_slot else 1,
+            ts=index * self.config.seconds_per_visit,
         )
 
     # -- ground truth ----------------------------------------------------------------------------
@@ -209,7 +241,44 @@ class Storefront:
             + self._surface_fit[SURFACES.index(str(context["surface"])), category]
             + self._quality[items]
         )
+        if self.config.history:
+            logit = logit + self._history_terms(user, visit.ts, category, self._brand[items], band)
         return 1.0 / (1.0 + np.exp(-logit))
+
+    def _history_terms(self, user: int, ts: float, category: np.ndarray, brand: np.ndarray,
+                       band: np.ndarray) -> np.ndarray:
+        """Category loyalty, repeat purchases of a brand and the recency of the last purchase."""
+        keep = 0.5 ** (max(0.0, ts - self._remembered_ts[user]) / HISTORY_HALF_LIFE)
+        config = self.config
+        recent = ts - self._last_purchase[user] < RECENT_PURCHASE
+        return (config.favourite * (category == self._favourite[user])
+                + config.loyalty * np.minimum(1.0, keep * self._clicked[user, category])
+                + config.repeat * np.minimum(1.0, keep * self._bought[user, brand])
+                + (config.recency * (1.0 - band) if recent else 0.0))
+
+    def remember(self, visit: Visit, shown: list[str], outcome: list[tuple[bool, float]]) -> None:
+        """With ``history``: the user clicked and bought what ``outcome`` (of :meth:`react`) says."""
+        if not self.config.history:
+            return
+        user = int(visit.user_id.removeprefix("user-"))
+        keep = 0.5 ** (max(0.0, visit.ts - self._remembered_ts[user]) / HISTORY_HALF_LIFE)
+        self._clicked[user] *= keep
+        self._bought[user] *= keep
+        self._remembered_ts[user] = max(visit.ts, self._remembered_ts[user])
+        spent = 0.0
+        for item_id, (clicked, value) in zip(shown, outcome, strict=True):
+            i = self.item_index[item_id]
+            self._clicked[user, self._category[i]] += clicked
+            if value > 0:
+                self._bought[user, self._brand[i]] += 1.0
+                self._last_purchase[user] = visit.ts
+                spent += value
+        if spent:
+            self._spent[visit.index] = spent
+
+    def spent(self, visit: Visit) -> float:
+        """What the user of ``visit`` spent on it (with ``history``; 0 otherwise), told once."""
+        return self._spent.pop(visit.index, 0.0)
 
     def purchase_probabilities(self, visit: Visit, item_ids: tuple[str, ...] | None = None) -> np.ndarray:
         """The chance that a click on each item (default: the candidates) becomes a purchase."""

@@ -235,7 +235,7 @@ class Exploration(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., parameter: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "examples_learned", "examples_pending", "exploration", "vw_arguments", "last_checkpoint_time", "reward_window_seconds", "default_reward", "reward_aggregation", "embeddings", "registered_policy")
+    __slots__ = ("model_version", "examples_learned", "examples_pending", "exploration", "vw_arguments", "last_checkpoint_time", "reward_window_seconds", "default_reward", "reward_aggregation", "embeddings", "registered_policy", "serving_mode")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_LEARNED_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_PENDING_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class GetModelInfoResponse(_message.Message):
     REWARD_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SERVING_MODE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     examples_learned: int
     examples_pending: int
@@ -258,7 +259,54 @@ class GetModelInfoResponse(_message.Message):
     reward_aggregation: str
     embeddings: EmbeddingsInfo
     registered_policy: RegisteredPolicy
-    def __init__(self, model_version: _Optional[str] = ..., examples_learned: _Optional[int] = ..., examples_pending: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., vw_arguments: _Optional[str] = ..., last_checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_window_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ..., reward_aggregation: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsInfo, _Mapping]] = ..., registered_policy: _Optional[_Union[RegisteredPolicy, _Mapping]] = ...) -> None: ...
+    serving_mode: ServingMode
+    def __init__(self, model_version: _Optional[str] = ..., examples_learned: _Optional[int] = ..., examples_pending: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., vw_arguments: _Optional[str] = ..., last_checkpoint_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_window_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ..., reward_aggregation: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsInfo, _Mapping]] = ..., registered_policy: _Optional[_Union[RegisteredPolicy, _Mapping]] = ..., serving_mode: _Optional[_Union[ServingMode, _Mapping]] = ...) -> None: ...
+
+class ServingMode(_message.Message):
+    __slots__ = ("mode", "since", "reason", "exploration", "until", "apprentice")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    APPRENTICE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    since: _timestamp_pb2.Timestamp
+    reason: str
+    exploration: float
+    until: float
+    apprentice: ApprenticeFigures
+    def __init__(self, mode: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., exploration: _Optional[float] = ..., until: _Optional[float] = ..., apprentice: _Optional[_Union[ApprenticeFigures, _Mapping]] = ...) -> None: ...
+
+class ApprenticeFigures(_message.Message):
+    __slots__ = ("slots", "match_rate", "baseline_reward", "model_reward", "identified_share", "window")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_REWARD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REWARD_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    slots: int
+    match_rate: float
+    baseline_reward: float
+    model_reward: float
+    identified_share: float
+    window: int
+    def __init__(self, slots: _Optional[int] = ..., match_rate: _Optional[float] = ..., baseline_reward: _Optional[float] = ..., model_reward: _Optional[float] = ..., identified_share: _Optional[float] = ..., window: _Optional[int] = ...) -> None: ...
+
+class SetServingModeRequest(_message.Message):
+    __slots__ = ("mode",)
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    def __init__(self, mode: _Optional[str] = ...) -> None: ...
+
+class SetServingModeResponse(_message.Message):
+    __slots__ = ("changed", "serving_mode")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SERVING_MODE_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    serving_mode: ServingMode
+    def __init__(self, changed: _Optional[bool] = ..., serving_mode: _Optional[_Union[ServingMode, _Mapping]] = ...) -> None: ...
 
 class EmbeddingsInfo(_message.Message):
     __slots__ = ("artifact", "trained_time", "items_indexed", "components")
@@ -391,18 +439,82 @@ class ModelVersionReport(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., decisions: _Optional[int] = ..., observed_reward: _Optional[float] = ..., observed_ci_low: _Optional[float] = ..., observed_ci_high: _Optional[float] = ..., estimates: _Optional[_Iterable[_Union[PolicyEstimate, _Mapping]]] = ..., lift_over_random: _Optional[float] = ..., lift_ci_low: _Optional[float] = ..., lift_ci_high: _Optional[float] = ..., verdict: _Optional[_Union[LearningVerdict, str]] = ..., summary: _Optional[str] = ..., more_decisions_needed: _Optional[int] = ...) -> None: ...
 
 class GetLearningReportResponse(_message.Message):
-    __slots__ = ("window_start", "window_end", "overall", "versions", "model_version")
+    __slots__ = ("window_start", "window_end", "overall", "versions", "model_version", "campaign")
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     OVERALL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
     overall: ModelVersionReport
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersionReport]
     model_version: str
-    def __init__(self, window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., overall: _Optional[_Union[ModelVersionReport, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[ModelVersionReport, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    campaign: CampaignResults
+    def __init__(self, window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., overall: _Optional[_Union[ModelVersionReport, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[ModelVersionReport, _Mapping]]] = ..., model_version: _Optional[str] = ..., campaign: _Optional[_Union[CampaignResults, _Mapping]] = ...) -> None: ...
+
+class CampaignResults(_message.Message):
+    __slots__ = ("decisions", "click_labels", "purchase_labels", "resamples", "segments", "notes")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICK_LABELS_FIELD_NUMBER: _ClassVar[int]
+    PURCHASE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    decisions: int
+    click_labels: _containers.RepeatedScalarFieldContainer[str]
+    purchase_labels: _containers.RepeatedScalarFieldContainer[str]
+    resamples: int
+    segments: _containers.RepeatedCompositeFieldContainer[CampaignSegment]
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decisions: _Optional[int] = ..., click_labels: _Optional[_Iterable[str]] = ..., purchase_labels: _Optional[_Iterable[str]] = ..., resamples: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[CampaignSegment, _Mapping]]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CampaignSegment(_message.Message):
+    __slots__ = ("channel", "surface", "arms", "uplifts")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    UPLIFTS_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    surface: str
+    arms: _containers.RepeatedCompositeFieldContainer[CampaignArm]
+    uplifts: _containers.RepeatedCompositeFieldContainer[CampaignUplift]
+    def __init__(self, channel: _Optional[str] = ..., surface: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[CampaignArm, _Mapping]]] = ..., uplifts: _Optional[_Iterable[_Union[CampaignUplift, _Mapping]]] = ...) -> None: ...
+
+class CampaignArm(_message.Message):
+    __slots__ = ("arm", "users", "impressions", "clicks", "conversions", "revenue", "ctr", "conversion_rate", "revenue_per_mille")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_RATE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_PER_MILLE_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    users: int
+    impressions: int
+    clicks: int
+    conversions: int
+    revenue: float
+    ctr: float
+    conversion_rate: float
+    revenue_per_mille: float
+    def __init__(self, arm: _Optional[str] = ..., users: _Optional[int] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., conversions: _Optional[int] = ..., revenue: _Optional[float] = ..., ctr: _Optional[float] = ..., conversion_rate: _Optional[float] = ..., revenue_per_mille: _Optional[float] = ...) -> None: ...
+
+class CampaignUplift(_message.Message):
+    __slots__ = ("metric", "estimate", "ci_low", "ci_high")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    def __init__(self, metric: _Optional[str] = ..., estimate: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("event_id", "item_id", "max_features")

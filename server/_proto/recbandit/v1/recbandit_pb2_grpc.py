@@ -431,6 +431,11 @@ class AdminStub:
                 request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.SerializeToString,
                 response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.FromString,
                 _registered_method=True)
+        self.SetServingMode = channel.unary_unary(
+                '/recbandit.v1.Admin/SetServingMode',
+                request_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeRequest.SerializeToString,
+                response_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -505,6 +510,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServingMode(self, request, context):
+        """Switch the serving mode of every process of the store: "online" (the bandit serves) or
+        "apprentice" (the storefront's order is served while the model learns). The switch is
+        recorded in the store, so restarted servers and serving replicas follow it (within a second).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -547,6 +561,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRules,
                     request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.FromString,
                     response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.SerializeToString,
+            ),
+            'SetServingMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServingMode,
+                    request_deserializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeRequest.FromString,
+                    response_serializer=server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -769,6 +788,33 @@ class Admin:
             '/recbandit.v1.Admin/GetRules',
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesRequest.SerializeToString,
             server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.GetRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServingMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recbandit.v1.Admin/SetServingMode',
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeRequest.SerializeToString,
+            server_dot___proto_dot_recbandit_dot_v1_dot_recbandit__pb2.SetServingModeResponse.FromString,
             options,
             channel_credentials,
             insecure,
