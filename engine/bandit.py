@@ -51,6 +51,12 @@ _ALGORITHM_FLAGS = {
 _TEXT_ESCAPES = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", ":": ";", "|": "/"})
 
 
+EXAMPLE_FORMAT = 2
+"""The layout of the lines a model learns from, kept with every checkpoint and snapshot: a model
+learned from another layout would find few of its weights. 1: the item id inside ``Item`` and the
+clock crossed; 2: the id in ``Key`` and ``hour``/``weekday`` in ``Time``, outside the pairs."""
+
+
 NAMESPACES = {"U": "User", "C": "Context", "T": "Time", "P": "Portrait", "I": "Item", "K": "Key"}
 """The namespaces an interaction may pair, by the initial ``-q`` names them with (``Affinity`` is never crossed)."""
 

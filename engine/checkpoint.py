@@ -37,6 +37,7 @@ class Checkpoint:
     policy: dict[str, str] | None = None  # the registered policy (model_name, version, alias) it came from
     checksums: dict[str, str] = field(default_factory=dict)  # file name → sha256 (hex) of every file it names
     log_id: str | None = None  # the event log it learned from (``EventLog.log_id``); None: written before ids
+    example_format: int = 1  # the layout of the lines it learned from (engine.bandit.EXAMPLE_FORMAT); 1: before formats
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -115,7 +116,8 @@ def read_manifest(directory: Path) -> Checkpoint | None:
 
 
 _FIELD_TYPES = {"model_file": str, "model_id": str, "learned_seq": int, "examples_learned": int, "ts": (int, float),
-                "bandit": dict, "policy": (dict, type(None)), "checksums": dict, "log_id": (str, type(None))}
+                "bandit": dict, "policy": (dict, type(None)), "checksums": dict, "log_id": (str, type(None)),
+                "example_format": int}
 
 
 def _wrong_fields(checkpoint: Checkpoint) -> str | None:

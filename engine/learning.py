@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.apprentice import Apprentice, ApprenticeSlot, apprentice_slots
-from engine.bandit import BanditConfig, VWBandit, decision_lines
+from engine.bandit import EXAMPLE_FORMAT, BanditConfig, VWBandit, decision_lines
 from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
-from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
+from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StartupRefused, StorageUnavailable, rebuild_advice
 from engine.eventlog import EventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
@@ -156,6 +156,11 @@ class Learner(HoldsServedModel):
             self.learned_seq = self.examples_learned = 0
             self.last_checkpoint: float | None = None
             return
+        if checkpoint.example_format != EXAMPLE_FORMAT:
+            raise StartupRefused(
+                f"the model kept in {self.data_dir} learned from examples of format {checkpoint.example_format}, and "
+                f"this recbandit builds format {EXAMPLE_FORMAT} (the item id and the hour outside the interactions), "
+                f"in which it would find few of its weights; {rebuild_advice(self.data_dir)} with this format")
         try:
             saved = BanditConfig.from_dict(checkpoint.bandit)
             saved.validate()
@@ -312,6 +317,7 @@ class Learner(HoldsServedModel):
                 bandit=asdict(served.bandit.config),
                 policy=asdict(served.registered_policy) if served.registered_policy else None,
                 log_id=self.log.reader.log_id(),
+                example_format=EXAMPLE_FORMAT,
             )
             try:
                 if self.snapshots is not None:

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.bandit import BanditConfig
+from engine.bandit import EXAMPLE_FORMAT, BanditConfig
 from engine.checkpoint import MANIFEST, read_manifest
 from engine.core import EngineConfig
 from engine.datadir import lock_data_dir
@@ -30,8 +30,8 @@ def rebuild_model(config: EngineConfig) -> RebuiltModel:
     """Learn every final outcome in the log, in ``seq`` order, into a fresh model, and checkpoint it.
 
     The data directory stays locked throughout. The fresh model takes the bandit configuration of
-    the checkpoint in place when its manifest can be read (its model file is never loaded), else
-    ``config.bandit``. The old manifest is kept beside the new one as ``checkpoint.json.bad-<ts>``.
+    the checkpoint in place when its manifest can be read and is of today's
+    :data:`~engine.bandit.EXAMPLE_FORMAT` (its model file is never loaded), else ``config.bandit``. The old manifest is kept beside the new one as ``checkpoint.json.bad-<ts>``.
     """
     directory = Path(config.data_dir)
     event_log = directory / EVENT_LOG
@@ -57,7 +57,9 @@ def _bandit_of_manifest(directory: Path) -> BanditConfig | None:
         manifest = read_manifest(directory)
     except CorruptCheckpoint:
         return None
-    return BanditConfig.from_dict(manifest.bandit) if manifest is not None else None
+    if manifest is None or manifest.example_format != EXAMPLE_FORMAT:  # its settings were chosen for other lines
+        return None
+    return BanditConfig.from_dict(manifest.bandit)
 
 
 def _set_aside_manifest(directory: Path) -> None:

@@ -242,7 +242,8 @@ def rebuild_model(context: click.Context, **flags: Any) -> None:
     """Relearn the model from the event log, when its checkpoint cannot be trusted.
 
     Learns every final outcome in the event log into a fresh model with the checkpoint's policy
-    (or, when its manifest is unreadable, the flags') and checkpoints it. Stop the server first.
+    (or, when its manifest is unreadable or of an older example format, the flags') and checkpoints
+    it. Stop the server first.
     """
     sys.exit(_rebuild_model(_load(context, "rebuild-model", flags)))
 

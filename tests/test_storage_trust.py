@@ -155,6 +155,39 @@ def test_a_manifest_with_wrong_fields_is_refused_with_the_way_out(  # type: igno
     assert "\n" not in str(refused.value)
 
 
+def test_a_model_learned_from_another_example_format_is_refused_and_rebuilt_in_this_one(  # type: ignore[no-untyped-def]
+    start_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint written before the item id and the hour left the interactions (no ``example_format``
+    in its manifest) would find few of its weights in today's lines: refused, and rebuilt from the log."""
+    import json
+
+    from engine.bandit import EXAMPLE_FORMAT
+
+    learned_and_stopped(start_server)
+    data = tmp_path / "data"
+    manifest = data / MANIFEST
+    fields = json.loads(manifest.read_text())
+    assert fields["example_format"] == EXAMPLE_FORMAT == 2
+    del fields["example_format"]
+    fields["bandit"]["interactions"] = ["UI", "CI"]  # as models were learned before portraits
+    manifest.write_text(json.dumps(fields))
+    with pytest.raises(StartupRefused, match=f"learned from examples of format 1, and this recbandit builds format 2 .*"
+                                             f"{WAY_OUT} with this format") as refused:
+        start_server()
+    assert "\n" not in str(refused.value)
+
+    capsys.readouterr()
+    assert main(["rebuild-model", "--data-dir", str(data)]) == 0
+    rebuilt = read_checkpoint(data)
+    assert rebuilt is not None and rebuilt.example_format == EXAMPLE_FORMAT
+    assert rebuilt.bandit["interactions"] == ["UI", "CI", "PI"]  # today's settings, not those chosen for the old lines
+    running, client = start_server()
+    assert running.engine.model_info().examples_learned == 30
+    client.channel.close()
+    running.stop(grace=1.0)
+
+
 # -- 7d: the checkpoint must belong to the log, and not be ahead of it -------------------------------
 
 
