@@ -63,6 +63,10 @@ def test_a_short_demo_agrees_with_its_event_log(tmp_path, capsys) -> None:  # ty
     assert 0 < revenue["recbandit"] <= b.revenue + 1e-6  # purchases behind lost clicks are not reported
     assert slots > 400  # pages on the home and product surfaces have several slots
     printed = capsys.readouterr().out
+    portraits = re.search(r"portraits: ([\d.]+)% of decisions saw the user's portrait .*; (user-\d+)'s, at their last "
+                          r"visit: (.*)", printed)
+    assert portraits is not None and 10 < float(portraits[1]) < 100  # a first visit has none
+    assert "likes_" in portraits[3] or "since_last_visit=" in portraits[3], portraits[0]
     rule = re.search(r"premium items held ([\d.]+)% of the slots of email pages, ([\d.]+)% of the others'", printed)
     assert rule is not None and float(rule[1]) == 0 and float(rule[2]) > 10  # eligibility: none by email
     assert f"| * | * | control | {control[0]} | {control[1]} |" in printed

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any, Protocol
 from engine.campaign import RECBANDIT, CampaignReport, CampaignTally
 from engine.core import Engine
 from engine.logreader import LogReader
+from engine.types import Features
 from training.simulator import Storefront, WorldConfig
 from training.storefront_client import SIMULATED_DEADLINE, Page, Recbandit, StorefrontClient
 
@@ -168,6 +170,8 @@ class LogSummary:
     exploration_rate: float  # the bandit arm's mean of 1 − max(pmf) in slot 0: the chance a decision explored
     ruled_share: dict[bool, float]  # on the rule's channel or not: the share of slots that held a ruled item
     campaign: CampaignReport
+    with_portrait: float  # the share of decisions that saw the user's portrait (engine.portraits)
+    portrait: tuple[str, Features]  # the most frequent user's portrait, as their last decision saw it
 
 
 def read_log(reader: LogReader, closed_by: float) -> LogSummary:
@@ -178,17 +182,25 @@ def read_log(reader: LogReader, closed_by: float) -> LogSummary:
     explored: list[float] = []
     ruled: dict[bool, list[bool]] = {True: [], False: []}
     campaign = CampaignTally(closed_by)
+    visits: Counter[str] = Counter()
+    portraits: dict[str, Features] = {}
+    with_portrait = 0
     for event in reader.joined():
         decision = event.decision
         arms[decision.event_id] = decision.arm
+        visits[decision.user_id] += 1
+        portraits[decision.user_id] = decision.portrait
+        with_portrait += bool(decision.portrait)
         campaign.add(event)
         tags = {c.item_id: c.features.get("tags") or () for c in decision.candidates}
         ruled[decision.context.get("channel") == RULED_CHANNEL] += [
             RULED_TAG in tags[slot.item_id] for slot in decision.slots]  # type: ignore[operator]
         if decision.arm == RECBANDIT:
             explored.append(1.0 - max(decision.slots[0].pmf))
+    regular = visits.most_common(1)[0][0] if visits else ""
     return LogSummary(arms, sum(explored) / max(len(explored), 1),
-                      {channel: sum(slots) / max(len(slots), 1) for channel, slots in ruled.items()}, campaign.report())
+                      {channel: sum(slots) / max(len(slots), 1) for channel, slots in ruled.items()}, campaign.report(),
+                      with_portrait / max(len(arms), 1), (regular, portraits.get(regular, {})))
 
 
 def format_log_summary(summary: LogSummary) -> str:
@@ -197,7 +209,11 @@ def format_log_summary(summary: LogSummary) -> str:
 
     by_channel = dataclasses.replace(summary.campaign,
                                      segments=tuple(s for s in summary.campaign.segments if s.surface == "*"))
+    user, portrait = summary.portrait
     return "\n".join([
+        f"portraits: {summary.with_portrait:.1%} of decisions saw the user's portrait (namespace Portrait); "
+        f"{user}'s, at their last visit: " + (" ".join(f"{name}={_shown(value)}" for name, value in portrait.items()) or "none"),
+        "",
         f'rule "{RULE}" (eligibility: no item tagged {RULED_TAG} on the {RULED_CHANNEL} channel): '
         f"{RULED_TAG} items held {summary.ruled_share[True]:.1%} of the slots of {RULED_CHANNEL} pages, "
         f"{summary.ruled_share[False]:.1%} of the others'",
@@ -206,6 +222,10 @@ def format_log_summary(summary: LogSummary) -> str:
         "per surface too there)",
         format_campaign(by_channel),
     ])
+
+
+def _shown(value: object) -> str:
+    return ",".join(value) if isinstance(value, tuple | list) else str(value)
 
 
 def plot_learning_curve(blocks: list[Block], path: Path) -> None:
