@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from engine.bandit import EXAMPLE_FORMAT
 from engine.errors import CorruptCheckpoint, StartupRefused, rebuild_advice
 
 MANIFEST = "checkpoint.json"
@@ -38,6 +39,16 @@ class Checkpoint:
     checksums: dict[str, str] = field(default_factory=dict)  # file name → sha256 (hex) of every file it names
     log_id: str | None = None  # the event log it learned from (``EventLog.log_id``); None: written before ids
     example_format: int = 1  # the layout of the lines it learned from (engine.bandit.EXAMPLE_FORMAT); 1: before formats
+
+
+def check_example_format(checkpoint: Checkpoint, where: str, data_dir: str | os.PathLike[str]) -> None:
+    """Refuse a model learned from lines of another layout (:data:`~engine.bandit.EXAMPLE_FORMAT`):
+    it would find few of its weights in today's lines. ``where`` names the model for the message."""
+    if checkpoint.example_format != EXAMPLE_FORMAT:
+        raise StartupRefused(
+            f"{where} learned from examples of format {checkpoint.example_format}, and this recbandit builds "
+            f"format {EXAMPLE_FORMAT} (the item id and the hour outside the interactions), in which it would find "
+            f"few of its weights; {rebuild_advice(data_dir)} with this format")
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

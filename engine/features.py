@@ -37,14 +37,13 @@ def with_time_context(context: Features, ts: float) -> dict[str, FeatureValue]:
 
 
 def _hour(value: FeatureValue) -> int | None:
-    """``value`` as an hour of the day, if it is one: ``"7"``, ``"07"`` or ``7``."""
+    """``value`` as an hour of the day, if it is one: ``"7"``, ``"07"``, ``7`` or ``7.0`` (gRPC's
+    numbers are doubles)."""
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 2:
-        hour = int(value)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        hour = value
-    else:
-        return None
-    return hour if 0 <= hour <= 23 else None
+        return int(value) if int(value) <= 23 else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value in range(24):
+        return int(value)
+    return None
 
 
 def merge_features(catalog: Mapping[str, FeatureValue] | None, request: Features) -> Features:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from engine.apprentice import Apprentice, ApprenticeSlot, apprentice_slots
 from engine.bandit import EXAMPLE_FORMAT, BanditConfig, VWBandit, decision_lines
-from engine.checkpoint import Checkpoint, check_fits_log, read_checkpoint, write_checkpoint
-from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StartupRefused, StorageUnavailable, rebuild_advice
+from engine.checkpoint import Checkpoint, check_example_format, check_fits_log, read_checkpoint, write_checkpoint
+from engine.errors import CorruptCheckpoint, ModelNotReady, RecbanditError, StorageUnavailable
 from engine.eventlog import EventLog
 from engine.observer import LearnedSlot, Observer, model_id, report
 from engine.records import LoggedDecision, Outcome
@@ -146,21 +146,22 @@ class Learner(HoldsServedModel):
         if self.snapshots is not None:  # the store's newest snapshot, written with the position it learned to
             found = self.snapshots.read()
             checkpoint, model_path = (found[1], found[2]) if found else (None, None)
+            if checkpoint is not None and checkpoint.example_format != EXAMPLE_FORMAT:  # the log is the source of truth
+                log.warning("the store's newest snapshot learned from examples of format %d, and this recbandit builds "
+                            "format %d: relearning the store's event log into a fresh model",
+                            checkpoint.example_format, EXAMPLE_FORMAT)
+                checkpoint = None
         else:
             checkpoint = read_checkpoint(self.data_dir)
             model_path = None if checkpoint is None else self.data_dir / checkpoint.model_file
             if checkpoint is not None:
+                check_example_format(checkpoint, f"the model kept in {self.data_dir}", self.data_dir)
                 check_fits_log(checkpoint, self.data_dir, self.log.reader.log_id(), self.log.last_assigned_seq())
         if checkpoint is None:
             self.served = ServedModel(VWBandit(bandit), "vw-" + uuid.uuid4().hex[:8])
             self.learned_seq = self.examples_learned = 0
             self.last_checkpoint: float | None = None
             return
-        if checkpoint.example_format != EXAMPLE_FORMAT:
-            raise StartupRefused(
-                f"the model kept in {self.data_dir} learned from examples of format {checkpoint.example_format}, and "
-                f"this recbandit builds format {EXAMPLE_FORMAT} (the item id and the hour outside the interactions), "
-                f"in which it would find few of its weights; {rebuild_advice(self.data_dir)} with this format")
         try:
             saved = BanditConfig.from_dict(checkpoint.bandit)
             saved.validate()

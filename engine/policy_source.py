@@ -27,6 +27,9 @@ class SourcedPolicy(Protocol):
     @property
     def bandit(self) -> BanditConfig: ...
 
+    @property
+    def example_format(self) -> int: ...  # the layout of the lines it learned from (engine.bandit.EXAMPLE_FORMAT)
+
 
 class PolicySource(Protocol):
     """The newest champion policy: which version it is, then its model file and bandit config."""

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from engine.bandit import BanditConfig, VWBandit
-from engine.checkpoint import Checkpoint, atomic_write
+from engine.checkpoint import Checkpoint, atomic_write, check_example_format
 from engine.errors import CorruptCheckpoint, LeaseLost, ModelNotReady, PreconditionFailed, StartupRefused
 from engine.eventlog import EventLog
 from engine.learning import HoldsServedModel, ServedModel
@@ -175,6 +175,8 @@ class ModelFollower(HoldsServedModel):
         if found is None:
             return False
         snapshot_id, checkpoint, path = found
+        # a snapshot of another example layout is refused: the model in hand is kept and the next look tries again
+        check_example_format(checkpoint, f"the learner's snapshot {snapshot_id}", self.snapshots.workdir)
         saved = BanditConfig.from_dict(checkpoint.bandit)
         model = VWBandit(saved, model_path=str(path))
         with self._swapped:

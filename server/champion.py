@@ -17,6 +17,7 @@ import logging
 import threading
 from pathlib import Path
 
+from engine.bandit import EXAMPLE_FORMAT
 from engine.core import Engine, RegisteredPolicy
 from engine.errors import PreconditionFailed
 from engine.policy_source import PolicySource
@@ -53,6 +54,11 @@ class ChampionFollower:
             if served is not None and (served.model_name, served.version) == (name, version):
                 return False, served
             policy = self.source.download(version, self.download_dir)
+            if policy.example_format != EXAMPLE_FORMAT:
+                raise PreconditionFailed(
+                    "policy_registry", f"version {version} of {name} learned from examples of format "
+                    f"{policy.example_format}, and this recbandit builds format {EXAMPLE_FORMAT}: register a policy "
+                    "evaluated by this recbandit (recbandit evaluate)")
             registered = RegisteredPolicy(name, policy.version, alias)
             self.engine.swap_policy(policy.bandit, str(policy.model_path), registered)
             return True, registered

@@ -10,10 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 
+import pytest
+
 from engine.bandit import action_line
 from engine.errors import UnknownEvent
 from engine.eventlog import EventLog
-from engine.features import EncodedCandidates, frozen_features
+from engine.features import EncodedCandidates, frozen_features, with_time_context
 from engine.records import LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_from_json, decision_pmfs, decision_to_json
 from engine.rewards import RewardRules
 from engine.types import Candidate, Status
@@ -172,3 +174,15 @@ def test_a_batch_of_rewards_gets_what_each_would_get_alone(tmp_path: Path) -> No
     first_e1 = log._reader().execute("SELECT value FROM rewards WHERE event_id = 'e1' ORDER BY rowid").fetchone()[0]
     assert finals[("e1", 0)] == first_e1
     log.close()
+
+
+@pytest.mark.parametrize(("context", "added"), [
+    ({}, {"hour": "0", "weekday": "thu", "daypart": "night", "weekend": False}),  # ts 0: Thursday 1970-01-01, 00 h UTC
+    ({"hour": "19", "weekday": "sat"}, {"daypart": "evening", "weekend": True}),  # the caller's local clock wins
+    ({"hour": 7.0, "weekday": "mon"}, {"daypart": "morning", "weekend": False}),  # gRPC numbers are doubles
+    ({"hour": "12", "weekday": "sun", "daypart": "lunch"}, {"weekend": True}),  # the caller's own daypart stays
+    ({"hour": "24", "weekday": "holiday"}, {}),  # no hour of the day, no weekday: no coarse form
+    ({"hour": ["7"], "weekday": 3.0}, {}),
+])
+def test_the_clock_in_the_context_gets_its_coarse_forms(context: dict, added: dict) -> None:  # type: ignore[type-arg]
+    assert with_time_context(context, 0.0) == {**context, **added}

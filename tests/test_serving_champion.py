@@ -16,7 +16,8 @@ from tests.conftest import Traffic
 from tests.test_evaluate import SEGMENTS, make_log
 from tests.test_registry import EXPLORER, LEARNER
 from training.evaluate import EvaluationConfig
-from training.registry import CHAMPION, MODEL_NAME, evaluate_and_register, promote
+from training.registry import CHAMPION, MODEL_NAME, RegistrationFloor, evaluate_and_register, promote
+from training.tracking import tracking_client
 
 ITEMS = 6
 
@@ -126,3 +127,26 @@ def test_reload_policy_without_a_registry_or_a_champion_names_the_setting(start_
         client.admin.ReloadPolicy(pb.ReloadPolicyRequest())
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.value.details() == f"policy_registry: no version of {MODEL_NAME} holds the alias @{CHAMPION}"
+
+
+def test_a_champion_registered_from_another_example_format_is_refused_and_the_model_in_hand_kept(  # type: ignore[no-untyped-def]
+    start_server, tmp_path: Path
+) -> None:
+    root = tmp_path / "registry"
+    make_log(root / "log", events=200)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    registered = evaluate_and_register(root / "log", EvaluationConfig(candidates=(EXPLORER,), n_resamples=50), uri,
+                                       floor=RegistrationFloor(min_decisions=1, min_ess=0.0))
+    assert registered[1] == "1" and registered[2].promoted
+    client_of_registry = tracking_client(uri)
+    assert client_of_registry.get_model_version(MODEL_NAME, "1").tags["example_format"] == "2"
+    client_of_registry.delete_model_version_tag(MODEL_NAME, "1", "example_format")  # as versions were registered before
+
+    running, client = start_server(policy_registry=uri, policy_poll_interval=0.0)
+    with pytest.raises(grpc.RpcError) as error:
+        client.admin.ReloadPolicy(pb.ReloadPolicyRequest())
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.details() == (
+        f"policy_registry: version 1 of {MODEL_NAME} learned from examples of format 1, and this recbandit builds "
+        "format 2: register a policy evaluated by this recbandit (recbandit evaluate)")
+    assert not client.admin.GetModelInfo(pb.GetModelInfoRequest()).HasField("registered_policy")

@@ -283,3 +283,39 @@ def test_embeddings_that_do_not_load_refuse_the_start_and_free_the_directory(tmp
         Engine(EngineConfig(data_dir=data))
     (data / "embeddings" / "embeddings.json").unlink()
     Engine(EngineConfig(data_dir=data)).close()  # the failed start left the directory unlocked
+
+
+def test_a_snapshot_of_another_example_format_is_relearned_by_the_learner_and_refused_by_a_follower(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In the store (here a SQLite file), the learner relearns the log rather than load the old layout's
+    model, and a serving process keeps the model in hand until the learner publishes today's."""
+    import json
+    import threading
+    from dataclasses import asdict, replace
+
+    from engine.bandit import BanditConfig, VWBandit
+    from engine.checkpoint import Checkpoint
+    from engine.learning import Learner
+    from engine.roles import ModelFollower, StoreSnapshots
+
+    log = EventLog(tmp_path / "events.db", RewardRules())
+    try:
+        snapshots = StoreSnapshots(log, tmp_path / "snapshots")
+        old = Checkpoint("model-old-1-1.vw", "vw-old", 0, 7, 1.0, asdict(BanditConfig()), log_id=log.reader.log_id())
+        snapshots.write(VWBandit(BanditConfig()).save, replace(old, example_format=1))
+        assert json.loads(log.newest_snapshot()[1])["example_format"] == 1
+
+        follower = ModelFollower(log, snapshots, BanditConfig(), threading.Event(), poll_interval=60.0)
+        assert follower.served.model_id == "vw-awaiting-learner"  # refused at start: a fresh model meanwhile
+        with pytest.raises(StartupRefused, match="the learner's snapshot 1 learned from examples of format 1"):
+            follower.follow()
+
+        learner = Learner(tmp_path, log, BanditConfig(), threading.Event(), checkpoint_interval=60.0,
+                          maintenance_interval=60.0, snapshots=snapshots)
+        assert learner.served.model_id != "vw-old" and learner.examples_learned == 0  # relearns the log from its start
+        assert "relearning the store's event log into a fresh model" in caplog.text
+        learner.checkpoint()
+        assert follower.follow() and follower.served.model_id == learner.served.model_id
+    finally:
+        log.close()

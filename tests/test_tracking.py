@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.bandit import action_line, shared_line
-from engine.records import features_from_dict
+from engine.bandit import decision_lines
 from server.cli import main
 from tests.test_evaluate import make_log
 from tests.test_registry import EXPLORER, LEARNER
@@ -85,14 +84,18 @@ def test_the_registered_policy_is_a_pyfunc_model_whose_pmf_is_the_vw_models_own(
     assert version == "1" and promotion.promoted
     registered = tracking_client(uri).get_model_version(MODEL_NAME, version)
     model = mlflow.pyfunc.load_model(registered.source)
-    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["user_features", "context", "candidates"]
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["user_features", "context", "candidates",
+                                                                          "portrait"]
     assert [c.name for c in model.metadata.get_output_schema().inputs] == ["item_ids", "pmf"]
 
-    records = exported(load_joined(logged)[-5:])
+    joined = load_joined(logged)[-5:]
+    records = exported(joined)
+    assert all(r.get("portrait") for r in records)  # users come back: their portraits were in the lines served
     frame = pd.DataFrame({
         "user_features": [json.dumps(r["user_features"]) for r in records],
         "context": [json.dumps(r["context"]) for r in records],
         "candidates": [json.dumps(r["candidates"]) for r in records],
+        "portrait": [json.dumps(r["portrait"]) for r in records],
     })
     predicted = model.predict(frame)
     policy = download_policy(registered, uri, tmp_path / "served")
@@ -102,9 +105,9 @@ def test_the_registered_policy_is_a_pyfunc_model_whose_pmf_is_the_vw_models_own(
     assert not any(line.split("=")[0].strip() == "recbandit" for line in (model_dir / "requirements.txt").read_text().split())
     vw = vowpalwabbit.Workspace(f"-i {policy.model_path} --quiet")
     try:
-        for record, ids, pmf in zip(records, predicted["item_ids"], predicted["pmf"], strict=True):
-            lines = [shared_line(features_from_dict(record["user_features"]), features_from_dict(record["context"])),
-                     *(action_line(c["item_id"], features_from_dict(c["features"])) for c in record["candidates"])]
+        for record, event, ids, pmf in zip(records, joined, predicted["item_ids"], predicted["pmf"], strict=True):
+            shared, actions = decision_lines(event.decision)  # the lines the server decided from
+            lines = [shared, *actions]
             own = np.asarray(vw.predict(lines), dtype=float)
             assert list(ids) == [c["item_id"] for c in record["candidates"]]
             assert sum(pmf) == pytest.approx(1.0, abs=1e-9)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from engine.bandit import BanditConfig, VWBandit, example_lines
+from engine.features import with_time_context
 from engine.records import features_from_dict
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # see quiet_mlflow
@@ -39,6 +41,8 @@ _quieting = threading.Lock()
 
 VW_ARTIFACT = "vw_model"
 INPUT_COLUMNS = ("user_features", "context", "candidates")
+PORTRAIT_COLUMN = "portrait"
+"""Optional: the user's portrait features (engine.portraits), as the event log holds them."""
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
@@ -55,19 +59,26 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"model_input: missing column(s) {', '.join(missing)}; expected {', '.join(INPUT_COLUMNS)}")
         item_ids, pmfs = [], []
-        for row in frame.itertuples(index=False):
-            ids, pmf = self.score(_decoded(row.user_features), _decoded(row.context), _decoded(row.candidates))
+        portraits = frame[PORTRAIT_COLUMN] if PORTRAIT_COLUMN in frame.columns else [None] * len(frame)
+        for row, portrait in zip(frame.itertuples(index=False), portraits, strict=True):
+            ids, pmf = self.score(_decoded(row.user_features), _decoded(row.context), _decoded(row.candidates),
+                                  _decoded(portrait) if portrait else None)
             item_ids.append(ids)
             pmfs.append(pmf)
         return pd.DataFrame({"item_ids": item_ids, "pmf": pmfs})
 
-    def score(self, user_features: dict, context: dict, candidates: Sequence[dict]) -> tuple[list[str], list[float]]:  # type: ignore[type-arg]
-        """The pmf over ``candidates`` (dicts with ``item_id`` and ``features``) for one decision."""
+    def score(self, user_features: dict, context: dict, candidates: Sequence[dict],  # type: ignore[type-arg]
+              portrait: dict | None = None) -> tuple[list[str], list[float]]:  # type: ignore[type-arg]
+        """The pmf over ``candidates`` (dicts with ``item_id`` and ``features``) for one decision, from
+        the lines the server builds: the context gets the clock it adds (``hour`` and ``weekday`` now,
+        in UTC, unless sent; ``daypart`` and ``weekend``), and the portrait its namespace."""
         if not candidates:
             raise ValueError("candidates: at least one candidate to score")
         ids = [str(c["item_id"]) for c in candidates]
-        shared, lines = example_lines(features_from_dict(user_features), features_from_dict(context),
-                                      ((i, features_from_dict(c.get("features") or {})) for i, c in zip(ids, candidates)))
+        shared, lines = example_lines(features_from_dict(user_features),
+                                      with_time_context(features_from_dict(context), time.time()),
+                                      ((i, features_from_dict(c.get("features") or {})) for i, c in zip(ids, candidates)),
+                                      features_from_dict(portrait or {}))
         return ids, self._bandit.pmf(shared, lines)
 
 
@@ -81,7 +92,8 @@ def signature():  # type: ignore[no-untyped-def]
     from mlflow.types import DataType
     from mlflow.types.schema import Array, ColSpec, Schema
 
-    inputs = Schema([ColSpec(DataType.string, name) for name in INPUT_COLUMNS])
+    inputs = Schema([*(ColSpec(DataType.string, name) for name in INPUT_COLUMNS),
+                     ColSpec(DataType.string, PORTRAIT_COLUMN, required=False)])
     outputs = Schema([ColSpec(Array(DataType.string), "item_ids"), ColSpec(Array(DataType.double), "pmf")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from engine.bandit import BanditConfig
+from engine.bandit import EXAMPLE_FORMAT, BanditConfig
 from engine.ope import Estimate
 from training.evaluate import Evaluation, EvaluationConfig, PolicyEvaluation, evaluate
 from engine.logreader import event_log_path
@@ -55,6 +55,7 @@ class ChampionPolicy:
     bandit: BanditConfig
     cb_type: str
     vw_arguments: str
+    example_format: int = EXAMPLE_FORMAT  # the layout of the lines it learned from (engine.bandit.EXAMPLE_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def register_policy(client: MlflowClient, run_id: str, policy: PolicyEvaluation,
     tags = {
         "policy": json.dumps(policy.candidate.to_dict()),
         "vw_arguments": policy.candidate.vw_arguments(),
+        "example_format": str(EXAMPLE_FORMAT),
         "primary_estimator": primary,
         f"{primary}_value": f"{estimate.value:.6f}",
         f"{primary}_ci_low": f"{estimate.ci_low:.6f}",
@@ -266,7 +268,8 @@ def download_policy(version: ModelVersion, tracking_uri: str, dst_dir: str | Pat
         local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
     candidate = candidate_of(version)
     return ChampionPolicy(str(version.version), vw_model_path(Path(local)), candidate.bandit, candidate.cb_type,
-                          version.tags.get("vw_arguments", candidate.vw_arguments()))
+                          version.tags.get("vw_arguments", candidate.vw_arguments()),
+                          int(version.tags.get("example_format", "1")))  # untagged: registered before formats
 
 
 class RegistryPolicySource:
