@@ -394,7 +394,8 @@ class Engine:
             self._learner.remember(logged, prepared.shared, prepared.actions)
             self.rules.record(logged)
             if self._portraits is not None:
-                self._portraits.visit(logged.user_id, self._portraits.get(logged.user_id), logged.ts, logged.context)
+                self._portraits.visit(logged.user_id, self._portraits.get(logged.user_id), logged.ts, logged.context,
+                                      logged.event_id)
             report(self.observer.decided, model_id(logged.model_version), logged.arm)
         return self._same_event(logged, prepared.request)
 
@@ -410,7 +411,8 @@ class Engine:
         """Each slot drawn from its pmf over the candidates it may hold; ``plan``: pins, promotion
         shares and group caps (:class:`engine.liverules.SlotPlan`). With ``baseline`` (the control
         arm) each slot holds the first candidate it may, in the storefront's order, with
-        probability 1: no model is asked. With ``apprentice`` (a list, apprentice mode) each slot is
+        probability 1: no model is asked. When overlapping group caps leave a slot nothing to hold
+        (it depends on the earlier slots' draws), the decision has the slots before it. With ``apprentice`` (a list, apprentice mode) each slot is
         drawn from :func:`engine.apprentice.apprentice_pmf` instead, and the list gets each slot's
         baseline and model's choice (None for a pinned slot)."""
         remaining = list(range(len(candidates))) if plan is None else plan.open(len(candidates))
@@ -422,8 +424,8 @@ class Engine:
                 if apprentice is not None:
                     apprentice.append(None)
                 continue
-            if not remaining:
-                raise plan.unfillable(slot, num_results)  # type: ignore[union-attr]  # only a plan empties it
+            if not remaining:  # overlapping group caps spent by the earlier draws: the decision ends here, logged
+                break              # whole, so that the draws that lead here are in the log like any other
             if baseline:
                 chosen = remaining.pop(0)
                 one = [0.0] * len(candidates)

@@ -26,7 +26,7 @@ from engine.errors import ConfigurationError, PreconditionFailed
 from engine.exploration import normalised
 from engine.frequency import FrequencyCounter
 from engine.records import LoggedDecision, SlotChoice
-from engine.rules import FrequencyCap, PromotionShare, RuleSet, load_rules, matches, promotion_shaped
+from engine.rules import PromotionShare, RuleSet, load_rules, matches, promotion_shaped
 from engine.types import Candidate, Features
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,6 @@ class SlotPlan:
                 budget[1] = left - 1
                 if budget[1] == 0:
                     remaining[:] = [i for i in remaining if i not in members]
-
-    def unfillable(self, filled: int, num_results: int) -> PreconditionFailed:
-        caps: list[FrequencyCap] = [cap for cap, left, _ in self.budgets if left <= 0]
-        return PreconditionFailed("num_results", f"only {filled} of {num_results} slots can be filled under "
-                                                 f"{_named(c.name for c in caps)}")
 
 
 def _eligible(rules: RuleSet, user_features: Features, context: Features, candidates: list[Candidate],

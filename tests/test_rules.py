@@ -395,3 +395,38 @@ def test_a_cap_longer_than_the_retention_is_refused_at_start(start_server, tmp_p
     with pytest.raises(ConfigurationError,
                        match=r'frequency_cap rule "two-a-day": its window is longer than --retention'):
         start_server(rules=str(write(tmp_path / "rules.toml", RULES)), retention="1h")
+
+
+def test_overlapping_group_caps_end_a_decision_early_and_every_draw_is_logged(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``both`` is in two groups of one show each: drawn first, it spends both, and nothing is left
+    for slot 1. Such a decision has one slot, logged like any other, so slot 0's frequencies in the
+    log are the logged probabilities (refusing it would leave ``both`` out of the log)."""
+    rules = write(tmp_path / "rules.toml", """
+[[frequency_cap]]
+name = "one-red"
+items = { tags = "red" }
+per = "group"
+max = 1
+window = "1d"
+
+[[frequency_cap]]
+name = "one-blue"
+items = { tags = "blue" }
+per = "group"
+max = 1
+window = "1d"
+""")
+    running, client = start_server(rules=str(rules), seed=2, exploration="epsilon", exploration_parameter=1.0)
+    shelf = {"both": {"tags": ("red", "blue")}, "red": {"tags": ("red",)}, "blue": {"tags": ("blue",)}}
+    n = 600
+    pages = [client.recommender.Recommend(request(f"u{k}", shelf, num_results=2, event_id=f"e-{k}")) for k in range(n)]
+    first = Counter(page.items[0].item_id for page in pages)
+    assert {len(page.items) for page in pages if page.items[0].item_id == "both"} == {1}
+    assert all([i.item_id for i in page.items] in (["red", "blue"], ["blue", "red"])
+               for page in pages if page.items[0].item_id != "both")
+    logged = [running.engine.log.get_decision(f"e-{k}") for k in range(n)]
+    assert all(d is not None for d in logged)  # every decision was served and logged
+    margin = 4 * math.sqrt(0.25 / n)
+    for item_id in shelf:  # uniform over three in slot 0: each a third, as logged
+        assert abs(first[item_id] / n - 1 / 3) < margin, first
+        assert all(d.slots[0].probability == pytest.approx(1 / 3) for d in logged if d.slots[0].item_id == item_id)
