@@ -10,7 +10,8 @@ those of other processes sharing the store reach it only when it reads the log (
 and when a cap is added or changed).
 
 Memory is bounded by the window: per cap, user and item (or group) the newest ``max`` times at
-most, and a user whose newest counted show is older than the cap's window is dropped.
+most; a user whose newest counted show is older than the cap's window is dropped, and the items a
+returning user was shown before the window leave as their count of items doubles.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ FORGOTTEN_KEPT_SECONDS = 600.0
 class _UserShows:
     newest: float
     times: dict[str, list[float]]  # by item id (per item) or "" (the group): ascending, the newest max
+    sweep_at: int = 16  # how many keys make the next sweep of the expired ones (twice those kept after a sweep)
+
+    def sweep(self, cutoff: float) -> None:
+        """Drop the keys whose newest show is at or before ``cutoff``: a user who keeps coming
+        back is never dropped whole, so the items they saw long ago must leave one by one."""
+        self.times = {key: times for key, times in self.times.items() if times[-1] > cutoff}
+        self.sweep_at = max(16, 2 * len(self.times))
 
 
 class CapCount:
@@ -62,6 +70,8 @@ class CapCount:
             bisect.insort(times, ts)
             if len(times) > cap.max:
                 del times[0]
+            if len(user.times) > user.sweep_at:  # amortised: each sweep at least halves what is left to sweep
+                user.sweep(user.newest - cap.window_seconds)
 
     def shown(self, user_id: str, key: str, now: float) -> int:
         """Shows of ``key`` to the user within the window, counted up to ``max``."""
@@ -173,12 +183,11 @@ class FrequencyCounter:
                 count = self._counts.get(cap)
                 if count is None:  # retired by a reload since this decision read its rules
                     continue
-                if cap.per == "item":
-                    user = count.users.get(user_id)
-                    full = {key for key in user.times if count.shown(user_id, key, now) >= cap.max} if user else ()
-                    if full:
+                if cap.per == "item":  # the candidates' own counts: the cost of a decision, not of the user's past
+                    if user_id in count.users:
                         removed.update((i, cap.name) for i, c in enumerate(candidates)
-                                       if c.item_id in full and i not in removed and matches(cap.items, c.features))
+                                       if i not in removed and count.shown(user_id, c.item_id, now) >= cap.max
+                                       and matches(cap.items, c.features))
                     continue
                 left = cap.max - count.shown(user_id, "", now)
                 if left >= num_results:

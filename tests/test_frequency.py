@@ -56,3 +56,23 @@ def test_a_decision_in_flight_when_its_user_is_forgotten_is_not_counted() -> Non
     time.sleep(0.01)
     counter.record(decision("e3", "alice", time.time()))  # the user comes back: counted afresh
     assert shows(counter, "alice") == 1
+
+
+def test_a_returning_user_keeps_only_the_items_of_the_window_and_the_caps_still_bind() -> None:
+    """A user who comes back every hour for a month is never dropped whole: the items they saw
+    before the window must leave one by one, or their counts grow for as long as they return."""
+    cap = FrequencyCap("once-a-day-per-item", max=1, window_seconds=86_400.0, per="item")
+    counter = FrequencyCounter(lambda _: ())
+    counter.install([cap], now=0.0)
+    start = time.time() - 30 * 86_400
+    for hour in range(30 * 24):  # a new item every hour
+        ts = start + hour * 3600
+        sku = f"sku-{hour}"
+        counter.record(LoggedDecision(f"e{hour}", ts, "regular", {}, {}, (Candidate(sku),),
+                                      (SlotChoice(sku, 1.0, (1.0,)),), "v", False, ts + 60))
+    (count,) = counter._counts.values()
+    assert len(count.users["regular"].times) <= 2 * 25 + 16  # about a day's items, not a month's 720
+    now = start + (30 * 24 - 1) * 3600
+    recent, old = [Candidate(f"sku-{30 * 24 - 1 - h}") for h in range(23)], [Candidate("sku-0"), Candidate("sku-100")]
+    limits = counter.limits([cap], "regular", recent + old, num_results=1, now=now)
+    assert set(limits.removed) == set(range(23))  # the day's items are capped, the month-old ones are not
