@@ -19,23 +19,33 @@ V = TypeVar("V")
 class BoundedCache(Generic[K, V]):
     """``get(key)`` and ``put(key, value, cost)``; at most ``max_entries`` and ``max_bytes`` of cost."""
 
-    __slots__ = ("max_entries", "max_bytes", "_entries", "_bytes", "get")
+    __slots__ = ("max_entries", "max_bytes", "_entries", "_costs", "_bytes", "get")
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries: dict[K, V] = {}
+        self._costs: dict[K, int] = {}
         self._bytes = 0
         self.get = self._entries.get  # the hot path: a bound dict lookup, no Python frame
 
     def put(self, key: K, value: V, cost: int) -> None:
-        if len(self._entries) >= self.max_entries or self._bytes + cost > self.max_bytes:
+        """Hold ``value`` under ``key``; an entry it replaces no longer counts."""
+        self._bytes -= self._costs.pop(key, 0)
+        if (key not in self._entries and len(self._entries) >= self.max_entries) or self._bytes + cost > self.max_bytes:
             self.clear()
         self._entries[key] = value
+        self._costs[key] = cost
         self._bytes += cost
+
+    def pop(self, key: K) -> None:
+        """Forget ``key``'s entry, if any."""
+        self._entries.pop(key, None)
+        self._bytes -= self._costs.pop(key, 0)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._costs.clear()
         self._bytes = 0
 
     @property

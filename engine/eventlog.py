@@ -119,9 +119,13 @@ CREATE TABLE IF NOT EXISTS portraits (
     user_id TEXT PRIMARY KEY,
     visits TEXT NOT NULL,
     history TEXT NOT NULL,
-    updated {real} NOT NULL
+    updated {real} NOT NULL,
+    history_ts {real} NOT NULL,
+    seq BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS portraits_updated ON portraits (updated);
+CREATE INDEX IF NOT EXISTS portraits_history_ts ON portraits (history_ts) WHERE history <> '';
+CREATE INDEX IF NOT EXISTS portraits_seq ON portraits (seq);
 """
 _MIGRATIONS = {
     # 1 → 2: decisions whose caller was gone before the reply are marked, and never learned by default

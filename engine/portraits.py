@@ -187,7 +187,8 @@ def portrait_features(portrait: Portrait, ts: float, context: Features,
         features["since_last_visit"] = bucket(ts - visits.last_ts, SINCE_VISIT_BUCKETS)
     if (session := visited(visits, ts, context, config).session_visits) > 1:
         features["session_visits"] = bucket(session, SESSION_BUCKETS)
-    if visits.channel and visits.channel != context.get(config.channel_feature):
+    here = context.get(config.channel_feature)
+    if visits.channel and visits.channel != (here[:MAX_CHANNEL] if isinstance(here, str) else here):
         features["came_from"] = visits.channel
     return {name: value for name, value in features.items() if value not in _NOTHING_KNOWN}
 

@@ -22,9 +22,9 @@ labels.
 - ``recbandit_arm_decisions_total{arm}``, ``recbandit_arm_learned_slots_total{arm}`` and
   ``recbandit_arm_rewarded_slots_total{arm}``: per campaign arm (``recbandit`` or ``control``,
   ``--control-share``), decisions committed, slots whose final outcome was learned, and those of
-  them whose final reward was above 0. Rewarded over learned slots is each arm's online CTR when
-  clicks are the rewards: ``rate(recbandit_arm_rewarded_slots_total[1h]) /
-  rate(recbandit_arm_learned_slots_total[1h])``.
+  them whose final reward came from rewards (not the default reward) and was above 0. Rewarded
+  over learned slots is each arm's online CTR when clicks are the rewards:
+  ``rate(recbandit_arm_rewarded_slots_total[1h]) / rate(recbandit_arm_learned_slots_total[1h])``.
 - ``recbandit_undelivered_decisions_total``: decisions committed whose caller was gone.
 - ``recbandit_events_pruned_total``: events ``--retention`` deleted.
 - ``recbandit_reward_delay_seconds``: from a decision to the reward that made its slot final
@@ -92,8 +92,8 @@ class Metrics(Observer):
         self._arm_slots = Counter("recbandit_arm_learned_slots", "Slots whose final outcome was learned, by campaign arm.",
                                   ["arm"], registry=registry)
         self._arm_rewarded = Counter("recbandit_arm_rewarded_slots",
-                                     "Slots learned with a final reward above 0, by campaign arm.", ["arm"],
-                                     registry=registry)
+                                     "Slots learned with a final reward above 0 (not the default), by campaign arm.",
+                                     ["arm"], registry=registry)
         for arm in ARMS:  # both arms from the first scrape: a ratio per arm needs no absent series
             for counter in (self._arm_decisions, self._arm_slots, self._arm_rewarded):
                 counter.labels(arm)
@@ -152,7 +152,7 @@ class Metrics(Observer):
             self._delay.observe(max(0.0, slot.reward_delay))
         arm = _arm(slot.arm)
         self._arm_slots.labels(arm).inc()
-        if slot.reward > 0:
+        if slot.reward > 0 and slot.source != "default":
             self._arm_rewarded.labels(arm).inc()
 
     def undelivered(self) -> None:
@@ -233,7 +233,8 @@ def _apprentice_gauges(stats: ApprenticeStats | None) -> list[tuple[str, str, fl
          stats.match_rate),
         ("recbandit_apprentice_baseline_reward", "The baseline's reward per apprentice slot (IPS; observed at "
          "exploration 0).", stats.baseline_reward),
-        ("recbandit_apprentice_model_reward", "The model's reward per apprentice slot, inverse-propensity weighted.",
+        ("recbandit_apprentice_model_reward", "The model's reward per apprentice slot, inverse-propensity weighted; "
+         "a lower bound while the identified share is below 1.",
          stats.model_reward),
         ("recbandit_apprentice_identified_share", "Share of apprentice slots where the model's choice could be "
          "served (its IPS estimate is identified).", stats.identified_share),

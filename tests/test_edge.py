@@ -109,6 +109,16 @@ def test_caches_are_bounded_in_entries_and_bytes() -> None:
     assert len(counted) == 1 and counted.get(6) == 6
 
 
+def test_a_cache_counts_an_entry_it_replaces_once() -> None:
+    cache: BoundedCache[str, int] = BoundedCache(max_entries=10, max_bytes=1000)
+    cache.put("a", 1, 100)
+    for j in range(50):  # one user's portrait rewritten, again and again
+        cache.put("b", j, 100)
+    assert cache.bytes == 200 and cache.get("a") == 1 and cache.get("b") == 49
+    cache.pop("a")
+    assert cache.bytes == 100 and len(cache) == 1 and cache.get("a") is None
+
+
 def test_event_ids_are_random_and_a_reused_id_reveals_nothing(server) -> None:  # type: ignore[no-untyped-def]
     _, client = server
     ids = [client.recommender.Recommend(recommend_request()).event_id for _ in range(20)]

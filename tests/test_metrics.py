@@ -181,3 +181,17 @@ def test_decisions_and_rewarded_slots_are_counted_per_campaign_arm(start_server)
         assert metrics[("recbandit_arm_learned_slots_total", (("arm", arm),))] == 2 * decisions[arm]
         assert metrics[("recbandit_arm_rewarded_slots_total", (("arm", arm),))] == rewarded[arm]
     assert {dict(labels)["arm"] for (name, labels) in metrics if name.startswith("recbandit_arm_")} == {RECBANDIT, CONTROL}
+
+
+def test_a_default_reward_above_0_is_not_a_rewarded_slot(start_server) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    running, client = start_server(metrics_port=port, reward_window="1s", default_reward=0.5)
+    event_ids = [client.recommender.Recommend(recommend_request()).event_id for _ in range(3)]
+    client.recommender.Feedback(pb.FeedbackRequest(event_id=event_ids[0], reward=1.0))
+    deadline = time.monotonic() + 15
+    while running.engine.model_info().examples_learned < 3:
+        assert time.monotonic() < deadline, "the reward windows never closed"
+        time.sleep(0.1)
+    metrics = scrape(port)
+    assert metrics[("recbandit_arm_learned_slots_total", (("arm", "recbandit"),))] == 3
+    assert metrics[("recbandit_arm_rewarded_slots_total", (("arm", "recbandit"),))] == 1

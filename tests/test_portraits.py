@@ -4,16 +4,20 @@ and the bandit's lift in a simulated world whose users remember."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from engine import portraitstore
 from engine.bandit import decision_lines
 from engine.eventlog import EventLog
 from engine.logreader import LOG_SCHEMA_VERSION
 from engine.portraits import (
     DAY,
     INTEREST_HALF_LIFE,
+    MAX_CHANNEL,
     MAX_INTERESTS,
     MINUTE,
     MONETARY_BUCKETS,
@@ -34,11 +38,13 @@ from engine.portraits import (
     visits_from_json,
     visits_to_json,
 )
-from engine.records import Reward
+from engine.records import LoggedDecision, Reward, SlotChoice
+from engine.retention import Retention
 from engine.rewards import RewardRules
+from engine.types import Candidate
 from server._proto.recbandit.v1 import recbandit_pb2 as pb
 from server.wire import features_to_proto
-from tests.conftest import execute
+from tests.conftest import execute, postgres_schema
 from training.bench_quality import oracle_and_random, play_stream, summary_rows
 from training.simulator import WorldConfig
 
@@ -124,6 +130,14 @@ def test_the_features_a_decision_sees() -> None:
         "likes_brand": ("acme",), "likes_category": ("shoes",), "likes_tags": ("sale",)}
     assert portrait_features(Portrait(history=History(0.0, (("category=shoes", 0.25 - 1e-9),))), 0.0, {}) == {}
     assert not any(n.startswith("likes_") for n in portrait_features(portrait, T0 + 4 * INTEREST_HALF_LIFE, {}))
+
+
+def test_a_long_channel_is_compared_as_kept() -> None:
+    channel = "c" * (MAX_CHANNEL + 6)
+    portrait = Portrait(visited(Visits(), T0, {"channel": channel}))
+    assert portrait.visits.channel == channel[:MAX_CHANNEL]
+    assert "came_from" not in portrait_features(portrait, T0 + MINUTE, {"channel": channel})
+    assert portrait_features(portrait, T0 + MINUTE, {"channel": "app"})["came_from"] == channel[:MAX_CHANNEL]
 
 
 def test_portraits_round_trip_through_their_columns() -> None:
@@ -226,6 +240,21 @@ def test_forget_user_deletes_the_portrait(start_server, tmp_path: Path) -> None:
 # -- the store -------------------------------------------------------------------------------------
 
 
+def logged(log: EventLog, user_id: str, event_id: str, ts: float = T0) -> None:
+    """Log a decision of ``user_id`` (a portrait's writes need theirs)."""
+    log.append_decision(LoggedDecision(event_id, ts, user_id, {}, {}, (Candidate("sku-shoes"),),
+                                       (SlotChoice("sku-shoes", 1.0, (1.0,)),), "v", False, ts + 60))
+
+
+def stored(store: str, user_id: str) -> Portrait:
+    """The user's portrait as the store holds it, read by a process of its own (no cache of this one's)."""
+    log = EventLog(store, RewardRules(), join_later=True)
+    try:
+        return log.portraits.get(user_id)
+    finally:
+        log.close()
+
+
 def test_a_schema_4_store_migrates_and_keeps_portraits(store: str) -> None:
     EventLog(store, RewardRules()).close()
     execute(store, "DROP TABLE portraits")  # the store as recbandit with schema 4 left it
@@ -234,6 +263,7 @@ def test_a_schema_4_store_migrates_and_keeps_portraits(store: str) -> None:
     try:
         (version,) = log._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         assert version == str(LOG_SCHEMA_VERSION) == "5"
+        logged(log, "u1", "e1")
         log.portraits.reward("u1", Reward("e1", "sku-shoes", "click", 1.0, T0), SHOES)
         log.portraits.visit("u1", log.portraits.get("u1"), T0, {"channel": "app"})
     finally:
@@ -250,6 +280,7 @@ def test_a_process_takes_in_the_portraits_another_wrote_and_forgot_at_its_next_l
     writer, replica = EventLog(store, RewardRules()), EventLog(store, RewardRules(), join_later=True)
     try:
         assert replica.portraits.get("u1") == NO_PORTRAIT  # cached
+        logged(writer, "u1", "e1")
         writer.portraits.reward("u1", Reward("e1", "sku-shoes", "purchase", 25.0, T0), SHOES)
         assert replica.portraits.get("u1") == NO_PORTRAIT  # until it looks
         assert replica.portraits.follow() == 1
@@ -283,14 +314,112 @@ def test_in_a_world_with_history_the_bandit_with_portraits_beats_the_one_without
 
 
 def test_retention_deletes_the_portraits_nothing_renewed_within_it(store: str) -> None:
-    from engine.retention import Retention
-
     log = EventLog(store, RewardRules())
     try:
         for user_id in ("old", "new"):
-            log.portraits.reward(user_id, Reward("e", "sku-shoes", "click", 1.0, T0), SHOES)
+            logged(log, user_id, f"e-{user_id}", time.time())
+            log.portraits.reward(user_id, Reward(f"e-{user_id}", "sku-shoes", "click", 1.0, time.time()), SHOES)
         execute(store, "UPDATE portraits SET updated = updated - 7200 WHERE user_id = 'old'")
         Retention(log, 3600.0, None).run(learned_seq=0)
         assert [u for (u,) in log._reader().execute("SELECT user_id FROM portraits")] == ["new"]
     finally:
         log.close()
+
+
+def test_two_processes_rewarding_a_new_user_at_once_both_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each waits, after reading the row, until the other has read it too (or for a second): without
+    a row to lock, both would read no history and the later write would undo the earlier."""
+    both_read = threading.Barrier(2)
+
+    def rewarded_once_both_read(*args):  # type: ignore[no-untyped-def]
+        try:
+            both_read.wait(timeout=1.0)
+        except threading.BrokenBarrierError:
+            pass  # the other waited for this one's lock, as it should
+        return rewarded(*args)
+
+    with postgres_schema() as store:
+        logs = [EventLog(store, RewardRules(), join_later=True) for _ in range(2)]
+        try:
+            logged(logs[0], "u1", "e1")
+            logged(logs[0], "u1", "e2")
+            monkeypatch.setattr(portraitstore, "rewarded", rewarded_once_both_read)
+            rewards = [threading.Thread(target=log.portraits.reward, args=("u1", Reward(e, "", "click", 1.0, T0), item))
+                       for log, e, item in zip(logs, ("e1", "e2"), (SHOES, HAT), strict=True)]
+            for thread in rewards:
+                thread.start()
+            for thread in rewards:
+                thread.join(10)
+            monkeypatch.undo()
+            interests = dict(stored(store, "u1").history.interests)
+            assert interests["category=shoes"] == 1.0 and interests["category=hats"] == 1.0
+        finally:
+            for log in logs:
+                log.close()
+
+
+def test_retention_leaves_no_deleted_portrait_or_old_history_in_the_cache(store: str) -> None:
+    now = time.time()
+    log = EventLog(store, RewardRules())
+    try:
+        for user_id in ("gone", "kept"):
+            logged(log, user_id, f"e-{user_id}", now)
+            log.portraits.reward(user_id, Reward(f"e-{user_id}", "", "click", 1.0, now - 7200), SHOES)
+        execute(store, "UPDATE portraits SET updated = updated - 7200")
+        log.portraits.visit("kept", log.portraits.get("kept"), now, {"channel": "app"})  # renews the row only
+        assert log.portraits.get("gone").history.interests  # in the cache
+        Retention(log, 3600.0, None).run(learned_seq=0)
+        assert log.portraits.get("gone") == NO_PORTRAIT
+        assert log.portraits.get("kept") == Portrait(Visits(now, 1, "app"))
+        for user_id in ("gone", "kept"):  # the next visits write no old history back
+            log.portraits.visit(user_id, log.portraits.get(user_id), now + 60, {"channel": "app"})
+            assert log.portraits.get(user_id).history == stored(store, user_id).history == History()
+    finally:
+        log.close()
+
+
+def test_a_reward_or_visit_whose_decision_was_forgotten_meanwhile_writes_no_portrait(store: str) -> None:
+    log = EventLog(store, RewardRules())
+    try:
+        logged(log, "u1", "e1")
+        log.forget_user("u1")  # after Feedback read the decision, before the portrait's write
+        log.portraits.reward("u1", Reward("e1", "", "click", 1.0, T0), SHOES)
+        log.portraits.visit("u1", NO_PORTRAIT, T0, {"channel": "app"}, "e1")
+        assert log.portraits.get("u1") == NO_PORTRAIT
+        assert log._reader().execute("SELECT COUNT(*) FROM portraits").fetchone()[0] == 0
+    finally:
+        log.close()
+
+
+def test_a_visit_read_before_forget_user_does_not_bring_the_forgotten_portrait_back(store: str) -> None:
+    log = EventLog(store, RewardRules())
+    try:
+        logged(log, "u1", "e1")
+        log.portraits.reward("u1", Reward("e1", "", "purchase", 25.0, T0), SHOES)
+        log.portraits.visit("u1", log.portraits.get("u1"), T0, {"channel": "email"})
+        read = log.portraits.get("u1")  # Recommend reads the portrait …
+        log.forget_user("u1")  # … ForgetUser runs …
+        log.portraits.visit("u1", read, T0 + 60, {"channel": "app"})  # … and the decision commits
+        assert log.portraits.get("u1") == stored(store, "u1") == Portrait(Visits(T0 + 60, 1, "app"))
+    finally:
+        log.close()
+
+
+def test_a_process_takes_in_every_write_once_whatever_the_writers_clock_said(store: str) -> None:
+    writer, replica = EventLog(store, RewardRules()), EventLog(store, RewardRules(), join_later=True)
+    try:
+        logged(writer, "u1", "e1")
+        logged(writer, "u2", "f1")
+        assert replica.portraits.get("u1") == NO_PORTRAIT  # cached
+        writer.portraits.reward("u1", Reward("e1", "", "purchase", 25.0, T0), SHOES)
+        execute(store, "UPDATE portraits SET updated = updated - 3600")  # a writer's clock an hour behind, or a backlog
+        assert replica.portraits.follow() == 1 and replica.portraits.follow() == 0
+        assert replica.portraits.get("u1").history.spent == 25.0
+        writer.portraits.reward("u2", Reward("f1", "", "purchase", 30.0, T0), SHOES)
+        execute(store, "UPDATE portraits SET history = '' WHERE user_id = 'u1'")  # seen by a miss only
+        writer.forget_user("nobody")  # deletes no portrait: the other processes keep their caches
+        assert replica.portraits.follow() == 1
+        assert replica.portraits.get("u1").history.spent == 25.0 and replica.portraits.get("u2").history.spent == 30.0
+    finally:
+        writer.close()
+        replica.close()
