@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.bandit import EXPLORATION_PARAMETERS
+from engine.bandit import EXPLORATION_PARAMETERS, BanditConfig
 from training.bench_quality import (
+    DEFAULT_POLICY,
     PEERS,
     StreamResult,
     make_policy,
@@ -18,10 +19,11 @@ from training.bench_quality import (
     seed_rows,
     summary_rows,
 )
+from training.policies import BanditPolicy, EnginePolicy
 from training.simulator import Storefront, WorldConfig
 
 CONFIG = WorldConfig(multi_slot=False, n_items=40, n_users=200, candidates_per_visit=8, seed=12)
-NAMES = [f"recbandit {a}" for a in EXPLORATION_PARAMETERS] + list(PEERS)
+NAMES = [f"recbandit {a}" for a in EXPLORATION_PARAMETERS] + [DEFAULT_POLICY] + list(PEERS)
 
 
 def _run(name: str, visits, world):  # type: ignore[no-untyped-def]
@@ -33,6 +35,7 @@ def _run(name: str, visits, world):  # type: ignore[no-untyped-def]
         rewards = [float(world.react(v, [v.candidates[c.index]])[0][0]) for v, c in zip(batch, chosen, strict=True)]
         policy.learn(batch, chosen, rewards)
         choices.extend(chosen)
+    policy.close()
     return choices
 
 
@@ -49,6 +52,18 @@ def test_every_policy_returns_a_pmf_and_the_probability_of_its_choice_and_repeat
         assert math.isclose(choice.probability, choice.pmf[choice.index], rel_tol=1e-9)
     again = _run(name, visits, Storefront(CONFIG))
     assert [c.index for c in again] == [c.index for c in first]
+
+
+def test_the_servers_default_plays_through_the_engine_and_the_other_bandits_through_its_copy() -> None:
+    world = Storefront(CONFIG)
+    default, copy = make_policy(DEFAULT_POLICY, world, seed=0), make_policy("recbandit squarecb:30 lr 1", world, seed=0)
+    try:
+        assert (type(default), default.name) == (EnginePolicy, "recbandit squarecb (engine)")
+        assert isinstance(copy, BanditPolicy) and copy._bandit.config == BanditConfig(exploration_parameter=30.0,
+                                                                                      learning_rate=1.0)
+    finally:
+        default.close()
+        copy.close()
 
 
 def test_the_bandit_learns_on_the_benchmark_stream_and_the_peers_rank_as_expected() -> None:

@@ -3,11 +3,16 @@
 A policy sees a batch of :class:`~training.simulator.Visit` s, returns a :class:`Choice` for each
 (the candidate it shows, the probability it showed it with, and its whole pmf), and later learns
 the rewards of those choices — a batch models feedback that arrives after the next visits have
-been served. Offline comparisons use one slot per visit; the multi-slot path is exercised
-through the real server (:mod:`training.storefront_client`).
+been served; :meth:`close` lets go of what the policy holds. Offline comparisons use one slot per
+visit; :class:`EnginePolicy` also fills pages of several slots (``choose_pages``), and the
+multi-slot path is exercised through the real server too (:mod:`training.storefront_client`).
 
-- :class:`BanditPolicy` is recbandit's own bandit: the same VW adapter, the same feature lines and
-  the same seeded draw as the server, without the transport and the log.
+- :class:`EnginePolicy` is the server's decision path itself: an in-process
+  :class:`~engine.core.Engine` deciding, logging, and learning the rewards it is told.
+- :class:`BanditPolicy` is a copy of that path, five times faster: the same VW adapter, the same
+  feature lines and the same seeded draw, without the log. The two give the same pmfs and choices
+  for the same seed (``tests/test_conformance.py`` asserts it), so the benchmark plays the
+  server's default through the Engine and the other algorithms through the copy.
 - :class:`LinearPolicy` wraps MABWiser's LinUCB or LinTS (one linear model per item, the user and
   context features one-hot encoded): the usual contextual-bandit peers.
 - :class:`PopularityPolicy` shows the candidate with the best click-through so far, for everyone.
@@ -19,19 +24,24 @@ seed the choice is deterministic, which is also why their logs cannot be evaluat
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from engine.bandit import BanditConfig, VWBandit, action_line, affinity_segment, shared_line
+from engine.core import Engine, EngineConfig
 from engine.embeddings import Embeddings
-from engine.features import with_time_context
+from engine.features import frozen_features, with_time_context
 from engine.exploration import draw, uniform_draw
 from engine.portraits import NO_PORTRAIT, Portrait, portrait_features, rewarded, visited
-from engine.types import Features
+from engine.records import LoggedDecision
+from engine.types import Candidate, DecisionRequest, Features, RewardReport
 from training.simulator import AGE_BANDS, CHANNELS, REGIONS, SEGMENTS, SURFACES, TAGS, WEEKDAYS, Storefront, Visit
 
 
@@ -48,6 +58,8 @@ class Policy(Protocol):
     def choose(self, visits: Sequence[Visit]) -> list[Choice]: ...
 
     def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _greedy_choice(scores: Sequence[float] | np.ndarray) -> Choice:
@@ -73,17 +85,18 @@ class BanditPolicy:
     the shared line carries the user's portrait (namespace ``Portrait``), kept with
     :mod:`engine.portraits` as the engine keeps it: a visit as it is decided, a click (label
     ``click``) and a purchase (label ``purchase``, worth what was spent) as their rewards are learned.
+    With ``model_path`` it starts from a model :meth:`save` wrote (its VW arguments win over ``config``).
     """
 
     def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "",
-                 embeddings: Embeddings | None = None, portraits: bool = False) -> None:
+                 embeddings: Embeddings | None = None, portraits: bool = False, model_path: str | None = None) -> None:
         self.name = name or (f"recbandit {config.exploration}" + (" + embeddings" if embeddings is not None else "")
                              + (" + portraits" if portraits else ""))
         self._portraits: dict[str, Portrait] | None = {} if portraits else None
         self.world = world
         self.seed = seed
         self.embeddings = embeddings
-        self._bandit = VWBandit(config)
+        self._bandit = VWBandit(config, model_path)
         self._lines: dict[str, str] = {}
         self._shown: dict[int, tuple[str, list[str]]] = {}  # visit index → the example chosen from
 
@@ -135,8 +148,124 @@ class BanditPolicy:
             self._bandit.learn(shared, actions, choice.index, reward, choice.probability)
             self._rewarded(visit, visit.candidates[choice.index], reward)
 
+    def save(self, path: str) -> None:
+        """Write the VW model; ``BanditPolicy(..., model_path=path)`` serves the same pmfs."""
+        self._bandit.save(path)
+
     def close(self) -> None:
         self._bandit.close()
+
+
+class EnginePolicy:
+    """The server's decision path itself: an in-process :class:`~engine.core.Engine` on SQLite.
+
+    Each visit is one ``Engine.decide_async``, as a server's Recommend is (event id
+    ``str(visit.index)``, the visit's user, context and candidates with their catalog features), so
+    the rules, the portraits, the seeded draw and the event log are the engine's own; its
+    probabilities are the logged ones. ``learn`` reports each reward with
+    ``Engine.record_reward_async`` and waits until the engine has learned them: a batch of feedback
+    is learned before the next batch is decided, as :class:`BanditPolicy` learns it. With the same
+    seed the two give the same pmfs and choices.
+
+    ``data_dir`` keeps the engine's directory (a temporary one otherwise, removed by
+    :meth:`close`); a new policy on the same directory continues from its checkpoint and log.
+    ``rules_file`` is the server's ``--rules``. ``portraits`` is off by default: the engine reads
+    the wall clock, not the simulated one, so a portrait's ``since_last_visit`` and session are not
+    the world's (with portraits on, the two policies part at the first visit where they differ).
+    """
+
+    def __init__(self, world: Storefront, config: BanditConfig = BanditConfig(), seed: int = 0, name: str = "",
+                 data_dir: Path | None = None, rules_file: Path | None = None, portraits: bool = False) -> None:
+        self.name = name or f"recbandit {config.exploration} (engine)"
+        self.world = world
+        self.seed = seed
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="recbandit-engine-")
+            data_dir = Path(self._temporary.name) / "data"
+        self.data_dir = Path(data_dir)
+        self.engine = Engine(EngineConfig(data_dir=self.data_dir, bandit=config, seed=seed, rules_file=rules_file,
+                                          portraits=portraits, embeddings_poll_interval=0.0,
+                                          checkpoint_interval=3600.0))
+        self._candidates: dict[str, Candidate] = {}  # one frozen view per item: the engine encodes it once
+        self._loop = asyncio.new_event_loop()
+
+    def _candidate(self, item_id: str) -> Candidate:
+        candidate = self._candidates.get(item_id)
+        if candidate is None:
+            features = frozen_features(self.world.items[self.world.item_index[item_id]].features)
+            candidate = self._candidates[item_id] = Candidate(item_id, features)
+        return candidate
+
+    def _request(self, visit: Visit, num_results: int) -> DecisionRequest:
+        return DecisionRequest(user_id=visit.user_id, user_features=visit.user_features, context=visit.context,
+                               candidates=tuple(self._candidate(i) for i in visit.candidates),
+                               num_results=num_results, event_id=str(visit.index))
+
+    def decide(self, visits: Sequence[Visit], num_results: Sequence[int]) -> list[LoggedDecision]:
+        """The engine's logged decision for each visit, in flight together as a server's Recommends
+        are (``Engine.decide_async``: one commit for many), except that a user's visits are decided
+        one after the other, so that each sees the ones before in the user's portrait and caps."""
+        async def after(before: asyncio.Future[LoggedDecision] | None, request: DecisionRequest) -> LoggedDecision:
+            if before is not None:
+                await before
+            return await self.engine.decide_async(request)
+
+        async def decide_all() -> list[LoggedDecision]:
+            last: dict[str, asyncio.Future[LoggedDecision]] = {}
+            for visit, n in zip(visits, num_results, strict=True):
+                last[visit.user_id] = asyncio.ensure_future(after(last.get(visit.user_id), self._request(visit, n)))
+                pending.append(last[visit.user_id])
+            return await asyncio.gather(*pending)
+
+        pending: list[asyncio.Future[LoggedDecision]] = []
+        return self._loop.run_until_complete(decide_all())
+
+    def choose_pages(self, visits: Sequence[Visit]) -> list[tuple[Choice, ...]]:
+        """``visit.slots`` choices per visit, slot by slot; a slot's pmf is over the candidates left."""
+        return [_choices(v, d) for v, d in zip(visits, self.decide(visits, [v.slots for v in visits]), strict=True)]
+
+    def choose(self, visits: Sequence[Visit]) -> list[Choice]:
+        return [_choices(v, d)[0] for v, d in zip(visits, self.decide(visits, [1] * len(visits)), strict=True)]
+
+    def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        """Feedback for each choice (label ``click``), committed in order, then the purchases a world
+        with history made (label ``purchase``, worth what was spent: logged and in the portrait, not
+        learned, the click being the slot's first reward); the engine learns the clicks."""
+        reports = [RewardReport(str(visit.index), reward, visit.candidates[choice.index], "click")
+                   for visit, choice, reward in zip(visits, choices, rewards, strict=True)]
+        reports += [RewardReport(str(visit.index), spent, visit.candidates[choice.index], "purchase")
+                    for visit, choice in zip(visits, choices, strict=True) if (spent := self.world.spent(visit)) > 0]
+
+        async def report_all() -> None:
+            await asyncio.gather(*(self.engine.record_reward_async(report) for report in reports))
+
+        self._loop.run_until_complete(report_all())
+        if not self.engine.wait_until_learned(timeout=60.0):
+            raise RuntimeError(f"{self.name}: the engine did not learn a batch of feedback within a minute")
+
+    def checkpoint(self) -> None:
+        self.engine.checkpoint()
+
+    def close(self) -> None:
+        """Close the engine (it learns what is final and checkpoints); a temporary directory goes too."""
+        self.engine.close()
+        self._loop.close()
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+
+def _choices(visit: Visit, decision: LoggedDecision) -> tuple[Choice, ...]:
+    """The decision's slots as choices over ``visit.candidates`` (candidates the rules removed: 0)."""
+    position = {item_id: k for k, item_id in enumerate(visit.candidates)}
+    offered = [position[c.item_id] for c in decision.candidates]
+    choices = []
+    for slot in decision.slots:
+        pmf = [0.0] * len(visit.candidates)
+        for k, p in zip(offered, slot.pmf, strict=True):
+            pmf[k] = p
+        choices.append(Choice(position[slot.item_id], slot.probability, tuple(pmf)))
+    return tuple(choices)
 
 
 class RandomPolicy:
@@ -151,6 +280,9 @@ class RandomPolicy:
     def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 class OraclePolicy:
     name = "oracle"
@@ -162,6 +294,9 @@ class OraclePolicy:
         return [_greedy_choice(self.world.click_probabilities(visit)) for visit in visits]
 
     def learn(self, visits: Sequence[Visit], choices: Sequence[Choice], rewards: Sequence[float]) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -188,6 +323,9 @@ class PopularityPolicy:
             item_id = visit.candidates[choice.index]
             self._shows[item_id] += 1
             self._clicks[item_id] += reward
+
+    def close(self) -> None:
+        pass
 
 
 _ONE_HOT_VOCABULARY = (
@@ -252,3 +390,6 @@ class LinearPolicy:
         decisions = [visit.candidates[choice.index] for visit, choice in zip(visits, choices, strict=True)]
         fit(decisions, list(rewards), np.stack([one_hot_context(v) for v in visits]))
         self._fitted = True
+
+    def close(self) -> None:
+        pass
