@@ -37,7 +37,7 @@ bench: $(STAMP)  ## serving benchmark against the gRPC ceiling (plaintext and TL
 	$(PY) -m training.bench_embeddings
 	$(PY) -m server.bench_ann
 
-bench-quality: $(STAMP)  ## every exploration algorithm and peer on one simulated stream, against the oracle; then portraits in a world with history
+bench-quality: $(STAMP)  ## every exploration algorithm and peer against the oracle (recbandit's on 3 seeds); then portraits in a world with history
 	$(PY) -m training.bench_quality
 	$(PY) -m training.bench_quality --world history --out build/bench-quality/history
 
