@@ -43,7 +43,7 @@ from engine.learning import Learner, RegisteredPolicy
 from engine.liverules import LiveRules, RulesInfo, SlotPlan, pinned_choice
 from engine.roles import ROLES, SNAPSHOTS_DIR, LeaseWatch, ModelFollower, StoreSnapshots, take_learner_lease
 from engine.observer import Observer, model_id, report
-from engine.portraits import PortraitConfig, portrait_features
+from engine.portraits import Portrait, PortraitConfig, portrait_features
 from engine.privacy import Pseudonymizer
 from engine.campaign import in_control
 from engine.records import CONTROL_ARM, RECBANDIT_ARM, LoggedDecision, Reward, SlotChoice, candidate_to_json, decision_to_json
@@ -346,7 +346,8 @@ class Engine:
         ts = time.time()
         context = with_time_context(request.context, ts)
         candidates, plan = self._ruled(request, context, candidates, num_results, ts)
-        portrait = self._portrait_features(request.user_id, ts, context)
+        held = self._portraits.get(request.user_id) if self._portraits is not None else None  # read once a decision
+        portrait = portrait_features(held, ts, context, self._portraits.config) if held is not None else {}
         shared = shared_line(request.user_features, context, portrait)
         encoded = [self._encoded.encode(c) for c in candidates]
         if live is not None:
@@ -372,7 +373,7 @@ class Engine:
             apprentice=tuple(apprentice or ()),
         )
         record = decision_to_json(decision, [record for _, record in encoded])
-        return _Prepared(decision, record, shared, actions, request)
+        return _Prepared(decision, record, shared, actions, request, held)
 
     def _ruled(self, request: DecisionRequest, context: Features, candidates: list[Candidate], num_results: int,
                ts: float) -> tuple[list[Candidate], SlotPlan | None]:
@@ -393,9 +394,8 @@ class Engine:
         if logged is prepared.decision:  # committed now (not an event id another call had logged)
             self._learner.remember(logged, prepared.shared, prepared.actions)
             self.rules.record(logged)
-            if self._portraits is not None:
-                self._portraits.visit(logged.user_id, self._portraits.get(logged.user_id), logged.ts, logged.context,
-                                      logged.event_id)
+            if self._portraits is not None and prepared.portrait is not None:  # the one it was decided with
+                self._portraits.visit(logged.user_id, prepared.portrait, logged.ts, logged.context, logged.event_id)
             report(self.observer.decided, model_id(logged.model_version), logged.arm)
         return self._same_event(logged, prepared.request)
 
@@ -479,12 +479,6 @@ class Engine:
     def _reward(self, report: RewardReport) -> Reward:
         check_reward_report(report, self.config.limits)
         return Reward(report.event_id, report.item_id, report.label, report.reward, time.time())
-
-    def _portrait_features(self, user_id: str, ts: float, context: Features) -> Features:
-        """The ``Portrait`` features of a decision for ``user_id`` at ``ts`` (none with portraits off)."""
-        if self._portraits is None:
-            return {}
-        return portrait_features(self._portraits.get(user_id), ts, context, self._portraits.config)
 
     def _rewarded_item(self, reward: Reward) -> tuple[str, Reward, Features] | None:
         """The user, the reward and the rewarded item's features (as decided) that a new reward adds
@@ -681,6 +675,7 @@ class _Prepared:
     shared: str
     actions: list[str]
     request: DecisionRequest  # as decided: with the pseudonymous user id when ids are pseudonymised
+    portrait: Portrait | None = None  # the user's portrait as read for the decision (portraits on)
 
 
 def _with_affinity(
