@@ -123,15 +123,19 @@ def rpc(method: F) -> F:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         began = time.perf_counter()
-        outcome = _Outcome()
-        try:
-            return await _serve(method, self, request, context, outcome)
-        finally:
+
+        def finished() -> None:  # once: before an error status leaves (abort sends it), or when the call returns
             seconds = time.perf_counter() - began
             access(name, outcome.code.name, seconds,
                    getattr(outcome.response, "event_id", "") or getattr(request, "event_id", ""))
             if (metrics := getattr(self, "metrics", None)) is not None:
                 metrics.record_rpc(name, outcome.code.name, seconds)
+
+        outcome = _Outcome(finished)
+        try:
+            return await _serve(method, self, request, context, outcome)
+        finally:
+            outcome.finish()
 
     return wrapper  # type: ignore[return-value]
 
@@ -139,11 +143,19 @@ def rpc(method: F) -> F:
 class _Outcome:
     """What the access line says of a call: its status and its response."""
 
-    __slots__ = ("code", "response")
+    __slots__ = ("code", "response", "_finished")
 
-    def __init__(self) -> None:
+    def __init__(self, finished: Callable[[], None]) -> None:
         self.code = grpc.StatusCode.OK
         self.response: Any = None
+        self._finished: Callable[[], None] | None = finished
+
+    def finish(self) -> None:
+        """Write the call's access line and metrics, the first time only: a client that got its
+        status finds the call counted."""
+        if self._finished is not None:
+            finished, self._finished = self._finished, None
+            finished()
 
 
 async def _serve(method: Callable[..., Any], servicer: Any, request: Any, context: grpc.aio.ServicerContext,
@@ -151,6 +163,7 @@ async def _serve(method: Callable[..., Any], servicer: Any, request: Any, contex
     async def refuse(code: grpc.StatusCode, message: str, error: Exception | None = None) -> None:
         outcome.code = code
         status = rich_status(code, message, error)
+        outcome.finish()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     if type(request) is Undecodable:
